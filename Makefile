@@ -1,0 +1,17 @@
+# Ballista DLP: the README's two commands are `make run` and `make test`.
+.PHONY: run test bench lint setup
+
+run:        ## the main job on the embedded cluster (flowers: images per class, invalid images)
+	scripts/run.sh
+
+test:       ## set-up, build and every test (what CI runs)
+	scripts/test.sh
+
+bench:      ## benchmarks beside their peers, with ratios
+	scripts/bench.sh
+
+lint:       ## rustfmt + clippy -D warnings
+	scripts/lint.sh
+
+setup:      ## idempotent set-up (nasm, Python venv with test clients and peers)
+	scripts/setup.sh

@@ -1,0 +1,101 @@
+//! `dlp`: the Ballista DLP client. Runs on an embedded scheduler + executor by default, or
+//! on a cluster with `--scheduler df://host:port`.
+
+mod images;
+mod output;
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use datafusion::prelude::SessionContext;
+use tracing_subscriber::EnvFilter;
+
+use output::Format;
+
+/// Deep Learning Pipelines on Apache DataFusion Ballista.
+///
+/// Without --scheduler, every command starts an embedded Ballista scheduler and executor in
+/// this process; with --scheduler df://host:port it runs on that cluster.
+#[derive(Parser, Debug)]
+#[command(name = "dlp", version, about, long_about)]
+struct Cli {
+    /// Scheduler of a Ballista DLP cluster, e.g. df://localhost:50050 (default: embedded).
+    #[arg(long, global = true, env = "DLP_SCHEDULER")]
+    scheduler: Option<String>,
+    /// Task slots of the embedded executor (default: the number of cores).
+    #[arg(long, global = true)]
+    parallelism: Option<usize>,
+    /// Log filter in RUST_LOG syntax, e.g. info or dlp_plugin=debug.
+    #[arg(long, global = true, default_value = "warn", env = "RUST_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a SQL query with the plugin's functions, e.g.
+    /// dlp sql "SELECT label_name, count(*) FROM read_images('data/flowers', 'withLabel=true') GROUP BY 1"
+    Sql {
+        /// The query (one statement; DDL such as CREATE EXTERNAL TABLE is allowed before it,
+        /// separated by ';').
+        query: String,
+        /// Output format: table, csv or json (one array of row objects, binary as base64).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Read an image folder (labels from sub-folder names) and summarize it: images per
+    /// class, invalid images (and which files), decode throughput.
+    Images(images::ImagesArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::new(&cli.log))
+        .init();
+    let ctx = connect(cli.scheduler.as_deref(), cli.parallelism).await?;
+    match cli.command {
+        Command::Sql { query, format } => run_sql(&ctx, &query, format).await,
+        Command::Images(args) => images::run(&ctx, &args, cli.scheduler.as_deref()).await,
+    }
+}
+
+async fn connect(scheduler: Option<&str>, parallelism: Option<usize>) -> anyhow::Result<SessionContext> {
+    match scheduler {
+        Some(url) => dlp_plugin::session::remote_context(url)
+            .await
+            .with_context(|| format!("cannot connect to the scheduler at {url}")),
+        None => {
+            let slots = parallelism.unwrap_or_else(|| {
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            });
+            dlp_plugin::session::standalone_context(Some(slots))
+                .await
+                .context("cannot start the embedded scheduler and executor")
+        }
+    }
+}
+
+async fn run_sql(ctx: &SessionContext, query: &str, format: Format) -> anyhow::Result<()> {
+    let statements: Vec<&str> = query
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let Some((last, setup)) = statements.split_last() else {
+        anyhow::bail!("no SQL statement given");
+    };
+    for stmt in setup {
+        ctx.sql(stmt).await?.collect().await?;
+    }
+    let batches = ctx.sql(last).await?.collect().await?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    output::write(&batches, format, &mut out)?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! `dlp-executor`: the Ballista executor with the Deep Learning Pipelines plugin. Every
+//! upstream `ballista-executor` flag keeps working; health probes are served on
+//! `--bind-health-port`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ballista_executor::config::Config;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_executor::health::spawn_health_server;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Ballista executor with the Deep Learning Pipelines plugin.
+#[derive(Parser, Debug)]
+#[command(name = "dlp-executor", version, about)]
+struct Cli {
+    #[command(flatten)]
+    upstream: Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let bind_host = cli.upstream.bind_host.clone();
+    let health_port = cli.upstream.bind_health_port;
+    let config: ExecutorProcessConfig = cli
+        .upstream
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("invalid executor configuration: {e}"))?;
+    let filter = std::env::var(EnvFilter::DEFAULT_ENV)
+        .unwrap_or_else(|_| config.special_mod_log_level.clone());
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_thread_names(config.print_thread_info)
+        .with_env_filter(EnvFilter::new(filter))
+        .init();
+    let config = dlp_plugin::session::executor_config(config)
+        .map_err(|e| anyhow::anyhow!("cannot install the plugin: {e}"))?;
+
+    let health_addr: SocketAddr = format!("{bind_host}:{health_port}")
+        .parse()
+        .context("invalid --bind-host/--bind-health-port")?;
+    let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
+    let health = spawn_health_server(health_addr, config.health.clone(), health_stopped);
+    tracing::info!(id = %config.executor_id, vcores = config.vcores, "starting dlp-executor");
+    let result = start_executor_process(Arc::new(config)).await;
+    let _ = stop_health.send(());
+    let _ = health.await;
+    result.map_err(|e| anyhow::anyhow!("executor failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "dlp-executor",
+            "--scheduler-port",
+            "50123",
+            "--vcores",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(cli.upstream.scheduler_port, 50123);
+        assert_eq!(cli.upstream.vcores, 3);
+    }
+}

@@ -1,0 +1,323 @@
+//! The plugin's logical and physical extension codecs. They wrap Ballista's own codecs
+//! (which must still encode Ballista's stage nodes) and tag every buffer so that decoding
+//! knows which side wrote it.
+
+use std::sync::Arc;
+
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::{Result, TableReference, internal_err, plan_datafusion_err};
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::file_format::FileFormatFactory;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{AggregateUDF, Extension, LogicalPlan, ScalarUDF, WindowUDF};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::image::{ImageDecodeExec, ImageScanSpec, ImageTableProvider};
+
+/// First byte of a buffer written by Ballista's inner codec.
+const TAG_BALLISTA: u8 = 0x00;
+/// First byte of a buffer written by this plugin; the second byte is the [`Kind`].
+const TAG_PLUGIN: u8 = 0xD1;
+
+/// What a plugin buffer holds.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ImageTable = 1,
+    ImageDecodeExec = 2,
+}
+
+impl Kind {
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::ImageTable),
+            2 => Some(Self::ImageDecodeExec),
+            _ => None,
+        }
+    }
+}
+
+fn write_plugin<T: Serialize>(buf: &mut Vec<u8>, kind: Kind, value: &T) -> Result<()> {
+    buf.push(TAG_PLUGIN);
+    buf.push(kind as u8);
+    serde_json::to_writer(buf, value)
+        .map_err(|e| plan_datafusion_err!("plugin codec: cannot encode {kind:?}: {e}"))
+}
+
+fn read_plugin<T: for<'de> Deserialize<'de>>(kind: Kind, body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| plan_datafusion_err!("plugin codec: cannot decode {kind:?}: {e}"))
+}
+
+/// Splits a tagged buffer into `Ok((kind, body))` for plugin buffers, or `Err(body)` for
+/// Ballista's.
+fn split(buf: &[u8]) -> Result<std::result::Result<(Kind, &[u8]), &[u8]>> {
+    match buf {
+        [TAG_BALLISTA, rest @ ..] => Ok(Err(rest)),
+        [TAG_PLUGIN, kind, rest @ ..] => match Kind::from_byte(*kind) {
+            Some(k) => Ok(Ok((k, rest))),
+            None => internal_err!(
+                "plugin codec: unknown node kind {kind}; are all processes the same version?"
+            ),
+        },
+        _ => internal_err!("plugin codec: buffer without a plugin/Ballista tag"),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ImageDecodeExecProto {
+    spec: ImageScanSpec,
+    projection: Vec<usize>,
+}
+
+/// Logical codec: the plugin's table providers, then Ballista's codec for everything else.
+#[derive(Debug, Default)]
+pub struct PluginLogicalCodec {
+    inner: BallistaLogicalExtensionCodec,
+}
+
+impl LogicalExtensionCodec for PluginLogicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[LogicalPlan],
+        ctx: &TaskContext,
+    ) -> Result<Extension> {
+        match split(buf)? {
+            Err(rest) => self.inner.try_decode(rest, inputs, ctx),
+            Ok((kind, _)) => internal_err!("plugin codec: {kind:?} is not a logical node"),
+        }
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+        buf.push(TAG_BALLISTA);
+        self.inner.try_encode(node, buf)
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: SchemaRef,
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn TableProvider>> {
+        match split(buf)? {
+            Err(rest) => self.inner.try_decode_table_provider(rest, table_ref, schema, ctx),
+            Ok((Kind::ImageTable, body)) => {
+                let spec: ImageScanSpec = read_plugin(Kind::ImageTable, body)?;
+                let provider = ImageTableProvider::from_spec(spec);
+                if provider.schema().fields() != schema.fields() {
+                    return internal_err!(
+                        "plugin codec: image table {table_ref} decoded with schema {:?}, plan \
+                         says {:?}",
+                        provider.schema(),
+                        schema
+                    );
+                }
+                Ok(Arc::new(provider))
+            }
+            Ok((kind, _)) => internal_err!("plugin codec: {kind:?} is not a table provider"),
+        }
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        if let Some(images) = node.downcast_ref::<ImageTableProvider>() {
+            return write_plugin(buf, Kind::ImageTable, images.spec());
+        }
+        buf.push(TAG_BALLISTA);
+        self.inner.try_encode_table_provider(table_ref, node, buf)
+    }
+
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn FileFormatFactory>> {
+        self.inner.try_decode_file_format(buf, ctx)
+    }
+
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn FileFormatFactory>,
+    ) -> Result<()> {
+        self.inner.try_encode_file_format(buf, node)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> Result<Arc<WindowUDF>> {
+        self.inner.try_decode_udwf(name, buf)
+    }
+
+    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udwf(node, buf)
+    }
+}
+
+/// Physical codec: the plugin's operators, then Ballista's codec (shuffle nodes etc.).
+#[derive(Debug, Default)]
+pub struct PluginPhysicalCodec {
+    inner: BallistaPhysicalExtensionCodec,
+}
+
+impl PhysicalExtensionCodec for PluginPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match split(buf)? {
+            Err(rest) => self.inner.try_decode(rest, inputs, ctx, proto_converter),
+            Ok((Kind::ImageDecodeExec, body)) => {
+                let proto: ImageDecodeExecProto = read_plugin(Kind::ImageDecodeExec, body)?;
+                let [input] = inputs else {
+                    return internal_err!(
+                        "plugin codec: ImageDecodeExec needs 1 input, got {}",
+                        inputs.len()
+                    );
+                };
+                Ok(Arc::new(ImageDecodeExec::try_new(
+                    input.clone(),
+                    proto.spec,
+                    proto.projection,
+                )?))
+            }
+            Ok((kind, _)) => internal_err!("plugin codec: {kind:?} is not a physical node"),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        if let Some(exec) = node.downcast_ref::<ImageDecodeExec>() {
+            let proto = ImageDecodeExecProto {
+                spec: exec.spec().clone(),
+                projection: exec.projection().to_vec(),
+            };
+            return write_plugin(buf, Kind::ImageDecodeExec, &proto);
+        }
+        buf.push(TAG_BALLISTA);
+        self.inner.try_encode(node, buf, proto_converter)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        self.inner.try_decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udf(node, buf)
+    }
+
+    fn try_decode_udaf(&self, name: &str, buf: &[u8]) -> Result<Arc<AggregateUDF>> {
+        self.inner.try_decode_udaf(name, buf)
+    }
+
+    fn try_encode_udaf(&self, node: &AggregateUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udaf(node, buf)
+    }
+
+    fn try_decode_udwf(&self, name: &str, buf: &[u8]) -> Result<Arc<WindowUDF>> {
+        self.inner.try_decode_udwf(name, buf)
+    }
+
+    fn try_encode_udwf(&self, node: &WindowUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode_udwf(node, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::ImageReadOptions;
+    use datafusion::prelude::SessionContext;
+    use datafusion_proto::bytes::{
+        logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
+        physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    };
+
+    fn flowers() -> String {
+        format!("{}/../../shared/data/flowers", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn options() -> ImageReadOptions {
+        ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn image_table_round_trips_through_the_logical_codec() {
+        let ctx = SessionContext::new();
+        let provider = ImageTableProvider::try_new(&flowers(), options()).unwrap();
+        let df = ctx.read_table(Arc::new(provider.clone())).unwrap();
+        let plan = df.logical_plan().clone();
+        let codec = PluginLogicalCodec::default();
+        let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &codec).unwrap();
+        let back =
+            logical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec).unwrap();
+        assert_eq!(format!("{plan}"), format!("{back}"));
+        let LogicalPlan::TableScan(scan) = back else { panic!("not a scan: {back}") };
+        let source = datafusion::datasource::source_as_provider(&scan.source).unwrap();
+        let decoded = source.downcast_ref::<ImageTableProvider>().expect("image table");
+        assert_eq!(decoded.spec(), provider.spec());
+    }
+
+    #[tokio::test]
+    async fn image_decode_exec_round_trips_through_the_physical_codec() {
+        let ctx = SessionContext::new();
+        let provider = ImageTableProvider::try_new(&flowers(), options()).unwrap();
+        let plan = provider
+            .scan(&ctx.state(), Some(&vec![2, 0]), &[], None)
+            .await
+            .unwrap();
+        let codec = PluginPhysicalCodec::default();
+        let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &codec).unwrap();
+        let back =
+            physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec).unwrap();
+        let exec = back.downcast_ref::<ImageDecodeExec>().expect("ImageDecodeExec");
+        assert_eq!(exec.spec(), provider.spec());
+        assert_eq!(exec.projection(), &[2, 0]);
+        assert_eq!(back.schema(), plan.schema());
+        // The leaf stays a built-in DataSourceExec, which Ballista slices per task.
+        assert_eq!(back.children()[0].name(), "DataSourceExec");
+        assert_eq!(
+            back.output_partitioning().partition_count(),
+            plan.output_partitioning().partition_count()
+        );
+    }
+
+    #[test]
+    fn foreign_or_unknown_tags_are_rejected() {
+        assert!(split(&[]).is_err());
+        assert!(split(&[0x42, 1, 2]).is_err());
+        assert!(split(&[TAG_PLUGIN, 99]).is_err());
+        assert!(matches!(split(&[TAG_BALLISTA, 7]), Ok(Err(&[7]))));
+    }
+}

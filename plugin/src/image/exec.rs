@@ -1,0 +1,357 @@
+//! `ImageDecodeExec`: reads and decodes the files named by its input (a file-list leaf)
+//! into Spark's `image` column, on blocking threads, with invalid-image accounting.
+
+use std::fmt;
+use std::io::Read;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{SchemaRef, UInt64Type};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, exec_datafusion_err, internal_err, plan_err};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::{StreamExt, TryStreamExt};
+
+use super::decode::{DecodeOptions, InvalidImage, decode_image, sniff_format};
+use super::listing::origin_uri;
+use super::provider::ImageScanSpec;
+use super::schema::{ImageColumnBuilder, ImageRow};
+
+/// Decodes images named by a file-list input. Output columns are `projection` over the
+/// table schema of `spec`; column 0 of the table is the `image` struct.
+#[derive(Debug, Clone)]
+pub struct ImageDecodeExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: ImageScanSpec,
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl ImageDecodeExec {
+    /// Creates the operator. `input` must produce `spec.file_list_schema()`.
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        spec: ImageScanSpec,
+        projection: Vec<usize>,
+    ) -> Result<Self> {
+        let expected = spec.file_list_schema();
+        if input.schema().fields() != expected.fields() {
+            return plan_err!(
+                "ImageDecodeExec: input schema {:?} is not the file list {:?}",
+                input.schema(),
+                expected
+            );
+        }
+        let table = spec.table_schema();
+        if let Some(bad) = projection.iter().find(|&&i| i >= table.fields().len()) {
+            return plan_err!("ImageDecodeExec: projection index {bad} out of range");
+        }
+        let schema = Arc::new(table.project(&projection)?);
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            input.output_partitioning().clone(),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            input,
+            spec,
+            projection,
+            schema,
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// The scan spec (what the codec serializes).
+    pub fn spec(&self) -> &ImageScanSpec {
+        &self.spec
+    }
+
+    /// Output columns as indices into the table schema.
+    pub fn projection(&self) -> &[usize] {
+        &self.projection
+    }
+
+    fn decodes_pixels(&self) -> bool {
+        self.projection.contains(&0) || self.spec.options.drop_invalid
+    }
+}
+
+impl DisplayAs for ImageDecodeExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
+                f,
+                "ImageDecodeExec: root={}, dropInvalid={}, projection={:?}",
+                self.spec.root, self.spec.options.drop_invalid, self.projection
+            ),
+            DisplayFormatType::TreeRender => write!(f, "root={}", self.spec.root),
+        }
+    }
+}
+
+impl ExecutionPlan for ImageDecodeExec {
+    fn name(&self) -> &str {
+        "ImageDecodeExec"
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("ImageDecodeExec takes one child, got {}", children.len());
+        }
+        Ok(Arc::new(Self::try_new(
+            children.swap_remove(0),
+            self.spec.clone(),
+            self.projection.clone(),
+        )?))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let metrics = Arc::new(DecodeMetrics::new(&self.metrics, partition));
+        let job = Arc::new(DecodeJob {
+            options: self.spec.options.decode_options(),
+            drop_invalid: self.spec.options.drop_invalid,
+            decode: self.decodes_pixels(),
+            projection: self.projection.clone(),
+            schema: self.schema.clone(),
+        });
+        let chunk = self.spec.options.batch_size;
+        let chunks = input
+            .map_ok(move |batch| {
+                let n = batch.num_rows();
+                futures::stream::iter(
+                    (0..n)
+                        .step_by(chunk)
+                        .map(move |off| Ok(batch.slice(off, chunk.min(n - off))))
+                        .collect::<Vec<Result<RecordBatch>>>(),
+                )
+            })
+            .try_flatten();
+        let decode_metrics = metrics.clone();
+        let decoded = chunks
+            .map(move |files| {
+                let job = job.clone();
+                let metrics = decode_metrics.clone();
+                async move {
+                    let files = files?;
+                    // Decoding is CPU work: keep it off the async poll threads.
+                    tokio::task::spawn_blocking(move || job.decode_batch(&files, &metrics))
+                        .await
+                        .map_err(|e| exec_datafusion_err!("image decode task failed: {e}"))?
+                }
+            })
+            // One chunk decodes while the previous one is consumed: bounded read-ahead.
+            .buffered(2);
+        let done = futures::stream::once(async move {
+            metrics.log_partition_summary(partition);
+            None
+        })
+        .filter_map(|x: Option<Result<RecordBatch>>| async move { x });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            decoded.chain(done),
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// Per-partition counters and timers of `ImageDecodeExec`.
+#[derive(Debug)]
+struct DecodeMetrics {
+    baseline: BaselineMetrics,
+    images_decoded: Count,
+    invalid_images: Count,
+    invalid_dropped: Count,
+    bytes_read: Count,
+    decode_time: Time,
+}
+
+impl DecodeMetrics {
+    fn new(set: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        Self {
+            baseline: BaselineMetrics::new(set, partition),
+            images_decoded: MetricBuilder::new(set).counter("images_decoded", partition),
+            invalid_images: MetricBuilder::new(set).counter("invalid_images", partition),
+            invalid_dropped: MetricBuilder::new(set).counter("invalid_dropped", partition),
+            bytes_read: MetricBuilder::new(set).counter("bytes_read", partition),
+            decode_time: MetricBuilder::new(set).subset_time("decode_time", partition),
+        }
+    }
+
+    fn log_partition_summary(&self, partition: usize) {
+        tracing::info!(
+            target: "dlp_plugin::image",
+            partition,
+            images_decoded = self.images_decoded.value(),
+            invalid_images = self.invalid_images.value(),
+            invalid_dropped = self.invalid_dropped.value(),
+            bytes_read = self.bytes_read.value(),
+            decode_ms = self.decode_time.value() / 1_000_000,
+            "image partition done"
+        );
+    }
+}
+
+/// What one partition's decoding needs, shared by its blocking tasks.
+#[derive(Debug)]
+struct DecodeJob {
+    options: DecodeOptions,
+    drop_invalid: bool,
+    /// False when neither pixels nor validity are needed (no file is read).
+    decode: bool,
+    projection: Vec<usize>,
+    schema: SchemaRef,
+}
+
+impl DecodeJob {
+    fn decode_batch(&self, files: &RecordBatch, metrics: &DecodeMetrics) -> Result<RecordBatch> {
+        let _timer = metrics.baseline.elapsed_compute().timer();
+        let paths = files.column(0).as_string::<i32>();
+        let sizes = files.column(1).as_primitive::<UInt64Type>();
+        let n = files.num_rows();
+        let mut keep: Vec<u32> = Vec::with_capacity(n);
+        let emit_image = self.projection.contains(&0);
+        let data_hint = if emit_image {
+            sizes.values().iter().map(|s| (*s as usize) * 8).sum::<usize>().min(1 << 28)
+        } else {
+            0
+        };
+        let mut images = ImageColumnBuilder::with_capacity(n, data_hint);
+        for i in 0..n {
+            let path = paths.value(i);
+            let row = if self.decode {
+                let timer = metrics.decode_time.timer();
+                let row = read_and_decode(path, &self.options, metrics);
+                timer.done();
+                row
+            } else {
+                ImageRow::invalid()
+            };
+            let row = match row {
+                Ok(r) => {
+                    metrics.images_decoded.add(1);
+                    r
+                }
+                Err(reason) => {
+                    if self.decode {
+                        metrics.invalid_images.add(1);
+                        tracing::warn!(
+                            target: "dlp_plugin::image",
+                            file = %path,
+                            reason = %reason,
+                            dropped = self.drop_invalid,
+                            "invalid image"
+                        );
+                    }
+                    if self.drop_invalid {
+                        metrics.invalid_dropped.add(1);
+                        continue;
+                    }
+                    ImageRow::invalid()
+                }
+            };
+            keep.push(i as u32);
+            if emit_image {
+                images.append(&origin_uri(path), &row);
+            }
+        }
+        let keep_idx = UInt32Array::from(keep);
+        let mut image_col = Some(images.finish());
+        let columns = self
+            .projection
+            .iter()
+            .map(|&c| {
+                if c == 0 {
+                    image_col
+                        .take()
+                        .ok_or_else(|| exec_datafusion_err!("image column projected twice"))
+                } else {
+                    // Table column c (c >= 1) is file-list column c + 1.
+                    let col: &ArrayRef = files.column(c + 1);
+                    if keep_idx.len() == col.len() {
+                        Ok(col.clone())
+                    } else {
+                        Ok(take(col.as_ref(), &keep_idx, None)?)
+                    }
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(keep_idx.len())),
+        )?;
+        metrics.baseline.record_output(batch.num_rows());
+        Ok(batch)
+    }
+}
+
+/// Reads a file and decodes it. Unknown formats are recognized from the first bytes without
+/// reading the rest of the file.
+fn read_and_decode(
+    path: &str,
+    options: &DecodeOptions,
+    metrics: &DecodeMetrics,
+) -> std::result::Result<ImageRow, InvalidImage> {
+    let unreadable = |e: std::io::Error| InvalidImage::Unreadable(e.to_string());
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = Vec::new();
+    let mut head = [0u8; 16];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]).map_err(unreadable)? {
+            0 => break,
+            k => got += k,
+        }
+    }
+    if sniff_format(&head[..got]).is_none() {
+        metrics.bytes_read.add(got);
+        return Err(InvalidImage::UnknownFormat);
+    }
+    bytes.extend_from_slice(&head[..got]);
+    file.read_to_end(&mut bytes).map_err(unreadable)?;
+    metrics.bytes_read.add(bytes.len());
+    decode_image(&bytes, options)
+}

@@ -1,0 +1,11 @@
+//! Ballista DLP: Deep Learning Pipelines as a plugin for Apache DataFusion Ballista.
+//!
+//! Every process (the `dlp` client, `dlp-scheduler`, `dlp-executor`, the tests) builds its
+//! sessions through [`session`], which installs the same codecs ([`codec`]), functions and
+//! table factories everywhere.
+
+pub mod codec;
+pub mod image;
+pub mod session;
+
+pub use session::ImageContextExt;

@@ -1,0 +1,134 @@
+//! The one place that builds sessions: config, state, function registry and codecs for the
+//! client, the scheduler and the executors (standalone and cluster alike).
+
+use std::sync::Arc;
+
+use ballista::prelude::{SessionConfigExt, SessionContextExt};
+use ballista_core::config::BALLISTA_STANDALONE_PARALLELISM;
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_executor::executor_process::ExecutorProcessConfig;
+use ballista_scheduler::config::SchedulerConfig;
+use datafusion::common::Result;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::PhysicalExtensionCodec;
+
+use crate::codec::{PluginLogicalCodec, PluginPhysicalCodec};
+use crate::image::{ImageReadOptions, ImageTableFactory, ImageTableProvider, ReadImagesFunction};
+
+/// Name of the image table function.
+pub const READ_IMAGES: &str = "read_images";
+/// `STORED AS` name of the image table factory.
+pub const IMAGE_FORMAT: &str = "IMAGE";
+
+/// The plugin's logical codec.
+pub fn logical_codec() -> Arc<dyn LogicalExtensionCodec> {
+    Arc::new(PluginLogicalCodec::default())
+}
+
+/// The plugin's physical codec.
+pub fn physical_codec() -> Arc<dyn PhysicalExtensionCodec> {
+    Arc::new(PluginPhysicalCodec::default())
+}
+
+/// Session config for every process: Ballista's defaults plus the plugin codecs.
+pub fn session_config() -> SessionConfig {
+    SessionConfig::new_with_ballista()
+        .with_information_schema(true)
+        .with_ballista_logical_extension_codec(logical_codec())
+        .with_ballista_physical_extension_codec(physical_codec())
+}
+
+/// Session state for a config: Ballista's default functions and optimizer rules plus the
+/// plugin's table functions and table factories. Used as the scheduler's session builder
+/// and as the client's state before it is upgraded for Ballista.
+pub fn session_state(config: SessionConfig) -> Result<SessionState> {
+    let mut state = ballista_core::utils::default_session_builder(config)?;
+    register_plugin(&mut state);
+    Ok(state)
+}
+
+fn register_plugin(state: &mut SessionState) {
+    state.register_udtf(READ_IMAGES, Arc::new(ReadImagesFunction));
+    state
+        .table_factories_mut()
+        .insert(IMAGE_FORMAT.to_string(), Arc::new(ImageTableFactory));
+}
+
+/// Functions the executors resolve by name (DataFusion's incl. nested ones, and the plugin's).
+pub fn function_registry() -> Result<BallistaFunctionRegistry> {
+    Ok(BallistaFunctionRegistry::from(&session_state(session_config())?))
+}
+
+/// Applies the plugin to a scheduler config parsed from the upstream flags.
+pub fn scheduler_config(base: SchedulerConfig) -> SchedulerConfig {
+    SchedulerConfig {
+        override_logical_codec: Some(logical_codec()),
+        override_physical_codec: Some(physical_codec()),
+        override_session_builder: Some(Arc::new(session_state)),
+        override_config_producer: Some(Arc::new(session_config)),
+        ..base
+    }
+}
+
+/// Applies the plugin to an executor config parsed from the upstream flags.
+pub fn executor_config(base: ExecutorProcessConfig) -> Result<ExecutorProcessConfig> {
+    Ok(ExecutorProcessConfig {
+        override_logical_codec: Some(logical_codec()),
+        override_physical_codec: Some(physical_codec()),
+        override_function_registry: Some(Arc::new(function_registry()?)),
+        override_config_producer: Some(Arc::new(session_config)),
+        ..base
+    })
+}
+
+/// A client session on the embedded (in-process scheduler + executor) cluster.
+/// `parallelism` is the executor's task slots (default: the machine's cores).
+pub async fn standalone_context(parallelism: Option<usize>) -> Result<SessionContext> {
+    let mut config = session_config();
+    if let Some(n) = parallelism {
+        config = config.set_usize(BALLISTA_STANDALONE_PARALLELISM, n.max(1));
+    }
+    let state = session_state(config)?;
+    let ctx = SessionContext::standalone_with_state(state).await?;
+    Ok(ctx)
+}
+
+/// A client session on a remote scheduler (`df://host:port`).
+pub async fn remote_context(url: &str) -> Result<SessionContext> {
+    let state = session_state(session_config())?;
+    SessionContext::remote_with_state(url, state).await
+}
+
+/// A plain local DataFusion session with the plugin (no Ballista), for unit tests.
+pub fn local_context() -> Result<SessionContext> {
+    let config = SessionConfig::new().with_information_schema(true);
+    let mut state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .build();
+    register_plugin(&mut state);
+    Ok(SessionContext::new_with_state(state))
+}
+
+/// DataFrame entry point for the image source.
+#[async_trait::async_trait]
+pub trait ImageContextExt {
+    /// Reads images under `path` into a DataFrame with Spark's `ImageSchema`.
+    async fn read_images(&self, path: &str, options: ImageReadOptions) -> Result<DataFrame>;
+}
+
+#[async_trait::async_trait]
+impl ImageContextExt for SessionContext {
+    async fn read_images(&self, path: &str, options: ImageReadOptions) -> Result<DataFrame> {
+        let path = path.to_string();
+        let provider =
+            tokio::task::spawn_blocking(move || ImageTableProvider::try_new(&path, options))
+                .await
+                .map_err(|e| datafusion::common::exec_datafusion_err!("listing failed: {e}"))??;
+        self.read_table(Arc::new(provider))
+    }
+}

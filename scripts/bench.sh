@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Benchmarks beside their peers, one run, with ratios.
+# Image decoding: the plugin's decoders vs Pillow on ../shared/data/flowers, single-threaded
+# and on all cores; full decode, and decode + resize to 224x224.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$DLP_ROOT"
+scripts/setup.sh
+cargo build -q -p dlp-tests --bin dlp-bench-decode
+dir="$DLP_DATA/flowers"
+cores="$(nproc)"
+echo "decode benchmark: $(find "$dir" -iname '*.jpg' | wc -l) JPEGs under $dir, $cores cores, $(date -u +%F)"
+printf '%-8s %-7s %12s %16s %16s %8s %20s %8s\n' mode threads "dlp img/s" "pillow img/s" "" ratio "pillow+draft img/s" ratio
+for threads in 1 "$cores"; do
+  for mode in decode resize; do
+    ours=$("$CARGO_TARGET_DIR/debug/dlp-bench-decode" --dir "$dir" --threads "$threads" --mode "$mode")
+    peer=$("$DLP_PYTHON" bench/decode_pillow.py --dir "$dir" --threads "$threads" --mode "$mode")
+    draft="null"
+    if [ "$mode" = resize ]; then
+      draft=$("$DLP_PYTHON" bench/decode_pillow.py --dir "$dir" --threads "$threads" --mode resize-draft)
+    fi
+    "$DLP_PYTHON" - "$ours" "$peer" "$draft" <<'PY'
+import json, sys
+o, p, d = (json.loads(a) for a in sys.argv[1:4])
+r = o["images_per_s"] / p["images_per_s"]
+line = f'{o["mode"]:<8} {o["threads"]:<7} {o["images_per_s"]:>12.1f} {p["images_per_s"]:>16.1f} {"":>16} {r:>7.2f}x'
+if d:
+    line += f' {d["images_per_s"]:>20.1f} {o["images_per_s"] / d["images_per_s"]:>7.2f}x'
+print(line)
+PY
+  done
+done

@@ -1,0 +1,10 @@
+# Sourced by the project's scripts: one persistent build directory and cache outside the
+# clone, so that fresh clones (and CI) reuse earlier builds and set-up.
+export DLP_CACHE="${DLP_CACHE:-$HOME/.cache/dlp}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DLP_CACHE/target}"
+export DLP_VENV="${DLP_VENV:-$DLP_CACHE/venv}"
+export DLP_PYTHON="$DLP_VENV/bin/python"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+DLP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export DLP_ROOT
+export DLP_DATA="${DLP_DATA:-$DLP_ROOT/../shared/data}"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: set-up, build the binaries the cluster tests start, run every test.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$DLP_ROOT"
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast "$@"

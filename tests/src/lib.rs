@@ -1,0 +1,204 @@
+//! Helpers shared by the integration tests: paths to the shared data and the built
+//! binaries, and a real Ballista DLP cluster (scheduler + executors as separate processes)
+//! on loopback.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// `../shared/data` of the checkout.
+pub fn shared_data() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    std::path::absolute(p).expect("absolute path")
+}
+
+/// A built binary of the workspace (`cargo build --bins` puts them next to `deps/`).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("DLP_BIN_DIR") {
+        return Ok(Path::new(&dir).join(name));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("test binary has no directory")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} is not built: run `cargo build --bins` (make test does)", path.display());
+    }
+    Ok(path)
+}
+
+/// The Python interpreter of the project's virtual environment (set up by `scripts/setup.sh`).
+pub fn python() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var("DLP_PYTHON") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(std::env::var("HOME")?).join(".cache/dlp/venv/bin/python"),
+    };
+    if !path.exists() {
+        bail!("{} is missing: run scripts/setup.sh (make test does)", path.display());
+    }
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A `GET` on loopback returning the status code (no HTTP client dependency needed).
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One process of the cluster, killed on drop; its output goes to a log file.
+pub struct Process {
+    /// Name used in messages.
+    pub name: String,
+    child: Child,
+    /// stdout + stderr of the process.
+    pub log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, bin: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Self> {
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        Ok(Self { name: name.to_string(), child, log })
+    }
+
+    /// The process's output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `dlp-scheduler` and `n` `dlp-executor` processes on 127.0.0.1.
+pub struct Cluster {
+    /// Scheduler gRPC / Flight SQL port.
+    pub port: u16,
+    /// The scheduler process.
+    pub scheduler: Process,
+    /// Executor processes.
+    pub executors: Vec<Process>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts a scheduler and `executors` executors with `vcores` task slots each, and waits
+    /// until every executor reports a successful heartbeat.
+    pub fn start(executors: usize, vcores: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let scheduler = Process::spawn(
+            "scheduler",
+            &binary("dlp-scheduler")?,
+            &[
+                "--bind-host".into(),
+                "127.0.0.1".into(),
+                "--external-host".into(),
+                "127.0.0.1".into(),
+                "--bind-port".into(),
+                port.to_string(),
+            ],
+            dir.path().join("scheduler.log"),
+        )?;
+        let mut cluster = Self { port, scheduler, executors: Vec::new(), _dir: dir };
+        cluster.wait_for(|c| http_status(c.port, "/healthz") == Some(200), "scheduler /healthz")?;
+        let mut health_ports = Vec::new();
+        for i in 0..executors {
+            let health = free_port();
+            let work = cluster._dir.path().join(format!("executor-{i}"));
+            std::fs::create_dir_all(&work)?;
+            let args: Vec<String> = [
+                "--bind-host", "127.0.0.1", "--external-host", "127.0.0.1",
+                "--scheduler-host", "127.0.0.1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--scheduler-port".into(), port.to_string(),
+                "--bind-port".into(), free_port().to_string(),
+                "--bind-grpc-port".into(), free_port().to_string(),
+                "--bind-health-port".into(), health.to_string(),
+                "--vcores".into(), vcores.to_string(),
+                "--id".into(), format!("executor-{i}"),
+                "--work-dir".into(), work.to_string_lossy().into_owned(),
+            ])
+            .collect();
+            let log = cluster._dir.path().join(format!("executor-{i}.log"));
+            cluster
+                .executors
+                .push(Process::spawn(&format!("executor-{i}"), &binary("dlp-executor")?, &args, log)?);
+            health_ports.push(health);
+        }
+        for port in health_ports {
+            cluster.wait_for(|_| http_status(port, "/readyz") == Some(200), "executor /readyz")?;
+        }
+        Ok(cluster)
+    }
+
+    /// `df://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("df://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_for(&mut self, mut ready: impl FnMut(&Self) -> bool, what: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if ready(self) {
+                return Ok(());
+            }
+            if let Some(status) = self.scheduler.exited() {
+                bail!("scheduler exited ({status}):\n{}", self.scheduler.output());
+            }
+            for e in &mut self.executors {
+                if let Some(status) = e.exited() {
+                    bail!("{} exited ({status}):\n{}", e.name, e.output());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("timed out waiting for {what}; scheduler log:\n{}", self.scheduler.output())
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

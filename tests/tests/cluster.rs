@@ -1,0 +1,151 @@
+//! A real cluster on loopback: `dlp-scheduler` and two `dlp-executor` processes. The
+//! flowers are read with labels by the Rust client and by a Python ADBC Flight SQL client.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Int32Type, Int64Type};
+use dlp_tests::{Cluster, hex, python, shared_data};
+use serde_json::Value;
+
+fn flowers() -> String {
+    shared_data().join("flowers").to_string_lossy().into_owned()
+}
+
+fn decoded_by(log: &str) -> u64 {
+    // Lines like: ... image partition done partition=3 images_decoded=89 invalid_images=0 ...
+    log.lines()
+        .filter(|l| l.contains("image partition done"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("images_decoded="))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// The same query for both clients: one row per file, pixels summarized by their hash.
+fn rows_query() -> String {
+    format!(
+        "SELECT image['origin'] AS origin, label, label_name, image['height'] AS height, \
+         image['width'] AS width, image['nChannels'] AS channels, \
+         sha256(image['data']) AS digest \
+         FROM read_images('{}', 'withLabel=true')",
+        flowers()
+    )
+}
+
+type RowKey = (String, Option<i32>, Option<String>, i32, i32, i32, String);
+
+fn rust_rows(batches: &[RecordBatch]) -> BTreeSet<RowKey> {
+    let mut out = BTreeSet::new();
+    for b in batches {
+        let s = |i: usize| b.column(i).as_string::<i32>().clone();
+        let n = |i: usize| b.column(i).as_primitive::<Int32Type>().clone();
+        let (origin, label, name, h, w, c) = (s(0), n(1), s(2), n(3), n(4), n(5));
+        let digest = b.column(6).as_binary::<i32>();
+        for r in 0..b.num_rows() {
+            out.insert((
+                origin.value(r).to_string(),
+                label.is_valid(r).then(|| label.value(r)),
+                name.is_valid(r).then(|| name.value(r).to_string()),
+                h.value(r),
+                w.value(r),
+                c.value(r),
+                hex(digest.value(r)),
+            ));
+        }
+    }
+    out
+}
+
+fn python_rows(json: &Value) -> BTreeSet<RowKey> {
+    json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["origin"].as_str().unwrap().to_string(),
+                r["label"].as_i64().map(|v| v as i32),
+                r["label_name"].as_str().map(str::to_string),
+                r["height"].as_i64().unwrap() as i32,
+                r["width"].as_i64().unwrap() as i32,
+                r["channels"].as_i64().unwrap() as i32,
+                r["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flowers_on_two_executors_and_over_flight_sql() {
+    let cluster = Cluster::start(2, 2).expect("cluster");
+    let ctx = dlp_plugin::session::remote_context(&cluster.url()).await.unwrap();
+
+    // 1. Per-class counts, decoded on the executors (dropInvalid forces every decode).
+    let counts = ctx
+        .sql(&format!(
+            "SELECT label_name, count(*) AS n FROM read_images('{}', 'withLabel=true', \
+             'dropInvalid=true') GROUP BY label_name",
+            flowers()
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut per_class = BTreeMap::new();
+    for b in &counts {
+        let names = b.column(0).as_string::<i32>();
+        let n = b.column(1).as_primitive::<Int64Type>();
+        for r in 0..b.num_rows() {
+            per_class.insert(names.value(r).to_string(), n.value(r));
+        }
+    }
+    let expected: BTreeMap<String, i64> = [
+        ("daisy", 289),
+        ("dandelion", 487),
+        ("roses", 263),
+        ("sunflowers", 290),
+        ("tulips", 99),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(per_class, expected);
+    let decoded: Vec<u64> = cluster.executors.iter().map(|e| decoded_by(&e.output())).collect();
+    assert!(
+        decoded.iter().all(|&d| d > 0),
+        "both executors must decode images, got {decoded:?}"
+    );
+    assert_eq!(decoded.iter().sum::<u64>(), 1428, "every flower decoded once: {decoded:?}");
+
+    // 2. The same SELECT through the Ballista client and through Flight SQL (ADBC).
+    let batches = ctx.sql(&rows_query()).await.unwrap().collect().await.unwrap();
+    let ours = rust_rows(&batches);
+    assert_eq!(ours.len(), 1429, "1,428 flowers and LICENSE.txt as an invalid row");
+    let invalid: Vec<_> = ours.iter().filter(|r| r.5 < 0).collect();
+    assert_eq!(invalid.len(), 1);
+    assert!(invalid[0].0.ends_with("/flowers/LICENSE.txt"), "{invalid:?}");
+
+    let out = Command::new(python().unwrap())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/flight_sql_query.py"))
+        .arg(format!("grpc://127.0.0.1:{}", cluster.port))
+        .arg(rows_query())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ADBC client failed: {}\nscheduler log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.scheduler.output()
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["columns"],
+        serde_json::json!(["origin", "label", "label_name", "height", "width", "channels", "digest"])
+    );
+    assert_eq!(python_rows(&json), ours);
+}
