@@ -258,6 +258,7 @@ impl PhysicalExtensionCodec for PluginPhysicalCodec {
 mod tests {
     use super::*;
     use crate::image::ImageReadOptions;
+    use datafusion::physical_plan::ExecutionPlanProperties;
     use datafusion::prelude::SessionContext;
     use datafusion_proto::bytes::{
         logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,

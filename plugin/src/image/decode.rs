@@ -173,14 +173,16 @@ fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
         ColorSpace::JCS_GRAYSCALE => {
             let mut started = decompress.grayscale().map_err(corrupt)?;
             let data: Vec<u8> = started.read_scanlines().map_err(corrupt)?;
-            finish_jpeg(started)?;
+            // libjpeg tolerates trailing garbage after the image (as ImageIO does).
+            let _ = started.finish();
             Ok(ImageRow::new(height, width, 1, data))
         }
         ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
             // Out of Spark parity scope (SPEC.md): Adobe-style inverted CMYK to B G R.
             let mut started = decompress.to_colorspace(ColorSpace::JCS_CMYK).map_err(corrupt)?;
             let cmyk: Vec<u8> = started.read_scanlines().map_err(corrupt)?;
-            finish_jpeg(started)?;
+            // libjpeg tolerates trailing garbage after the image (as ImageIO does).
+            let _ = started.finish();
             let mut data = Vec::with_capacity(width * height * 3);
             for px in cmyk.chunks_exact(4) {
                 let k = px[3] as u32;
@@ -195,17 +197,13 @@ fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
                 .to_colorspace(ColorSpace::JCS_EXT_BGR)
                 .map_err(corrupt)?;
             let data: Vec<u8> = started.read_scanlines().map_err(corrupt)?;
-            finish_jpeg(started)?;
+            // libjpeg tolerates trailing garbage after the image (as ImageIO does).
+            let _ = started.finish();
             Ok(ImageRow::new(height, width, 3, data))
         }
     }
 }
 
-fn finish_jpeg<R>(started: mozjpeg::DecompressStarted<R>) -> Result<(), InvalidImage> {
-    // libjpeg tolerates trailing garbage after the image (as ImageIO does).
-    let _ = started.finish_decompress();
-    Ok(())
-}
 
 // ----------------------------------------------------------------------------------------
 // PNG
@@ -214,6 +212,12 @@ fn decode_png(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
     use png::{BitDepth, ColorType};
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::IDENTITY);
+    // The pixel limit is ours; the crate's own 64 MiB default would reject big photos.
+    decoder.set_limits(png::Limits {
+        bytes: usize::try_from(options.max_pixels.saturating_mul(8)).unwrap_or(usize::MAX),
+    });
+    let header = decoder.read_header_info().map_err(corrupt)?;
+    check_size(header.width as u64, header.height as u64, options)?;
     let mut reader = decoder.read_info().map_err(corrupt)?;
     let (width, height, color_type, bit_depth, palette, trns) = {
         let info = reader.info();
@@ -253,7 +257,7 @@ fn decode_png(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
             }
             Ok(ImageRow::new(height, width, 1, data))
         }
-        ColorType::Grayscale => {
+        ColorType::Grayscale | ColorType::GrayscaleAlpha => {
             // Packed 1/2/4-bit gray: ImageIO uses an indexed colour model, so Spark reports
             // three channels with the gray ramp i * 255 / (2^depth - 1).
             let max = (1u32 << depth) - 1;

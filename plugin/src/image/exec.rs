@@ -17,7 +17,9 @@ use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
 use futures::{StreamExt, TryStreamExt};
 
 use super::decode::{DecodeOptions, InvalidImage, decode_image, sniff_format};
@@ -260,30 +262,28 @@ impl DecodeJob {
         let mut images = ImageColumnBuilder::with_capacity(n, data_hint);
         for i in 0..n {
             let path = paths.value(i);
-            let row = if self.decode {
-                let timer = metrics.decode_time.timer();
-                let row = read_and_decode(path, &self.options, metrics);
-                timer.done();
-                row
-            } else {
-                ImageRow::invalid()
-            };
+            if !self.decode {
+                // Neither pixels nor validity are needed: the file is not even opened.
+                keep.push(i as u32);
+                continue;
+            }
+            let timer = metrics.decode_time.timer();
+            let row = read_and_decode(path, &self.options, metrics);
+            timer.done();
             let row = match row {
                 Ok(r) => {
                     metrics.images_decoded.add(1);
                     r
                 }
                 Err(reason) => {
-                    if self.decode {
-                        metrics.invalid_images.add(1);
-                        tracing::warn!(
-                            target: "dlp_plugin::image",
-                            file = %path,
-                            reason = %reason,
-                            dropped = self.drop_invalid,
-                            "invalid image"
-                        );
-                    }
+                    metrics.invalid_images.add(1);
+                    tracing::warn!(
+                        target: "dlp_plugin::image",
+                        file = %path,
+                        reason = %reason,
+                        dropped = self.drop_invalid,
+                        "invalid image"
+                    );
                     if self.drop_invalid {
                         metrics.invalid_dropped.add(1);
                         continue;

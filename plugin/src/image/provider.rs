@@ -276,7 +276,15 @@ impl TableProviderFactory for ImageTableFactory {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let options = ImageReadOptions::from_pairs(pairs)?;
-        let location = cmd.location.clone();
+        let location = match cmd.locations.as_slice() {
+            [one] => one.clone(),
+            other => {
+                return plan_err!(
+                    "STORED AS IMAGE takes one LOCATION (a folder or file), got {}",
+                    other.len()
+                );
+            }
+        };
         let provider =
             tokio::task::spawn_blocking(move || ImageTableProvider::try_new(&location, options))
                 .await

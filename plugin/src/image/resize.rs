@@ -65,7 +65,7 @@ fn decode_jpeg_scaled_rgb(
         let mut started = d.rgb().map_err(corrupt)?;
         let (width, height) = (started.width(), started.height());
         let data: Vec<u8> = started.read_scanlines().map_err(corrupt)?;
-        let _ = started.finish_decompress();
+        let _ = started.finish();
         Ok(RgbImage { width, height, data })
     }))
     .unwrap_or_else(|_| Err(InvalidImage::Corrupt("libjpeg fatal error".into())))
