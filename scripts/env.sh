@@ -8,3 +8,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 DLP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DLP_ROOT
 export DLP_DATA="${DLP_DATA:-$DLP_ROOT/../shared/data}"
+# libtorch for `tch` comes from the venv's PyTorch wheel (torch-sys: LIBTORCH_USE_PYTORCH).
+export VIRTUAL_ENV="$DLP_VENV"
+export PATH="$DLP_VENV/bin:$PATH"
+export LIBTORCH_USE_PYTORCH=1
+export DLP_MODEL_DIR="${DLP_MODEL_DIR:-$DLP_CACHE/models}"

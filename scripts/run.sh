@@ -5,7 +5,7 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$DLP_ROOT"
-scripts/setup.sh build
+scripts/setup.sh
 cargo build -q -p dlp --bin dlp
 if [ $# -eq 0 ]; then set -- images "$DLP_DATA/flowers"; fi
 exec "$CARGO_TARGET_DIR/debug/dlp" "$@"

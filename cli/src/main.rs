@@ -2,6 +2,7 @@
 //! on a cluster with `--scheduler df://host:port`.
 
 mod images;
+mod models;
 mod output;
 
 use std::io::Write;
@@ -29,6 +30,13 @@ struct Cli {
     /// Log filter in RUST_LOG syntax, e.g. info or dlp_plugin=debug.
     #[arg(long, global = true, default_value = "warn", env = "RUST_LOG")]
     log: String,
+    /// Directory of TorchScript models and manifests (default: $DLP_MODEL_DIR, else
+    /// ~/.cache/dlp/models).
+    #[arg(long, global = true, env = "DLP_MODEL_DIR")]
+    model_dir: Option<std::path::PathBuf>,
+    /// Device of the embedded executor: auto, cpu or cuda:N.
+    #[arg(long, global = true, default_value = "auto", env = "DLP_DEVICE")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +56,9 @@ enum Command {
     /// Read an image folder (labels from sub-folder names) and summarize it: images per
     /// class, invalid images (and which files), decode throughput.
     Images(images::ImagesArgs),
+    /// Manage the model directory: list, verify, export pretrained models.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
 }
 
 #[tokio::main]
@@ -55,23 +66,47 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::new(&cli.log))
         .init();
+    let device: dlp_plugin::torch::DeviceSpec =
+        cli.device.parse().map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let torch = dlp_plugin::torch::ProcessTorchConfig {
+        model_dir: cli
+            .model_dir
+            .clone()
+            .unwrap_or_else(dlp_plugin::torch::manifest::default_model_dir),
+        device,
+        threads: cli.parallelism.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }),
+    };
+    let zoo = torch.zoo();
+    torch.install();
+    if let Command::Models(cmd) = &cli.command {
+        return models::run(&zoo, cmd);
+    }
     let ctx = connect(cli.scheduler.as_deref(), cli.parallelism).await?;
     match cli.command {
+        Command::Models(_) => unreachable!("handled above"),
         Command::Sql { query, format } => run_sql(&ctx, &query, format).await,
         Command::Images(args) => images::run(&ctx, &args, cli.scheduler.as_deref()).await,
     }
 }
 
-async fn connect(scheduler: Option<&str>, parallelism: Option<usize>) -> anyhow::Result<SessionContext> {
+async fn connect(
+    scheduler: Option<&str>,
+    parallelism: Option<usize>,
+) -> anyhow::Result<SessionContext> {
     match scheduler {
         Some(url) => dlp_plugin::session::remote_context(url)
             .await
             .with_context(|| format!("cannot connect to the scheduler at {url}")),
         None => {
             let slots = parallelism.unwrap_or_else(|| {
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
             });
             dlp_plugin::session::standalone_context(Some(slots))
                 .await

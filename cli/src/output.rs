@@ -28,7 +28,10 @@ pub enum Format {
 pub fn write(batches: &[RecordBatch], format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
     match format {
         Format::Table => {
-            let shown: Vec<RecordBatch> = batches.iter().map(summarize_binary).collect::<Result<_>>()?;
+            let shown: Vec<RecordBatch> = batches
+                .iter()
+                .map(summarize_binary)
+                .collect::<Result<_>>()?;
             writeln!(out, "{}", pretty_format_batches(&shown)?)?;
         }
         Format::Json => {
@@ -66,16 +69,26 @@ fn cell(array: &dyn Array, row: usize) -> Result<Value> {
         DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
         DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
             let v = datafusion::arrow::compute::cast(&array.slice(row, 1), &DataType::Int64)?;
-            Value::from(v.as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0))
+            Value::from(
+                v.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                    .value(0),
+            )
         }
         DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
             let v = datafusion::arrow::compute::cast(&array.slice(row, 1), &DataType::UInt64)?;
-            Value::from(v.as_primitive::<datafusion::arrow::datatypes::UInt64Type>().value(0))
+            Value::from(
+                v.as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+                    .value(0),
+            )
         }
         DataType::Float16 | DataType::Float32 | DataType::Float64 => {
             let v = datafusion::arrow::compute::cast(&array.slice(row, 1), &DataType::Float64)?;
-            let f = v.as_primitive::<datafusion::arrow::datatypes::Float64Type>().value(0);
-            serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::String(f.to_string()))
+            let f = v
+                .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                .value(0);
+            serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .unwrap_or(Value::String(f.to_string()))
         }
         DataType::Utf8 => Value::String(array.as_string::<i32>().value(row).to_string()),
         DataType::LargeUtf8 => Value::String(array.as_string::<i64>().value(row).to_string()),
@@ -115,13 +128,29 @@ fn write_csv(batches: &[RecordBatch], out: &mut dyn Write) -> anyhow::Result<()>
     };
     let mut header = Vec::new();
     flatten_names("", first.schema().fields(), &mut header);
-    writeln!(out, "{}", header.iter().map(|h| csv_escape(h)).collect::<Vec<_>>().join(","))?;
+    writeln!(
+        out,
+        "{}",
+        header
+            .iter()
+            .map(|h| csv_escape(h))
+            .collect::<Vec<_>>()
+            .join(",")
+    )?;
     for batch in batches {
         let rows = to_json_rows(std::slice::from_ref(batch))?;
         for row in rows.as_array().into_iter().flatten() {
             let mut cells = Vec::new();
             flatten_values(row, &mut cells);
-            writeln!(out, "{}", cells.iter().map(|c| csv_escape(c)).collect::<Vec<_>>().join(","))?;
+            writeln!(
+                out,
+                "{}",
+                cells
+                    .iter()
+                    .map(|c| csv_escape(c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )?;
         }
     }
     Ok(())
@@ -168,7 +197,10 @@ fn summarize_binary(batch: &RecordBatch) -> Result<RecordBatch> {
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .unzip();
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 fn summarize_column(field: &Field, col: &ArrayRef) -> Result<(Field, ArrayRef)> {
@@ -241,7 +273,10 @@ mod tests {
     fn csv_flattens_structs_and_quotes() {
         let mut out = Vec::new();
         write(&[batch()], Format::Csv, &mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "name,image.h,image.data\n\"a,b\",2,AAH/\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "name,image.h,image.data\n\"a,b\",2,AAH/\n"
+        );
     }
 
     #[test]

@@ -18,11 +18,37 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(flatten)]
     upstream: Config,
+    /// Device for torch operators: auto (CUDA when present), cpu, or cuda:N.
+    #[arg(long, default_value = "auto", env = "DLP_DEVICE")]
+    device: String,
+    /// Directory of TorchScript models and their manifests (shared with the scheduler).
+    #[arg(long, env = "DLP_MODEL_DIR")]
+    model_dir: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let device: dlp_plugin::torch::DeviceSpec = cli
+        .device
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    // Fail at start-up, not in the first task, when the requested GPU is not there.
+    let chosen = device.resolve().map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let vcores = if cli.upstream.vcores > 0 {
+        cli.upstream.vcores
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    dlp_plugin::torch::ProcessTorchConfig {
+        model_dir: cli
+            .model_dir
+            .clone()
+            .unwrap_or_else(dlp_plugin::torch::manifest::default_model_dir),
+        device,
+        threads: vcores,
+    }
+    .install();
     let bind_host = cli.upstream.bind_host.clone();
     let health_port = cli.upstream.bind_health_port;
     let config: ExecutorProcessConfig = cli
@@ -31,11 +57,12 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid executor configuration: {e}"))?;
     let filter = std::env::var(EnvFilter::DEFAULT_ENV)
         .unwrap_or_else(|_| config.special_mod_log_level.clone());
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_thread_names(config.print_thread_info)
-        .with_env_filter(EnvFilter::new(filter))
-        .init();
+    dlp_plugin::logging::init(
+        &filter,
+        config.print_thread_info,
+        config.log_dir.as_deref(),
+        &config.log_file_name_prefix(),
+    );
     let config = dlp_plugin::session::executor_config(config)
         .map_err(|e| anyhow::anyhow!("cannot install the plugin: {e}"))?;
 
@@ -44,7 +71,13 @@ async fn main() -> anyhow::Result<()> {
         .context("invalid --bind-host/--bind-health-port")?;
     let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
     let health = spawn_health_server(health_addr, config.health.clone(), health_stopped);
-    tracing::info!(id = %config.executor_id, vcores = config.vcores, "starting dlp-executor");
+    tracing::info!(
+        id = %config.executor_id,
+        vcores = config.vcores,
+        device = ?chosen,
+        model_dir = %dlp_plugin::torch::ProcessTorchConfig::get().model_dir.display(),
+        "starting dlp-executor"
+    );
     let result = start_executor_process(Arc::new(config)).await;
     let _ = stop_health.send(());
     let _ = health.await;
@@ -57,14 +90,9 @@ mod tests {
 
     #[test]
     fn upstream_flags_parse() {
-        let cli = Cli::try_parse_from([
-            "dlp-executor",
-            "--scheduler-port",
-            "50123",
-            "--vcores",
-            "3",
-        ])
-        .unwrap();
+        let cli =
+            Cli::try_parse_from(["dlp-executor", "--scheduler-port", "50123", "--vcores", "3"])
+                .unwrap();
         assert_eq!(cli.upstream.scheduler_port, 50123);
         assert_eq!(cli.upstream.vcores, 3);
     }

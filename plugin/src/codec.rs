@@ -17,6 +17,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 
 use crate::image::{ImageDecodeExec, ImageScanSpec, ImageTableProvider};
+use crate::torch::{TorchInferenceExec, TorchInferenceNode, TorchSpec};
 
 /// First byte of a buffer written by Ballista's inner codec.
 const TAG_BALLISTA: u8 = 0x00;
@@ -29,6 +30,8 @@ const TAG_PLUGIN: u8 = 0xD1;
 enum Kind {
     ImageTable = 1,
     ImageDecodeExec = 2,
+    TorchInferenceNode = 3,
+    TorchInferenceExec = 4,
 }
 
 impl Kind {
@@ -36,6 +39,8 @@ impl Kind {
         match b {
             1 => Some(Self::ImageTable),
             2 => Some(Self::ImageDecodeExec),
+            3 => Some(Self::TorchInferenceNode),
+            4 => Some(Self::TorchInferenceExec),
             _ => None,
         }
     }
@@ -89,11 +94,23 @@ impl LogicalExtensionCodec for PluginLogicalCodec {
     ) -> Result<Extension> {
         match split(buf)? {
             Err(rest) => self.inner.try_decode(rest, inputs, ctx),
+            Ok((Kind::TorchInferenceNode, body)) => {
+                let spec: TorchSpec = read_plugin(Kind::TorchInferenceNode, body)?;
+                let [input] = inputs else {
+                    return internal_err!("plugin codec: TorchInference needs 1 input");
+                };
+                Ok(Extension {
+                    node: Arc::new(TorchInferenceNode::try_new(input.clone(), spec)?),
+                })
+            }
             Ok((kind, _)) => internal_err!("plugin codec: {kind:?} is not a logical node"),
         }
     }
 
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+        if let Some(torch) = node.node.as_any().downcast_ref::<TorchInferenceNode>() {
+            return write_plugin(buf, Kind::TorchInferenceNode, torch.spec());
+        }
         buf.push(TAG_BALLISTA);
         self.inner.try_encode(node, buf)
     }
@@ -106,7 +123,9 @@ impl LogicalExtensionCodec for PluginLogicalCodec {
         ctx: &TaskContext,
     ) -> Result<Arc<dyn TableProvider>> {
         match split(buf)? {
-            Err(rest) => self.inner.try_decode_table_provider(rest, table_ref, schema, ctx),
+            Err(rest) => self
+                .inner
+                .try_decode_table_provider(rest, table_ref, schema, ctx),
             Ok((Kind::ImageTable, body)) => {
                 let spec: ImageScanSpec = read_plugin(Kind::ImageTable, body)?;
                 let provider = ImageTableProvider::from_spec(spec);
@@ -208,6 +227,13 @@ impl PhysicalExtensionCodec for PluginPhysicalCodec {
                     proto.projection,
                 )?))
             }
+            Ok((Kind::TorchInferenceExec, body)) => {
+                let spec: TorchSpec = read_plugin(Kind::TorchInferenceExec, body)?;
+                let [input] = inputs else {
+                    return internal_err!("plugin codec: TorchInferenceExec needs 1 input");
+                };
+                Ok(Arc::new(TorchInferenceExec::try_new(input.clone(), spec)?))
+            }
             Ok((kind, _)) => internal_err!("plugin codec: {kind:?} is not a physical node"),
         }
     }
@@ -224,6 +250,9 @@ impl PhysicalExtensionCodec for PluginPhysicalCodec {
                 projection: exec.projection().to_vec(),
             };
             return write_plugin(buf, Kind::ImageDecodeExec, &proto);
+        }
+        if let Some(exec) = node.downcast_ref::<TorchInferenceExec>() {
+            return write_plugin(buf, Kind::TorchInferenceExec, exec.spec());
         }
         buf.push(TAG_BALLISTA);
         self.inner.try_encode(node, buf, proto_converter)
@@ -284,9 +313,13 @@ mod tests {
         let back =
             logical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec).unwrap();
         assert_eq!(format!("{plan}"), format!("{back}"));
-        let LogicalPlan::TableScan(scan) = back else { panic!("not a scan: {back}") };
+        let LogicalPlan::TableScan(scan) = back else {
+            panic!("not a scan: {back}")
+        };
         let source = datafusion::datasource::source_as_provider(&scan.source).unwrap();
-        let decoded = source.downcast_ref::<ImageTableProvider>().expect("image table");
+        let decoded = source
+            .downcast_ref::<ImageTableProvider>()
+            .expect("image table");
         assert_eq!(decoded.spec(), provider.spec());
     }
 
@@ -302,7 +335,9 @@ mod tests {
         let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &codec).unwrap();
         let back =
             physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec).unwrap();
-        let exec = back.downcast_ref::<ImageDecodeExec>().expect("ImageDecodeExec");
+        let exec = back
+            .downcast_ref::<ImageDecodeExec>()
+            .expect("ImageDecodeExec");
         assert_eq!(exec.spec(), provider.spec());
         assert_eq!(exec.projection(), &[2, 0]);
         assert_eq!(back.schema(), plan.schema());

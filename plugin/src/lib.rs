@@ -6,6 +6,8 @@
 
 pub mod codec;
 pub mod image;
+pub mod logging;
 pub mod session;
+pub mod torch;
 
 pub use session::ImageContextExt;

@@ -10,7 +10,7 @@ use ballista_executor::executor_process::ExecutorProcessConfig;
 use ballista_scheduler::config::SchedulerConfig;
 use datafusion::common::Result;
 use datafusion::dataframe::DataFrame;
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::execution::context::SessionState;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
@@ -18,6 +18,7 @@ use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 
 use crate::codec::{PluginLogicalCodec, PluginPhysicalCodec};
 use crate::image::{ImageReadOptions, ImageTableFactory, ImageTableProvider, ReadImagesFunction};
+use crate::torch::PluginQueryPlanner;
 
 /// Name of the image table function.
 pub const READ_IMAGES: &str = "read_images";
@@ -46,7 +47,10 @@ pub fn session_config() -> SessionConfig {
 /// plugin's table functions and table factories. Used as the scheduler's session builder
 /// and as the client's state before it is upgraded for Ballista.
 pub fn session_state(config: SessionConfig) -> Result<SessionState> {
-    let mut state = ballista_core::utils::default_session_builder(config)?;
+    let state = ballista_core::utils::default_session_builder(config)?;
+    let mut state = SessionStateBuilder::new_from_existing(state)
+        .with_query_planner(Arc::new(PluginQueryPlanner))
+        .build();
     register_plugin(&mut state);
     Ok(state)
 }
@@ -56,11 +60,30 @@ fn register_plugin(state: &mut SessionState) {
     state
         .table_factories_mut()
         .insert(IMAGE_FORMAT.to_string(), Arc::new(ImageTableFactory));
+    for udf in plugin_udfs() {
+        // Registering replaces nothing of DataFusion's: the names are the plugin's own.
+        let _ = state.register_udf(Arc::new(udf));
+    }
+}
+
+/// The plugin's scalar functions (models as SQL functions).
+pub fn plugin_udfs() -> Vec<datafusion::logical_expr::ScalarUDF> {
+    vec![crate::torch::udf::featurize_udf(), crate::torch::udf::predict_topk_udf()]
+}
+
+/// Re-registers the plugin's scalar functions on a client context:
+/// `upgrade_for_ballista` drops functions registered in the state before it.
+fn register_client_udfs(ctx: &SessionContext) {
+    for udf in plugin_udfs() {
+        ctx.register_udf(udf);
+    }
 }
 
 /// Functions the executors resolve by name (DataFusion's incl. nested ones, and the plugin's).
 pub fn function_registry() -> Result<BallistaFunctionRegistry> {
-    Ok(BallistaFunctionRegistry::from(&session_state(session_config())?))
+    Ok(BallistaFunctionRegistry::from(&session_state(
+        session_config(),
+    )?))
 }
 
 /// Applies the plugin to a scheduler config parsed from the upstream flags.
@@ -94,13 +117,16 @@ pub async fn standalone_context(parallelism: Option<usize>) -> Result<SessionCon
     }
     let state = session_state(config)?;
     let ctx = SessionContext::standalone_with_state(state).await?;
+    register_client_udfs(&ctx);
     Ok(ctx)
 }
 
 /// A client session on a remote scheduler (`df://host:port`).
 pub async fn remote_context(url: &str) -> Result<SessionContext> {
     let state = session_state(session_config())?;
-    SessionContext::remote_with_state(url, state).await
+    let ctx = SessionContext::remote_with_state(url, state).await?;
+    register_client_udfs(&ctx);
+    Ok(ctx)
 }
 
 /// A plain local DataFusion session with the plugin (no Ballista), for unit tests.
@@ -109,6 +135,7 @@ pub fn local_context() -> Result<SessionContext> {
     let mut state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
+        .with_query_planner(Arc::new(PluginQueryPlanner))
         .build();
     register_plugin(&mut state);
     Ok(SessionContext::new_with_state(state))

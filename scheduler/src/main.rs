@@ -20,6 +20,10 @@ struct Cli {
     /// Do not serve Arrow Flight SQL on the scheduler port (it is served by default).
     #[arg(long)]
     no_flight_sql: bool,
+    /// Directory of model manifests, to check model names when planning (shared with the
+    /// executors).
+    #[arg(long, env = "DLP_MODEL_DIR")]
+    model_dir: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,13 +36,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(dir) = &cli.model_dir {
+        dlp_plugin::torch::ProcessTorchConfig {
+            model_dir: dir.clone(),
+            ..dlp_plugin::torch::ProcessTorchConfig::from_env()
+        }
+        .install();
+    }
     let filter = std::env::var(EnvFilter::DEFAULT_ENV)
         .unwrap_or_else(|_| cli.upstream.log_level_setting.clone());
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_thread_names(cli.upstream.print_thread_info)
-        .with_env_filter(EnvFilter::new(filter))
-        .init();
+    let prefix = format!("scheduler_{}_{}", cli.upstream.external_host, cli.upstream.bind_port);
+    dlp_plugin::logging::init(
+        &filter,
+        cli.upstream.print_thread_info,
+        cli.upstream.log_dir.as_deref(),
+        &prefix,
+    );
 
     let addr: SocketAddr = format!("{}:{}", cli.upstream.bind_host, cli.upstream.bind_port)
         .parse()

@@ -22,13 +22,19 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         return Ok(Path::new(&dir).join(name));
     }
     let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("test binary has no directory")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("test binary has no directory")?
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
     let path = dir.join(name);
     if !path.exists() {
-        bail!("{} is not built: run `cargo build --bins` (make test does)", path.display());
+        bail!(
+            "{} is not built: run `cargo build --bins` (make test does)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -40,7 +46,10 @@ pub fn python() -> anyhow::Result<PathBuf> {
         Err(_) => PathBuf::from(std::env::var("HOME")?).join(".cache/dlp/venv/bin/python"),
     };
     if !path.exists() {
-        bail!("{} is missing: run scripts/setup.sh (make test does)", path.display());
+        bail!(
+            "{} is missing: run scripts/setup.sh (make test does)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -55,9 +64,14 @@ pub fn free_port() -> u16 {
 
 /// A `GET` on loopback returning the status code (no HTTP client dependency needed).
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).ok()?;
     let head = String::from_utf8_lossy(&buf[..n]);
@@ -83,7 +97,11 @@ impl Process {
             .stderr(Stdio::from(out))
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        Ok(Self { name: name.to_string(), child, log })
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log,
+        })
     }
 
     /// The process's output so far.
@@ -138,37 +156,62 @@ impl Cluster {
             ],
             dir.path().join("scheduler.log"),
         )?;
-        let mut cluster = Self { port, scheduler, executors: Vec::new(), _dir: dir };
-        cluster.wait_for(|c| http_status(c.port, "/healthz") == Some(200), "scheduler /healthz")?;
+        let mut cluster = Self {
+            port,
+            scheduler,
+            executors: Vec::new(),
+            _dir: dir,
+        };
+        cluster.wait_for(
+            |c| http_status(c.port, "/healthz") == Some(200),
+            "scheduler /healthz",
+        )?;
         let mut health_ports = Vec::new();
         for i in 0..executors {
             let health = free_port();
             let work = cluster._dir.path().join(format!("executor-{i}"));
             std::fs::create_dir_all(&work)?;
             let args: Vec<String> = [
-                "--bind-host", "127.0.0.1", "--external-host", "127.0.0.1",
-                "--scheduler-host", "127.0.0.1",
+                "--bind-host",
+                "127.0.0.1",
+                "--external-host",
+                "127.0.0.1",
+                "--scheduler-host",
+                "127.0.0.1",
             ]
             .iter()
             .map(|s| s.to_string())
             .chain([
-                "--scheduler-port".into(), port.to_string(),
-                "--bind-port".into(), free_port().to_string(),
-                "--bind-grpc-port".into(), free_port().to_string(),
-                "--bind-health-port".into(), health.to_string(),
-                "--vcores".into(), vcores.to_string(),
-                "--id".into(), format!("executor-{i}"),
-                "--work-dir".into(), work.to_string_lossy().into_owned(),
+                "--scheduler-port".into(),
+                port.to_string(),
+                "--bind-port".into(),
+                free_port().to_string(),
+                "--bind-grpc-port".into(),
+                free_port().to_string(),
+                "--bind-health-port".into(),
+                health.to_string(),
+                "--vcores".into(),
+                vcores.to_string(),
+                "--id".into(),
+                format!("executor-{i}"),
+                "--work-dir".into(),
+                work.to_string_lossy().into_owned(),
             ])
             .collect();
             let log = cluster._dir.path().join(format!("executor-{i}.log"));
-            cluster
-                .executors
-                .push(Process::spawn(&format!("executor-{i}"), &binary("dlp-executor")?, &args, log)?);
+            cluster.executors.push(Process::spawn(
+                &format!("executor-{i}"),
+                &binary("dlp-executor")?,
+                &args,
+                log,
+            )?);
             health_ports.push(health);
         }
         for port in health_ports {
-            cluster.wait_for(|_| http_status(port, "/readyz") == Some(200), "executor /readyz")?;
+            cluster.wait_for(
+                |_| http_status(port, "/readyz") == Some(200),
+                "executor /readyz",
+            )?;
         }
         Ok(cluster)
     }
@@ -194,11 +237,33 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("timed out waiting for {what}; scheduler log:\n{}", self.scheduler.output())
+        bail!(
+            "timed out waiting for {what}; scheduler log:\n{}",
+            self.scheduler.output()
+        )
     }
 }
 
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Rows of a `FixedSizeList<Float32>` column as vectors (`None` for nulls).
+pub fn vectors(array: &dyn datafusion::arrow::array::Array) -> Vec<Option<Vec<f32>>> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Float32Type;
+    let list = array.as_fixed_size_list();
+    (0..list.len())
+        .map(|i| {
+            list.is_valid(i)
+                .then(|| list.value(i).as_primitive::<Float32Type>().values().to_vec())
+        })
+        .collect()
+}
+
+/// Largest absolute difference between two equally long vectors.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "vector lengths differ");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }

@@ -82,7 +82,9 @@ fn python_rows(json: &Value) -> BTreeSet<RowKey> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flowers_on_two_executors_and_over_flight_sql() {
     let cluster = Cluster::start(2, 2).expect("cluster");
-    let ctx = dlp_plugin::session::remote_context(&cluster.url()).await.unwrap();
+    let ctx = dlp_plugin::session::remote_context(&cluster.url())
+        .await
+        .unwrap();
 
     // 1. Per-class counts, decoded on the executors (dropInvalid forces every decode).
     let counts = ctx
@@ -115,23 +117,47 @@ async fn flowers_on_two_executors_and_over_flight_sql() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     assert_eq!(per_class, expected);
-    let decoded: Vec<u64> = cluster.executors.iter().map(|e| decoded_by(&e.output())).collect();
+    let decoded: Vec<u64> = cluster
+        .executors
+        .iter()
+        .map(|e| decoded_by(&e.output()))
+        .collect();
     assert!(
         decoded.iter().all(|&d| d > 0),
         "both executors must decode images, got {decoded:?}"
     );
-    assert_eq!(decoded.iter().sum::<u64>(), 1428, "every flower decoded once: {decoded:?}");
+    assert_eq!(
+        decoded.iter().sum::<u64>(),
+        1428,
+        "every flower decoded once: {decoded:?}"
+    );
 
     // 2. The same SELECT through the Ballista client and through Flight SQL (ADBC).
-    let batches = ctx.sql(&rows_query()).await.unwrap().collect().await.unwrap();
+    let batches = ctx
+        .sql(&rows_query())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     let ours = rust_rows(&batches);
-    assert_eq!(ours.len(), 1429, "1,428 flowers and LICENSE.txt as an invalid row");
+    assert_eq!(
+        ours.len(),
+        1429,
+        "1,428 flowers and LICENSE.txt as an invalid row"
+    );
     let invalid: Vec<_> = ours.iter().filter(|r| r.5 < 0).collect();
     assert_eq!(invalid.len(), 1);
-    assert!(invalid[0].0.ends_with("/flowers/LICENSE.txt"), "{invalid:?}");
+    assert!(
+        invalid[0].0.ends_with("/flowers/LICENSE.txt"),
+        "{invalid:?}"
+    );
 
     let out = Command::new(python().unwrap())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/flight_sql_query.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python/flight_sql_query.py"
+        ))
         .arg(format!("grpc://127.0.0.1:{}", cluster.port))
         .arg(rows_query())
         .output()
@@ -145,7 +171,15 @@ async fn flowers_on_two_executors_and_over_flight_sql() {
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         json["columns"],
-        serde_json::json!(["origin", "label", "label_name", "height", "width", "channels", "digest"])
+        serde_json::json!([
+            "origin",
+            "label",
+            "label_name",
+            "height",
+            "width",
+            "channels",
+            "digest"
+        ])
     );
     assert_eq!(python_rows(&json), ours);
 }

@@ -33,7 +33,12 @@ async fn read(
 ) -> datafusion::common::Result<(Vec<String>, Vec<Row>)> {
     let options = ImageReadOptions::from_pairs(opts.iter().copied())?;
     let df = ctx.read_images(&root.to_string_lossy(), options).await?;
-    let columns: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let columns: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let batches: Vec<RecordBatch> = df.collect().await?;
     let prefix = format!("{}/", origin_uri(&base.to_string_lossy()));
     let mut rows = Vec::new();
@@ -47,7 +52,10 @@ async fn read(
             let mut partitions = BTreeMap::new();
             for (f, col) in b.schema().fields().iter().zip(b.columns()).skip(1) {
                 let s = col.as_string::<i32>();
-                partitions.insert(f.name().clone(), s.is_valid(r).then(|| s.value(r).to_string()));
+                partitions.insert(
+                    f.name().clone(),
+                    s.is_valid(r).then(|| s.value(r).to_string()),
+                );
             }
             let o = origin.value(r);
             rows.push(Row {
@@ -66,20 +74,34 @@ async fn read(
 }
 
 async fn context() -> SessionContext {
-    dlp_plugin::session::standalone_context(Some(2)).await.expect("embedded cluster")
+    dlp_plugin::session::standalone_context(Some(2))
+        .await
+        .expect("embedded cluster")
 }
 
 fn check_expected(row: &Row, e: &Value, compare_pixels: bool) {
     let int = |k: &str| e[k].as_i64().unwrap_or_else(|| panic!("{k} in {e}")) as i32;
     let what = &row.path;
-    assert_eq!(row.n_channels > 0, e["valid"].as_bool().unwrap(), "valid: {what}");
+    assert_eq!(
+        row.n_channels > 0,
+        e["valid"].as_bool().unwrap(),
+        "valid: {what}"
+    );
     assert_eq!(row.height, int("height"), "height: {what}");
     assert_eq!(row.width, int("width"), "width: {what}");
     assert_eq!(row.n_channels, int("nChannels"), "nChannels: {what}");
     assert_eq!(row.mode, int("mode"), "mode: {what}");
-    assert_eq!(row.data_len as i64, e["data_len"].as_i64().unwrap(), "data_len: {what}");
+    assert_eq!(
+        row.data_len as i64,
+        e["data_len"].as_i64().unwrap(),
+        "data_len: {what}"
+    );
     if compare_pixels {
-        assert_eq!(row.sha256, e["data_sha256"].as_str().unwrap(), "data_sha256: {what}");
+        assert_eq!(
+            row.sha256,
+            e["data_sha256"].as_str().unwrap(),
+            "data_sha256: {what}"
+        );
     }
 }
 
@@ -98,7 +120,9 @@ async fn spark_test_images_decode_byte_identical() {
     let by_path: BTreeMap<_, _> = rows.iter().map(|r| (r.path.clone(), r)).collect();
     for e in &expected {
         let path = e["path"].as_str().unwrap();
-        let row = by_path.get(path).unwrap_or_else(|| panic!("no row for {path}"));
+        let row = by_path
+            .get(path)
+            .unwrap_or_else(|| panic!("no row for {path}"));
         // JPEGs included: libjpeg-turbo gives Spark's exact bytes.
         check_expected(row, e, true);
     }
@@ -110,11 +134,14 @@ async fn synthetic_edge_cases_match_spark() {
     let dir = shared_data().join("spark-images/synthetic");
     let base = shared_data().join("spark-images");
     let expected: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(shared_data().join("spark-images/synthetic_expected.json")).unwrap(),
+        &std::fs::read_to_string(shared_data().join("spark-images/synthetic_expected.json"))
+            .unwrap(),
     )
     .unwrap();
     for decode_webp in ["false", "true"] {
-        let (_, rows) = read(&ctx, &dir, &base, &[("decodeWebp", decode_webp)]).await.unwrap();
+        let (_, rows) = read(&ctx, &dir, &base, &[("decodeWebp", decode_webp)])
+            .await
+            .unwrap();
         let by_path: BTreeMap<_, _> = rows.iter().map(|r| (r.path.clone(), r)).collect();
         let with_rows: Vec<&Value> = expected.iter().filter(|e| e.get("row").is_none()).collect();
         assert_eq!(rows.len(), with_rows.len(), "zero-byte files give no row");
@@ -161,7 +188,10 @@ async fn load_scenarios_match_spark() {
         let result = read(&ctx, &root, &images, &opts).await;
         if let Some(err) = s.get("error") {
             let e = result.expect_err(name).to_string();
-            assert!(e.contains(err.as_str().unwrap().trim_matches(['[', ']'])), "{name}: {e}");
+            assert!(
+                e.contains(err.as_str().unwrap().trim_matches(['[', ']'])),
+                "{name}: {e}"
+            );
             continue;
         }
         let (columns, rows) = result.unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -172,7 +202,11 @@ async fn load_scenarios_match_spark() {
             .map(|c| c.as_str().unwrap().to_string())
             .collect();
         assert_eq!(columns, expected_columns, "{name}: columns");
-        assert_eq!(rows.len() as u64, s["count"].as_u64().unwrap(), "{name}: count");
+        assert_eq!(
+            rows.len() as u64,
+            s["count"].as_u64().unwrap(),
+            "{name}: count"
+        );
         let got: BTreeSet<(String, BTreeMap<String, Option<String>>)> = rows
             .iter()
             .map(|r| (r.path.clone(), r.partitions.clone()))

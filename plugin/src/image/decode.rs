@@ -179,7 +179,9 @@ fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
         }
         ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
             // Out of Spark parity scope (SPEC.md): Adobe-style inverted CMYK to B G R.
-            let mut started = decompress.to_colorspace(ColorSpace::JCS_CMYK).map_err(corrupt)?;
+            let mut started = decompress
+                .to_colorspace(ColorSpace::JCS_CMYK)
+                .map_err(corrupt)?;
             let cmyk: Vec<u8> = started.read_scanlines().map_err(corrupt)?;
             // libjpeg tolerates trailing garbage after the image (as ImageIO does).
             let _ = started.finish();
@@ -203,7 +205,6 @@ fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
         }
     }
 }
-
 
 // ----------------------------------------------------------------------------------------
 // PNG
@@ -247,7 +248,11 @@ fn decode_png(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
     let rows = buf.chunks(line).take(height);
     match color_type {
         ColorType::Grayscale | ColorType::GrayscaleAlpha if depth >= 8 => {
-            let channels = if color_type == ColorType::Grayscale { 1 } else { 2 };
+            let channels = if color_type == ColorType::Grayscale {
+                1
+            } else {
+                2
+            };
             let mut data = Vec::with_capacity(pixels);
             for row in rows {
                 for x in 0..width {
@@ -417,9 +422,12 @@ fn decode_with_image_crate(
     let (w, h) = (width as usize, height as usize);
     let row = match img {
         DynamicImage::ImageLuma8(g) => ImageRow::new(h, w, 1, g.into_raw()),
-        DynamicImage::ImageLumaA8(g) => {
-            ImageRow::new(h, w, 1, g.into_raw().chunks_exact(2).map(|p| p[0]).collect())
-        }
+        DynamicImage::ImageLumaA8(g) => ImageRow::new(
+            h,
+            w,
+            1,
+            g.into_raw().chunks_exact(2).map(|p| p[0]).collect(),
+        ),
         DynamicImage::ImageLuma16(g) => {
             ImageRow::new(h, w, 1, g.into_raw().iter().map(|v| *v as u8).collect())
         }
@@ -455,9 +463,18 @@ mod tests {
 
     #[test]
     fn sniffs_by_content_not_extension() {
-        assert_eq!(sniff_format(&[0xFF, 0xD8, 0xFF, 0xE0]), Some(ImageFormat::Jpeg));
-        assert_eq!(sniff_format(b"\x89PNG\r\n\x1a\n...."), Some(ImageFormat::Png));
-        assert_eq!(sniff_format(b"RIFF\0\0\0\0WEBPVP8 "), Some(ImageFormat::WebP));
+        assert_eq!(
+            sniff_format(&[0xFF, 0xD8, 0xFF, 0xE0]),
+            Some(ImageFormat::Jpeg)
+        );
+        assert_eq!(
+            sniff_format(b"\x89PNG\r\n\x1a\n...."),
+            Some(ImageFormat::Png)
+        );
+        assert_eq!(
+            sniff_format(b"RIFF\0\0\0\0WEBPVP8 "),
+            Some(ImageFormat::WebP)
+        );
         assert_eq!(sniff_format(b"hello world"), None);
         assert_eq!(sniff_format(b""), None);
     }
@@ -467,10 +484,16 @@ mod tests {
         let opts = DecodeOptions::default();
         let mut garbage = vec![0xFF, 0xD8, 0xFF];
         garbage.extend((0..200u32).map(|i| (i * 7919 % 251) as u8));
-        assert!(matches!(decode_image(&garbage, &opts), Err(InvalidImage::Corrupt(_))));
+        assert!(matches!(
+            decode_image(&garbage, &opts),
+            Err(InvalidImage::Corrupt(_))
+        ));
         let png_head = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10";
         assert!(decode_image(png_head, &opts).is_err());
-        assert_eq!(decode_image(b"text", &opts), Err(InvalidImage::UnknownFormat));
+        assert_eq!(
+            decode_image(b"text", &opts),
+            Err(InvalidImage::UnknownFormat)
+        );
     }
 
     #[test]
@@ -505,7 +528,11 @@ mod tests {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

@@ -181,7 +181,9 @@ impl ExecutionPlan for ImageDecodeExec {
                 }
             })
             // One chunk decodes while the previous one is consumed: bounded read-ahead.
-            .buffered(2);
+            .buffered(2)
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten();
         let done = futures::stream::once(async move {
             metrics.log_partition_summary(partition);
             None
@@ -247,7 +249,11 @@ struct DecodeJob {
 }
 
 impl DecodeJob {
-    fn decode_batch(&self, files: &RecordBatch, metrics: &DecodeMetrics) -> Result<RecordBatch> {
+    fn decode_batch(
+        &self,
+        files: &RecordBatch,
+        metrics: &DecodeMetrics,
+    ) -> Result<Vec<RecordBatch>> {
         let _timer = metrics.baseline.elapsed_compute().timer();
         let paths = files.column(0).as_string::<i32>();
         let sizes = files.column(1).as_primitive::<UInt64Type>();
@@ -255,11 +261,17 @@ impl DecodeJob {
         let mut keep: Vec<u32> = Vec::with_capacity(n);
         let emit_image = self.projection.contains(&0);
         let data_hint = if emit_image {
-            sizes.values().iter().map(|s| (*s as usize) * 8).sum::<usize>().min(1 << 28)
+            sizes
+                .values()
+                .iter()
+                .map(|s| (*s as usize) * 8)
+                .sum::<usize>()
+                .min(1 << 28)
         } else {
             0
         };
         let mut images = ImageColumnBuilder::with_capacity(n, data_hint);
+        let mut pixel_bytes: Vec<usize> = Vec::with_capacity(n);
         for i in 0..n {
             let path = paths.value(i);
             if !self.decode {
@@ -293,6 +305,7 @@ impl DecodeJob {
             };
             keep.push(i as u32);
             if emit_image {
+                pixel_bytes.push(row.data.len());
                 images.append(&origin_uri(path), &row);
             }
         }
@@ -324,8 +337,31 @@ impl DecodeJob {
                 .with_row_count(Some(keep_idx.len())),
         )?;
         metrics.baseline.record_output(batch.num_rows());
-        Ok(batch)
+        Ok(split_by_bytes(batch, &pixel_bytes))
     }
+}
+
+/// Largest pixel payload of one output batch: batches travel as single gRPC / Flight
+/// messages (16 MiB by default), so big photos are spread over several batches.
+pub const MAX_BATCH_PIXEL_BYTES: usize = 8 * 1024 * 1024;
+
+/// Splits `batch` into row ranges of at most [`MAX_BATCH_PIXEL_BYTES`] of pixels (at least
+/// one row each). `row_bytes` is empty when the image column is not produced.
+fn split_by_bytes(batch: RecordBatch, row_bytes: &[usize]) -> Vec<RecordBatch> {
+    if row_bytes.iter().sum::<usize>() <= MAX_BATCH_PIXEL_BYTES {
+        return vec![batch];
+    }
+    let mut out = Vec::new();
+    let (mut start, mut acc) = (0, 0);
+    for (i, &b) in row_bytes.iter().enumerate() {
+        if i > start && acc + b > MAX_BATCH_PIXEL_BYTES {
+            out.push(batch.slice(start, i - start));
+            (start, acc) = (i, 0);
+        }
+        acc += b;
+    }
+    out.push(batch.slice(start, row_bytes.len() - start));
+    out
 }
 
 /// Reads a file and decodes it. Unknown formats are recognized from the first bytes without

@@ -55,8 +55,26 @@ pub fn resolve_root(root: &str) -> Result<PathBuf> {
     } else {
         trimmed.to_string()
     };
-    std::path::absolute(&local)
-        .map_err(|e| plan_datafusion_err!("read_images: cannot resolve path '{trimmed}': {e}"))
+    let absolute = std::path::absolute(&local)
+        .map_err(|e| plan_datafusion_err!("read_images: cannot resolve path '{trimmed}': {e}"))?;
+    Ok(normalize(&absolute))
+}
+
+/// Removes `.` and `..` segments without touching the file system (as `java.net.URI`
+/// normalizes Hadoop paths), so `origin` never contains them.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 fn percent_decode(s: &str) -> String {
@@ -91,7 +109,9 @@ pub fn origin_uri(path: &str) -> String {
 
 /// Spark's (Hadoop's) rule for names that listing skips.
 fn is_hidden(name: &str) -> bool {
-    (name.starts_with('_') && !name.contains('=')) || name.starts_with('.') || name.ends_with("._COPYING_")
+    (name.starts_with('_') && !name.contains('='))
+        || name.starts_with('.')
+        || name.ends_with("._COPYING_")
 }
 
 /// Lists the files to read under `root` according to `options`.
@@ -120,7 +140,10 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
     let mut leaves: Vec<(PathBuf, u64)> = Vec::new();
     let base = if meta.is_file() {
         leaves.push((root_path.clone(), meta.len()));
-        root_path.parent().map(Path::to_path_buf).unwrap_or_default()
+        root_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     } else {
         let mut seen = HashSet::new();
         walk(&root_path, &mut leaves, &mut seen)?;
@@ -129,7 +152,10 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
 
     let mut empty_files = 0usize;
     leaves.retain(|(path, size)| {
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         if let Some(g) = &glob {
             if !g.is_match(name.as_ref()) {
                 return false;
@@ -218,8 +244,9 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64)>, seen: &mut HashSet<PathBuf>) 
     let entries = std::fs::read_dir(dir)
         .map_err(|e| plan_datafusion_err!("read_images: cannot list '{}': {e}", dir.display()))?;
     for entry in entries {
-        let entry = entry
-            .map_err(|e| plan_datafusion_err!("read_images: cannot list '{}': {e}", dir.display()))?;
+        let entry = entry.map_err(|e| {
+            plan_datafusion_err!("read_images: cannot list '{}': {e}", dir.display())
+        })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if is_hidden(&name) {
             continue;
@@ -255,7 +282,10 @@ fn discover_partitions(
             if current == base {
                 break;
             }
-            let name = current.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            let name = current
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
             let column = parse_partition_dir(&name);
             let stop = column.is_none() && !columns.is_empty();
             if let Some(c) = column {
@@ -304,7 +334,10 @@ fn discover_partitions(
         let these: Vec<String> = cols.iter().map(|(k, _)| k.clone()).collect();
         match &names {
             None => names = Some(these),
-            Some(n) if n.iter().map(|s| s.to_lowercase()).eq(these.iter().map(|s| s.to_lowercase())) => {}
+            Some(n)
+                if n.iter()
+                    .map(|s| s.to_lowercase())
+                    .eq(these.iter().map(|s| s.to_lowercase())) => {}
             Some(n) => {
                 return plan_err!(
                     "[CONFLICTING_PARTITION_COLUMN_NAMES] read_images: partition directories \
@@ -316,7 +349,10 @@ fn discover_partitions(
                 );
             }
         }
-        per_dir.insert(dir.to_path_buf(), cols.into_iter().map(|(_, v)| v).collect());
+        per_dir.insert(
+            dir.to_path_buf(),
+            cols.into_iter().map(|(_, v)| v).collect(),
+        );
     }
     Ok((names.unwrap_or_default(), per_dir))
 }
@@ -356,7 +392,24 @@ mod tests {
             origin_uri("/tmp/sub dir/a b%c#.png"),
             "file:///tmp/sub%20dir/a%20b%25c%23.png"
         );
-        assert_eq!(origin_uri("/d/cls=kittens/x.jpg"), "file:///d/cls=kittens/x.jpg");
+        assert_eq!(
+            origin_uri("/d/cls=kittens/x.jpg"),
+            "file:///d/cls=kittens/x.jpg"
+        );
+    }
+
+    #[test]
+    fn roots_are_absolute_and_normalized() {
+        assert_eq!(
+            resolve_root("/a/b/../c/./d").unwrap(),
+            PathBuf::from("/a/c/d")
+        );
+        assert_eq!(
+            resolve_root("file:///x%20y/z").unwrap(),
+            PathBuf::from("/x y/z")
+        );
+        assert!(resolve_root("s3://bucket/key").is_err());
+        assert!(resolve_root("  ").is_err());
     }
 
     #[test]
@@ -373,8 +426,14 @@ mod tests {
             parse_partition_dir("date=2018-01"),
             Some(("date".into(), Some("2018-01".into())))
         );
-        assert_eq!(parse_partition_dir("a=b%20c"), Some(("a".into(), Some("b c".into()))));
-        assert_eq!(parse_partition_dir("x=__HIVE_DEFAULT_PARTITION__"), Some(("x".into(), None)));
+        assert_eq!(
+            parse_partition_dir("a=b%20c"),
+            Some(("a".into(), Some("b c".into())))
+        );
+        assert_eq!(
+            parse_partition_dir("x=__HIVE_DEFAULT_PARTITION__"),
+            Some(("x".into(), None))
+        );
         assert_eq!(parse_partition_dir("kittens"), None);
     }
 
@@ -391,6 +450,10 @@ mod tests {
     #[test]
     fn missing_root_is_a_clear_error() {
         let e = list_images("/definitely/not/here", &ImageReadOptions::default()).unwrap_err();
-        assert!(e.to_string().contains("path does not exist: file:///definitely/not/here"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("path does not exist: file:///definitely/not/here"),
+            "{e}"
+        );
     }
 }

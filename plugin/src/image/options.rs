@@ -169,13 +169,18 @@ mod tests {
 
     #[test]
     fn names_and_values_ignore_case() {
-        let o = ImageReadOptions::from_pairs([("DROPINVALID", "TRUE"), ("format.withLabel", "true")])
-            .unwrap();
+        let o =
+            ImageReadOptions::from_pairs([("DROPINVALID", "TRUE"), ("format.withLabel", "true")])
+                .unwrap();
         assert!(o.drop_invalid);
         assert!(o.with_label);
-        assert!(o.recursive(), "withLabel implies recursive lookup unless set");
-        let o = ImageReadOptions::from_pairs([("withLabel", "true"), ("recursiveFileLookup", "false")])
-            .unwrap();
+        assert!(
+            o.recursive(),
+            "withLabel implies recursive lookup unless set"
+        );
+        let o =
+            ImageReadOptions::from_pairs([("withLabel", "true"), ("recursiveFileLookup", "false")])
+                .unwrap();
         assert!(!o.recursive());
     }
 
@@ -191,10 +196,17 @@ mod tests {
     #[test]
     fn errors_name_the_option() {
         let e = ImageReadOptions::from_pairs([("dropInvalid", "yes")]).unwrap_err();
-        assert!(e.to_string().contains("'dropInvalid' expects true or false, got 'yes'"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("'dropInvalid' expects true or false, got 'yes'"),
+            "{e}"
+        );
         let e = ImageReadOptions::from_pairs([("sampleRatio", "1.5")]).unwrap_err();
         assert!(e.to_string().contains("sampleRatio"), "{e}");
         let e = ImageReadOptions::from_pairs([("inferSchema", "true")]).unwrap_err();
-        assert!(e.to_string().contains("unknown option 'inferSchema'"), "{e}");
+        assert!(
+            e.to_string().contains("unknown option 'inferSchema'"),
+            "{e}"
+        );
     }
 }

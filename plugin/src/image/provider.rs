@@ -85,8 +85,11 @@ impl ImageScanSpec {
             .map(|idx| {
                 let mut paths = StringBuilder::new();
                 let mut sizes = Vec::with_capacity(idx.len());
-                let mut pvals: Vec<StringBuilder> =
-                    self.partition_columns.iter().map(|_| StringBuilder::new()).collect();
+                let mut pvals: Vec<StringBuilder> = self
+                    .partition_columns
+                    .iter()
+                    .map(|_| StringBuilder::new())
+                    .collect();
                 let mut labels = Int32Builder::new();
                 let mut names = StringBuilder::new();
                 for &i in &idx {
@@ -165,9 +168,10 @@ impl TableProvider for ImageTableProvider {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let spec = self.spec.clone();
-        let mut listing = tokio::task::spawn_blocking(move || list_images(&spec.root, &spec.options))
-            .await
-            .map_err(|e| exec_datafusion_err!("read_images: listing task failed: {e}"))??;
+        let mut listing =
+            tokio::task::spawn_blocking(move || list_images(&spec.root, &spec.options))
+                .await
+                .map_err(|e| exec_datafusion_err!("read_images: listing task failed: {e}"))??;
         if listing.partition_columns != self.spec.partition_columns {
             return plan_err!(
                 "read_images: the partition directories under '{}' changed since the table was \
@@ -195,7 +199,8 @@ impl TableProvider for ImageTableProvider {
             .unwrap_or_else(|| state.config().target_partitions());
         let num_partitions = target.min(listing.files.len()).max(1);
         let partitions = self.spec.file_list_partitions(&listing, num_partitions)?;
-        let leaf = MemorySourceConfig::try_new_exec(&partitions, self.spec.file_list_schema(), None)?;
+        let leaf =
+            MemorySourceConfig::try_new_exec(&partitions, self.spec.file_list_schema(), None)?;
         let projection = projection
             .cloned()
             .unwrap_or_else(|| (0..self.schema.fields().len()).collect());

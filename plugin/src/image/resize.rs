@@ -66,7 +66,11 @@ fn decode_jpeg_scaled_rgb(
         let (width, height) = (started.width(), started.height());
         let data: Vec<u8> = started.read_scanlines().map_err(corrupt)?;
         let _ = started.finish();
-        Ok(RgbImage { width, height, data })
+        Ok(RgbImage {
+            width,
+            height,
+            data,
+        })
     }))
     .unwrap_or_else(|_| Err(InvalidImage::Corrupt("libjpeg fatal error".into())))
 }
@@ -76,11 +80,23 @@ pub fn row_to_rgb(row: &ImageRow) -> RgbImage {
     let (width, height) = (row.width.max(0) as usize, row.height.max(0) as usize);
     let data = match row.n_channels {
         1 => row.data.iter().flat_map(|&g| [g, g, g]).collect(),
-        3 => row.data.chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect(),
-        4 => row.data.chunks_exact(4).flat_map(|p| [p[2], p[1], p[0]]).collect(),
+        3 => row
+            .data
+            .chunks_exact(3)
+            .flat_map(|p| [p[2], p[1], p[0]])
+            .collect(),
+        4 => row
+            .data
+            .chunks_exact(4)
+            .flat_map(|p| [p[2], p[1], p[0]])
+            .collect(),
         _ => Vec::new(),
     };
-    RgbImage { width, height, data }
+    RgbImage {
+        width,
+        height,
+        data,
+    }
 }
 
 /// Bilinear resize (with antialiasing when shrinking, like Pillow) to `tw` x `th`.

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    ArrayRef, BinaryBuilder, Int32Builder, StringBuilder, StructArray,
-};
+use datafusion::arrow::array::{ArrayRef, BinaryBuilder, Int32Builder, StringBuilder, StructArray};
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
 
 /// Name of the image column, as in Spark (`spark.read.format("image")`).

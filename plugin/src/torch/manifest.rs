@@ -1,0 +1,243 @@
+//! Model manifests (YAML beside each TorchScript file) and the model directory ("zoo").
+
+use std::path::{Path, PathBuf};
+
+use datafusion::common::{Result, plan_datafusion_err, plan_err};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How an image is brought to the model's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizePolicy {
+    /// Stretch to the input size (sparkdl's behaviour).
+    Stretch,
+    /// Resize the shorter side to input / 0.875, then crop the centre (ImageNet evaluation).
+    ShorterSideCenterCrop,
+}
+
+/// Input size of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSize {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+/// Which element of the module's output tuple is what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outputs {
+    /// Index of the class logits.
+    pub logits: Option<usize>,
+    /// Index of the feature vector.
+    pub features: usize,
+}
+
+/// A model: a TorchScript file plus what is needed to feed it and read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    /// Name used in SQL and the API (`efficientnet_lite0`).
+    pub name: String,
+    /// Free text: architecture and where the weights come from.
+    #[serde(default)]
+    pub description: String,
+    /// TorchScript file, relative to the manifest.
+    pub file: String,
+    /// sha256 of `file`, checked before loading.
+    pub sha256: String,
+    /// Input size.
+    pub input: InputSize,
+    /// Resize policy.
+    pub resize: ResizePolicy,
+    /// `RGB` or `BGR`.
+    pub channel_order: String,
+    /// Pixel scale applied before mean / std (1/255 maps bytes to [0, 1]).
+    pub scale: f64,
+    /// Per-channel mean, in `channel_order`.
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation, in `channel_order`.
+    pub std: Vec<f64>,
+    /// Output indices.
+    pub outputs: Outputs,
+    /// Length of the feature vector.
+    pub feature_dim: usize,
+    /// Number of classes of the logits (0 if none).
+    #[serde(default)]
+    pub num_classes: usize,
+    /// File with one class name per line, relative to the manifest.
+    #[serde(default)]
+    pub classes_file: Option<String>,
+}
+
+impl ModelManifest {
+    /// Checks internal consistency.
+    pub fn validate(&self) -> Result<()> {
+        if self.mean.len() != 3 || self.std.len() != 3 {
+            return plan_err!("model {}: mean and std need 3 values each", self.name);
+        }
+        if self.std.iter().any(|s| *s == 0.0) {
+            return plan_err!("model {}: std must not be 0", self.name);
+        }
+        if !matches!(self.channel_order.as_str(), "RGB" | "BGR") {
+            return plan_err!(
+                "model {}: channel_order must be RGB or BGR, got {}",
+                self.name,
+                self.channel_order
+            );
+        }
+        if self.input.height == 0 || self.input.width == 0 || self.feature_dim == 0 {
+            return plan_err!("model {}: input size and feature_dim must be positive", self.name);
+        }
+        Ok(())
+    }
+}
+
+/// A model found in the model directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEntry {
+    /// The manifest.
+    pub manifest: ModelManifest,
+    /// The manifest's directory.
+    pub dir: PathBuf,
+}
+
+impl ModelEntry {
+    /// Absolute path of the TorchScript file.
+    pub fn file_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.file)
+    }
+
+    /// Class names (empty if the manifest names no file).
+    pub fn classes(&self) -> Result<Vec<String>> {
+        let Some(f) = &self.manifest.classes_file else {
+            return Ok(Vec::new());
+        };
+        let path = self.dir.join(f);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            plan_datafusion_err!("model {}: cannot read {}: {e}", self.manifest.name, path.display())
+        })?;
+        let classes: Vec<String> = text.lines().map(str::to_string).collect();
+        if classes.len() != self.manifest.num_classes {
+            return plan_err!(
+                "model {}: {} lists {} classes, manifest says {}",
+                self.manifest.name,
+                path.display(),
+                classes.len(),
+                self.manifest.num_classes
+            );
+        }
+        Ok(classes)
+    }
+
+    /// Recomputes the file's sha256 and compares it with the manifest.
+    pub fn verify(&self) -> Result<()> {
+        let path = self.file_path();
+        let bytes = std::fs::read(&path).map_err(|e| {
+            plan_datafusion_err!("model {}: missing file {}: {e}", self.manifest.name, path.display())
+        })?;
+        let got: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        if got != self.manifest.sha256 {
+            return plan_err!(
+                "model {}: sha256 mismatch for {}: manifest says {}, file has {got}",
+                self.manifest.name,
+                path.display(),
+                self.manifest.sha256
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Environment variable naming the model directory.
+pub const MODEL_DIR_ENV: &str = "DLP_MODEL_DIR";
+
+/// The model directory: `DLP_MODEL_DIR`, else `~/.cache/dlp/models`.
+pub fn default_model_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var(MODEL_DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    Path::new(&home).join(".cache/dlp/models")
+}
+
+/// The models of a directory (`*.yaml` manifests).
+#[derive(Debug, Clone)]
+pub struct ModelZoo {
+    dir: PathBuf,
+}
+
+impl ModelZoo {
+    /// A zoo over `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The zoo of [`default_model_dir`].
+    pub fn default_dir() -> Self {
+        Self::new(default_model_dir())
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// All models, sorted by name.
+    pub fn list(&self) -> Result<Vec<ModelEntry>> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
+            plan_datafusion_err!(
+                "model directory {} cannot be read ({e}); export models with `dlp models export` \
+                 or set {MODEL_DIR_ENV}",
+                self.dir.display()
+            )
+        })?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(self.read_manifest(&path)?);
+            }
+        }
+        out.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
+        Ok(out)
+    }
+
+    fn read_manifest(&self, path: &Path) -> Result<ModelEntry> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| plan_datafusion_err!("cannot read model manifest {}: {e}", path.display()))?;
+        let manifest: ModelManifest = serde_yaml::from_str(&text)
+            .map_err(|e| plan_datafusion_err!("invalid model manifest {}: {e}", path.display()))?;
+        manifest.validate()?;
+        Ok(ModelEntry {
+            manifest,
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        })
+    }
+
+    /// The model called `name` (case-insensitive), with a clear error listing the known ones.
+    pub fn get(&self, name: &str) -> Result<ModelEntry> {
+        let models = self.list()?;
+        let wanted = name.to_ascii_lowercase();
+        match models.iter().find(|m| m.manifest.name.to_ascii_lowercase() == wanted) {
+            Some(m) => {
+                let file = m.file_path();
+                if !file.exists() {
+                    return plan_err!(
+                        "model {name}: missing file {} (named by its manifest)",
+                        file.display()
+                    );
+                }
+                Ok(m.clone())
+            }
+            None => {
+                let known: Vec<_> = models.iter().map(|m| m.manifest.name.as_str()).collect();
+                plan_err!(
+                    "unknown model '{name}' in {}; known models: {}",
+                    self.dir.display(),
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Loaded models (once per process and device), image preprocessing as the manifest says,
+//! and batched forward passes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use datafusion::common::{DataFusionError, Result, exec_datafusion_err, exec_err};
+use tch::{Device, IValue, Kind, Tensor};
+
+use super::manifest::{ModelEntry, ResizePolicy};
+
+/// A TorchScript model on a device, ready for inference.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// Where it came from.
+    pub entry: ModelEntry,
+    /// The device it runs on.
+    pub device: Device,
+    /// Class names (may be empty).
+    pub classes: Vec<String>,
+    module: tch::CModule,
+    /// One forward pass at a time per model and device: each uses all of libtorch's
+    /// threads (or the whole GPU), and concurrent tasks overlap their preprocessing instead.
+    forward_lock: Mutex<()>,
+}
+
+type CacheKey = (PathBuf, Device);
+
+fn cache() -> &'static Mutex<HashMap<CacheKey, Arc<LoadedModel>>> {
+    static CACHE: OnceLock<Mutex<HashMap<CacheKey, Arc<LoadedModel>>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn torch_err(what: &str) -> impl Fn(tch::TchError) -> DataFusionError + '_ {
+    move |e| exec_datafusion_err!("{what}: {e}")
+}
+
+/// Sets libtorch's intra-op threads once per process (the executor's task slots).
+pub fn init_threads(threads: usize) {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        tch::set_num_threads(threads.max(1) as i32);
+        tracing::info!(threads, "libtorch intra-op threads");
+    });
+}
+
+/// The model on `device`, loaded (and its sha256 verified) on first use in this process.
+pub fn load_model(entry: &ModelEntry, device: Device) -> Result<Arc<LoadedModel>> {
+    let key = (entry.file_path(), device);
+    let mut cache = cache()
+        .lock()
+        .map_err(|_| exec_datafusion_err!("model cache lock poisoned"))?;
+    if let Some(m) = cache.get(&key) {
+        return Ok(m.clone());
+    }
+    entry.verify()?;
+    let started = std::time::Instant::now();
+    let mut module = tch::CModule::load_on_device(entry.file_path(), device)
+        .map_err(torch_err(&format!("cannot load model {}", entry.manifest.name)))?;
+    module.set_eval();
+    let model = Arc::new(LoadedModel {
+        classes: entry.classes()?,
+        entry: entry.clone(),
+        device,
+        module,
+        forward_lock: Mutex::new(()),
+    });
+    tracing::info!(
+        model = %entry.manifest.name,
+        ?device,
+        ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    cache.insert(key, model.clone());
+    Ok(model)
+}
+
+/// One image in Spark's layout, borrowed from an `image` struct row.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageRef<'a> {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// 1 (gray), 3 (B G R) or 4 (B G R A).
+    pub channels: usize,
+    /// Pixel bytes.
+    pub data: &'a [u8],
+}
+
+/// Output of a forward pass.
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// `[N, classes]` logits, when the model has them.
+    pub logits: Option<Tensor>,
+    /// `[N, feature_dim]` features.
+    pub features: Tensor,
+}
+
+impl LoadedModel {
+    /// Preprocesses one image into a `[3, H, W]` float tensor on the CPU: channel order,
+    /// resize (bilinear with antialiasing, as PIL / `F.interpolate(antialias=True)`), scale,
+    /// mean / std.
+    pub fn preprocess(&self, img: ImageRef<'_>, resize: ResizePolicy) -> Result<Tensor> {
+        preprocess(&self.entry, img, resize)
+    }
+
+    /// Runs a `[N, 3, H, W]` batch; returns CPU tensors.
+    pub fn forward(&self, batch: &Tensor) -> Result<ModelOutput> {
+        let _no_grad = tch::no_grad_guard();
+        let _turn = self
+            .forward_lock
+            .lock()
+            .map_err(|_| exec_datafusion_err!("model lock poisoned"))?;
+        let input = batch.to_device(self.device);
+        let out = self
+            .module
+            .forward_is(&[IValue::Tensor(input)])
+            .map_err(torch_err(&format!("model {} forward", self.entry.manifest.name)))?;
+        let outputs = self.entry.manifest.outputs;
+        let pick = |items: &[IValue], i: usize| -> Result<Tensor> {
+            match items.get(i) {
+                Some(IValue::Tensor(t)) => Ok(t.to_device(Device::Cpu).to_kind(Kind::Float)),
+                other => exec_err!("model output {i} is not a tensor: {other:?}"),
+            }
+        };
+        match out {
+            IValue::Tuple(items) => Ok(ModelOutput {
+                logits: outputs.logits.map(|i| pick(&items, i)).transpose()?,
+                features: pick(&items, outputs.features)?,
+            }),
+            IValue::Tensor(t) => Ok(ModelOutput {
+                logits: None,
+                features: t.to_device(Device::Cpu).to_kind(Kind::Float),
+            }),
+            other => exec_err!("unexpected model output {other:?}"),
+        }
+    }
+}
+
+/// See [`LoadedModel::preprocess`].
+pub fn preprocess(entry: &ModelEntry, img: ImageRef<'_>, resize: ResizePolicy) -> Result<Tensor> {
+    let m = &entry.manifest;
+    let (h, w, c) = (img.height as i64, img.width as i64, img.channels as i64);
+    if img.data.len() != img.height * img.width * img.channels || h <= 0 || w <= 0 {
+        return exec_err!(
+            "image of {}x{}x{} has {} bytes",
+            img.height,
+            img.width,
+            img.channels,
+            img.data.len()
+        );
+    }
+    let err = torch_err("preprocess");
+    let hwc = Tensor::from_slice(img.data).f_view([h, w, c]).map_err(&err)?;
+    // Spark's layout is B G R (A); pick the model's channel order.
+    let order: [i64; 3] = if m.channel_order == "RGB" { [2, 1, 0] } else { [0, 1, 2] };
+    let three = match c {
+        1 => hwc.f_expand([h, w, 3], false).map_err(&err)?,
+        3 | 4 => hwc
+            .f_index_select(2, &Tensor::from_slice(&order))
+            .map_err(&err)?,
+        _ => return exec_err!("unsupported channel count {c}"),
+    };
+    let x = three
+        .f_permute([2, 0, 1])
+        .and_then(|t| t.f_unsqueeze(0))
+        .and_then(|t| t.f_to_kind(Kind::Float))
+        .map_err(&err)?;
+    let (th, tw) = (m.input.height as i64, m.input.width as i64);
+    let x = match resize {
+        ResizePolicy::Stretch => resize_aa(&x, th, tw)?,
+        ResizePolicy::ShorterSideCenterCrop => {
+            let short = (th.min(tw) as f64 / 0.875).round() as i64;
+            let (rh, rw) = if h <= w { (short, w * short / h) } else { (h * short / w, short) };
+            let x = resize_aa(&x, rh.max(th), rw.max(tw))?;
+            let (rh, rw) = (x.size()[2], x.size()[3]);
+            x.f_narrow(2, (rh - th) / 2, th)
+                .and_then(|t| t.f_narrow(3, (rw - tw) / 2, tw))
+                .map_err(&err)?
+        }
+    };
+    let mean = Tensor::from_slice(&m.mean).f_view([1, 3, 1, 1]).map_err(&err)?.to_kind(Kind::Float);
+    let std = Tensor::from_slice(&m.std).f_view([1, 3, 1, 1]).map_err(&err)?.to_kind(Kind::Float);
+    let x = (x * m.scale - mean) / std;
+    x.f_squeeze_dim(0).map_err(&err)
+}
+
+fn resize_aa(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
+    let size = x.size();
+    if size[2] == h && size[3] == w {
+        return Ok(x.shallow_clone());
+    }
+    x.f_internal_upsample_bilinear2d_aa([h, w], false, None, None)
+        .map_err(torch_err("resize"))
+}

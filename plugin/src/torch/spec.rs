@@ -1,0 +1,122 @@
+//! What a torch inference step does: model, columns, task, batching; shared by the logical
+//! node, the physical operator, the codecs and the SQL functions.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use datafusion::common::{Result, plan_err};
+use serde::{Deserialize, Serialize};
+
+use super::device::DeviceSpec;
+use super::manifest::{ModelEntry, ModelZoo, ResizePolicy};
+
+/// What to compute from the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
+pub enum TorchTask {
+    /// The feature vector (`DeepImageFeaturizer`).
+    Features,
+    /// The top-k classes with their probabilities (`DeepImagePredictor`,
+    /// `decodePredictions=true`).
+    TopK(usize),
+    /// The whole probability vector (`decodePredictions=false`).
+    Probabilities,
+}
+
+/// A torch inference step over an image column.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Serialize, Deserialize)]
+pub struct TorchSpec {
+    /// Model name in the model directory.
+    pub model: String,
+    /// Name of the image struct column.
+    pub input_col: String,
+    /// Name of the output column.
+    pub output_col: String,
+    /// What to compute.
+    pub task: TorchTask,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Resize policy override (default: the manifest's).
+    pub resize: Option<ResizePolicy>,
+    /// Device preference (default: the executor's `--device`).
+    pub device: Option<DeviceSpec>,
+    /// Length of the output vector (feature dim or class count), fixed at plan time.
+    pub output_dim: usize,
+}
+
+/// Default images per forward pass.
+pub const DEFAULT_BATCH_SIZE: usize = 16;
+
+impl TorchSpec {
+    /// Resolves `model` in `zoo` and fixes the output size, with plan-time errors for an
+    /// unknown model, a missing file or a task the model cannot do.
+    pub fn try_new(
+        zoo: &ModelZoo,
+        model: &str,
+        input_col: &str,
+        output_col: &str,
+        task: TorchTask,
+    ) -> Result<Self> {
+        let entry = zoo.get(model)?;
+        let output_dim = match task {
+            TorchTask::Features => entry.manifest.feature_dim,
+            TorchTask::TopK(k) => {
+                check_classes(&entry)?;
+                if k == 0 || k > entry.manifest.num_classes {
+                    return plan_err!(
+                        "topK must be in 1..={} for model {model}, got {k}",
+                        entry.manifest.num_classes
+                    );
+                }
+                k
+            }
+            TorchTask::Probabilities => {
+                check_classes(&entry)?;
+                entry.manifest.num_classes
+            }
+        };
+        Ok(Self {
+            model: entry.manifest.name.clone(),
+            input_col: input_col.to_string(),
+            output_col: output_col.to_string(),
+            task,
+            batch_size: DEFAULT_BATCH_SIZE,
+            resize: None,
+            device: None,
+            output_dim,
+        })
+    }
+
+    /// The output column's field.
+    pub fn output_field(&self) -> Field {
+        Field::new(&self.output_col, output_type(self.task, self.output_dim), true)
+    }
+}
+
+fn check_classes(entry: &ModelEntry) -> Result<()> {
+    if entry.manifest.outputs.logits.is_none() || entry.manifest.num_classes == 0 {
+        return plan_err!("model {} has no class output; use it as a featurizer", entry.manifest.name);
+    }
+    Ok(())
+}
+
+/// The struct of one prediction: `{class, description, probability}` as sparkdl.
+pub fn prediction_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("class", DataType::Utf8, false),
+        Field::new("description", DataType::Utf8, false),
+        Field::new("probability", DataType::Float32, false),
+    ])
+}
+
+/// Arrow type of a task's output.
+pub fn output_type(task: TorchTask, dim: usize) -> DataType {
+    let item: FieldRef = Arc::new(Field::new("item", DataType::Float32, true));
+    match task {
+        TorchTask::Features | TorchTask::Probabilities => DataType::FixedSizeList(item, dim as i32),
+        TorchTask::TopK(_) => DataType::List(Arc::new(Field::new(
+            "item",
+            DataType::Struct(prediction_fields()),
+            true,
+        ))),
+    }
+}

@@ -1,0 +1,155 @@
+//! sparkdl-style transformers on DataFrames: `DeepImageFeaturizer`, `DeepImagePredictor`
+//! and `TorchImageTransformer` (any TorchScript model of the zoo). Each adds a
+//! `TorchInferenceNode`, which the scheduler plans into `TorchInferenceExec`.
+
+use std::sync::Arc;
+
+use datafusion::common::Result;
+use datafusion::dataframe::DataFrame;
+use datafusion::logical_expr::{Extension, LogicalPlan};
+
+use super::exec::TorchInferenceNode;
+use super::manifest::ResizePolicy;
+use super::spec::{TorchSpec, TorchTask};
+use super::ProcessTorchConfig;
+
+fn apply(df: DataFrame, spec: TorchSpec) -> Result<DataFrame> {
+    let (state, plan) = df.into_parts();
+    let node = TorchInferenceNode::try_new(plan, spec)?;
+    Ok(DataFrame::new(
+        state,
+        LogicalPlan::Extension(Extension { node: Arc::new(node) }),
+    ))
+}
+
+/// Image struct column -> feature vector (`FixedSizeList<Float32, D>`), like sparkdl's
+/// `DeepImageFeaturizer(inputCol, outputCol, modelName)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeepImageFeaturizer {
+    /// Image column (default `image`).
+    pub input_col: String,
+    /// Output column (default `features`).
+    pub output_col: String,
+    /// Model name in the model directory.
+    pub model_name: String,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Resize policy override.
+    pub resize: Option<ResizePolicy>,
+}
+
+impl DeepImageFeaturizer {
+    /// A featurizer with sparkdl's default columns.
+    pub fn new(model_name: impl Into<String>) -> Self {
+        Self {
+            input_col: "image".into(),
+            output_col: "features".into(),
+            model_name: model_name.into(),
+            batch_size: super::spec::DEFAULT_BATCH_SIZE,
+            resize: None,
+        }
+    }
+
+    /// Sets `inputCol`.
+    pub fn with_input_col(mut self, c: impl Into<String>) -> Self {
+        self.input_col = c.into();
+        self
+    }
+
+    /// Sets `outputCol`.
+    pub fn with_output_col(mut self, c: impl Into<String>) -> Self {
+        self.output_col = c.into();
+        self
+    }
+
+    /// Sets the images per forward pass.
+    pub fn with_batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// The inference step this featurizer adds.
+    pub fn spec(&self) -> Result<TorchSpec> {
+        let zoo = ProcessTorchConfig::get().zoo();
+        let mut spec = TorchSpec::try_new(
+            &zoo,
+            &self.model_name,
+            &self.input_col,
+            &self.output_col,
+            TorchTask::Features,
+        )?;
+        spec.batch_size = self.batch_size;
+        spec.resize = self.resize;
+        Ok(spec)
+    }
+
+    /// Adds the feature column to `df`.
+    pub fn transform(&self, df: DataFrame) -> Result<DataFrame> {
+        apply(df, self.spec()?)
+    }
+}
+
+/// Image struct column -> ImageNet predictions, like sparkdl's `DeepImagePredictor`:
+/// with `decode_predictions`, the top-K `{class, description, probability}`; otherwise
+/// the probability vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeepImagePredictor {
+    /// Image column (default `image`).
+    pub input_col: String,
+    /// Output column (default `predicted_labels`).
+    pub output_col: String,
+    /// Model name.
+    pub model_name: String,
+    /// Top-K structs (true) or the probability vector (false).
+    pub decode_predictions: bool,
+    /// K of the top-K (default 5).
+    pub top_k: usize,
+    /// Images per forward pass.
+    pub batch_size: usize,
+}
+
+impl DeepImagePredictor {
+    /// A predictor with sparkdl's defaults (`decodePredictions=true`, `topK=5`).
+    pub fn new(model_name: impl Into<String>) -> Self {
+        Self {
+            input_col: "image".into(),
+            output_col: "predicted_labels".into(),
+            model_name: model_name.into(),
+            decode_predictions: true,
+            top_k: 5,
+            batch_size: super::spec::DEFAULT_BATCH_SIZE,
+        }
+    }
+
+    /// Sets `topK`.
+    pub fn with_top_k(mut self, k: usize) -> Self {
+        self.top_k = k;
+        self
+    }
+
+    /// Sets `decodePredictions`.
+    pub fn with_decode_predictions(mut self, on: bool) -> Self {
+        self.decode_predictions = on;
+        self
+    }
+
+    /// Sets `outputCol`.
+    pub fn with_output_col(mut self, c: impl Into<String>) -> Self {
+        self.output_col = c.into();
+        self
+    }
+
+    /// Adds the prediction column to `df`.
+    pub fn transform(&self, df: DataFrame) -> Result<DataFrame> {
+        let zoo = ProcessTorchConfig::get().zoo();
+        let task = if self.decode_predictions {
+            TorchTask::TopK(self.top_k)
+        } else {
+            TorchTask::Probabilities
+        };
+        let mut spec =
+            TorchSpec::try_new(&zoo, &self.model_name, &self.input_col, &self.output_col, task)?;
+        spec.batch_size = self.batch_size;
+        apply(df, spec)
+    }
+}

@@ -1,0 +1,197 @@
+//! libtorch operators on the embedded cluster: features equal a PyTorch reference, ImageNet
+//! predictions on real photos, models as SQL functions, and plan-time errors.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::Float32Type;
+use datafusion::prelude::{SessionContext, col};
+use dlp_plugin::ImageContextExt;
+use dlp_plugin::image::ImageReadOptions;
+use dlp_plugin::torch::{DeepImageFeaturizer, DeepImagePredictor, ModelZoo, ProcessTorchConfig};
+use dlp_tests::{max_abs_diff, python, shared_data, vectors};
+use serde_json::json;
+
+const MODEL: &str = "efficientnet_lite0";
+
+async fn context() -> SessionContext {
+    dlp_plugin::session::standalone_context(Some(2)).await.expect("embedded cluster")
+}
+
+fn zoo() -> ModelZoo {
+    ProcessTorchConfig::get().zoo()
+}
+
+/// Origin URI -> local path.
+fn path_of(origin: &str) -> String {
+    let p = origin.strip_prefix("file://").unwrap_or(origin);
+    p.replace("%20", " ")
+}
+
+/// (origin, vector) pairs of a featurized / predicted DataFrame's `col`.
+fn origin_vectors(batches: &[RecordBatch], column: &str) -> Vec<(String, Option<Vec<f32>>)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let origin = b.column_by_name("origin").unwrap().as_string::<i32>().clone();
+        let v = vectors(b.column_by_name(column).unwrap().as_ref());
+        for (i, v) in v.into_iter().enumerate() {
+            out.push((origin.value(i).to_string(), v));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn reference(files: &[String], output: &str, batch: usize) -> Vec<Vec<f32>> {
+    let entry = zoo().get(MODEL).unwrap();
+    let m = &entry.manifest;
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let args = json!({
+        "model": entry.file_path(), "height": m.input.height, "width": m.input.width,
+        "resize": serde_json::to_value(m.resize).unwrap(), "scale": m.scale, "mean": m.mean,
+        "std": m.std, "files": files, "out": out.path(), "batch": batch, "threads": 2,
+        "output": output,
+    });
+    let run = Command::new(python().unwrap())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/torch_reference.py"))
+        .arg(args.to_string())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "reference failed: {}", String::from_utf8_lossy(&run.stderr));
+    let bytes = std::fs::read(out.path()).unwrap();
+    let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let dim = floats.len() / files.len();
+    floats.chunks(dim).map(<[f32]>::to_vec).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn features_match_the_pytorch_reference_on_the_flowers() {
+    let ctx = context().await;
+    let opts = ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
+    let df = ctx.read_images(&shared_data().join("flowers").to_string_lossy(), opts).await.unwrap();
+    let df = DeepImageFeaturizer::new(MODEL).transform(df).unwrap();
+    let df = df
+        .select(vec![
+            datafusion::functions::core::expr_fn::get_field(col("image"), "origin").alias("origin"),
+            col("features"),
+        ])
+        .unwrap();
+    let rows = origin_vectors(&df.collect().await.unwrap(), "features");
+    assert_eq!(rows.len(), 1428);
+    let files: Vec<String> = rows.iter().map(|(o, _)| path_of(o)).collect();
+    let expected = reference(&files, "features", 16);
+    let mut worst = 0f32;
+    for ((origin, ours), theirs) in rows.iter().zip(&expected) {
+        let ours = ours.as_ref().unwrap_or_else(|| panic!("null features for {origin}"));
+        assert_eq!(ours.len(), 1280);
+        worst = worst.max(max_abs_diff(ours, theirs));
+    }
+    println!("max |rust - pytorch| over {} flowers: {worst:e}", rows.len());
+    assert!(worst <= 1e-4, "max abs diff {worst}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictor_recognizes_the_imagenet_sanity_photos() {
+    let ctx = context().await;
+    let root = shared_data().join("imagenet-sanity");
+    let opts = ImageReadOptions::from_pairs([("withLabel", "true")]).unwrap();
+    let df = ctx.read_images(&root.to_string_lossy(), opts).await.unwrap();
+    let df = DeepImagePredictor::new(MODEL).with_top_k(5).transform(df).unwrap();
+    let df = df.select(vec![col("label_name"), col("predicted_labels")]).unwrap();
+    let batches = df.collect().await.unwrap();
+    // Folder names -> torchvision's ImageNet descriptions.
+    let alias: BTreeMap<&str, &str> = [("teddy_bear", "teddy")].into_iter().collect();
+    let (mut top1, mut top5, mut n) = (0, 0, 0);
+    for b in &batches {
+        let label = b.column_by_name("label_name").unwrap().as_string::<i32>();
+        let preds = b.column_by_name("predicted_labels").unwrap().as_list::<i32>();
+        for i in 0..b.num_rows() {
+            if label.is_null(i) {
+                continue; // tags.tsv / wikimedia.md at the root
+            }
+            let want = label.value(i);
+            let want = alias.get(want).copied().unwrap_or(want).replace('_', " ");
+            let p = preds.value(i);
+            let p = p.as_struct();
+            let desc = p.column(1).as_string::<i32>();
+            let prob = p.column(2).as_primitive::<Float32Type>();
+            let names: Vec<&str> = (0..desc.len()).map(|k| desc.value(k)).collect();
+            assert_eq!(names.len(), 5);
+            assert!(prob.values().windows(2).all(|w| w[0] >= w[1]), "sorted by probability");
+            n += 1;
+            top1 += usize::from(names[0] == want);
+            top5 += usize::from(names.contains(&want.as_str()));
+            println!("{want:>12}: {names:?}");
+        }
+    }
+    assert_eq!(n, 18);
+    assert_eq!(top5, 18, "tagged class in the top 5 for every photo");
+    assert!(top1 >= 17, "top-1 {top1}/18");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_sql_functions_with_the_operators_results() {
+    let ctx = context().await;
+    let dir = shared_data().join("imagenet-sanity/toaster");
+    let q = format!(
+        "SELECT image['origin'] AS origin, featurize('{MODEL}', image) AS f, \
+         predict_topk('{MODEL}', image, 3) AS top FROM read_images('{}')",
+        dir.display()
+    );
+    let batches = ctx.sql(&q).await.unwrap().collect().await.unwrap();
+    let sql = origin_vectors(&batches, "f");
+    assert_eq!(sql.len(), 2);
+    let mut top1 = Vec::new();
+    for b in &batches {
+        let top = b.column_by_name("top").unwrap().as_list::<i32>();
+        for i in 0..b.num_rows() {
+            let t = top.value(i);
+            assert_eq!(t.len(), 3);
+            top1.push(t.as_struct().column(1).as_string::<i32>().value(0).to_string());
+        }
+    }
+    assert!(top1.iter().any(|d| d == "toaster"), "{top1:?}");
+
+    let df = ctx
+        .read_images(&dir.to_string_lossy(), ImageReadOptions::default())
+        .await
+        .unwrap();
+    let df = DeepImageFeaturizer::new(MODEL).with_output_col("f").transform(df).unwrap();
+    let df = df
+        .select(vec![
+            datafusion::functions::core::expr_fn::get_field(col("image"), "origin").alias("origin"),
+            col("f"),
+        ])
+        .unwrap();
+    let op = origin_vectors(&df.collect().await.unwrap(), "f");
+    for ((o1, a), (o2, b)) in sql.iter().zip(&op) {
+        assert_eq!(o1, o2);
+        assert!(max_abs_diff(a.as_ref().unwrap(), b.as_ref().unwrap()) < 1e-4);
+    }
+}
+
+#[tokio::test]
+async fn bad_model_parameters_fail_at_plan_time() {
+    let ctx = context().await;
+    let dir = shared_data().join("imagenet-sanity/toaster");
+    let df = ctx
+        .read_images(&dir.to_string_lossy(), ImageReadOptions::default())
+        .await
+        .unwrap();
+    let e = DeepImageFeaturizer::new("resnet9000").transform(df.clone()).unwrap_err();
+    assert!(e.to_string().contains("unknown model 'resnet9000'"), "{e}");
+    assert!(e.to_string().contains(MODEL), "lists the known models: {e}");
+    let e = DeepImageFeaturizer::new(MODEL)
+        .with_input_col("origin_missing")
+        .transform(df.clone())
+        .unwrap_err();
+    assert!(e.to_string().contains("origin_missing"), "{e}");
+    let e = ctx
+        .sql(&format!("SELECT featurize('{MODEL}', 'not an image') FROM read_images('{}')", dir.display()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("must be an image struct"), "{e}");
+    let e = DeepImagePredictor::new(MODEL).with_top_k(0).transform(df).unwrap_err();
+    assert!(e.to_string().contains("topK must be in 1..=1000"), "{e}");
+}
