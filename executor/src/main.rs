@@ -34,7 +34,9 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     // Fail at start-up, not in the first task, when the requested GPU is not there.
-    let chosen = device.resolve().map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let chosen = device
+        .resolve()
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let vcores = if cli.upstream.vcores > 0 {
         cli.upstream.vcores
     } else {

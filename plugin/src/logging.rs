@@ -13,7 +13,10 @@ pub fn init(filter: &str, thread_info: bool, log_dir: Option<&str>, prefix: &str
         .with_env_filter(EnvFilter::new(filter));
     match log_dir {
         Some(dir) => builder
-            .with_writer(tracing_appender::rolling::never(dir, format!("{prefix}.log")))
+            .with_writer(tracing_appender::rolling::never(
+                dir,
+                format!("{prefix}.log"),
+            ))
             .init(),
         None => builder.init(),
     }

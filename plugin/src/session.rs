@@ -10,8 +10,8 @@ use ballista_executor::executor_process::ExecutorProcessConfig;
 use ballista_scheduler::config::SchedulerConfig;
 use datafusion::common::Result;
 use datafusion::dataframe::DataFrame;
-use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::execution::context::SessionState;
+use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
@@ -68,7 +68,10 @@ fn register_plugin(state: &mut SessionState) {
 
 /// The plugin's scalar functions (models as SQL functions).
 pub fn plugin_udfs() -> Vec<datafusion::logical_expr::ScalarUDF> {
-    vec![crate::torch::udf::featurize_udf(), crate::torch::udf::predict_topk_udf()]
+    vec![
+        crate::torch::udf::featurize_udf(),
+        crate::torch::udf::predict_topk_udf(),
+    ]
 }
 
 /// Re-registers the plugin's scalar functions on a client context:

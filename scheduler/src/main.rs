@@ -45,7 +45,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let filter = std::env::var(EnvFilter::DEFAULT_ENV)
         .unwrap_or_else(|_| cli.upstream.log_level_setting.clone());
-    let prefix = format!("scheduler_{}_{}", cli.upstream.external_host, cli.upstream.bind_port);
+    let prefix = format!(
+        "scheduler_{}_{}",
+        cli.upstream.external_host, cli.upstream.bind_port
+    );
     dlp_plugin::logging::init(
         &filter,
         cli.upstream.print_thread_info,

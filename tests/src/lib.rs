@@ -10,10 +10,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// `../shared/data` of the checkout.
+/// `../shared/data` of the checkout, without `..` segments (as `origin` URIs have none).
 pub fn shared_data() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    std::path::absolute(p).expect("absolute path")
+    let mut out = PathBuf::new();
+    for c in Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .components()
+    {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// A built binary of the workspace (`cargo build --bins` puts them next to `deps/`).
@@ -92,7 +104,7 @@ impl Process {
         let out = std::fs::File::create(&log)?;
         let child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,dlp_plugin::torch=debug")
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
             .spawn()
@@ -256,8 +268,12 @@ pub fn vectors(array: &dyn datafusion::arrow::array::Array) -> Vec<Option<Vec<f3
     let list = array.as_fixed_size_list();
     (0..list.len())
         .map(|i| {
-            list.is_valid(i)
-                .then(|| list.value(i).as_primitive::<Float32Type>().values().to_vec())
+            list.is_valid(i).then(|| {
+                list.value(i)
+                    .as_primitive::<Float32Type>()
+                    .values()
+                    .to_vec()
+            })
         })
         .collect()
 }
@@ -265,5 +281,8 @@ pub fn vectors(array: &dyn datafusion::arrow::array::Array) -> Vec<Option<Vec<f3
 /// Largest absolute difference between two equally long vectors.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vector lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

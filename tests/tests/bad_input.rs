@@ -12,7 +12,8 @@ use dlp_tests::shared_data;
 /// A folder with one good JPEG and every kind of bad file; returns the expected number of
 /// rows that must be invalid.
 fn bad_folder(dir: &Path) -> usize {
-    let jpeg = std::fs::read(shared_data().join("flowers/daisy/100080576_f52e8ee070_n.jpg")).unwrap();
+    let jpeg =
+        std::fs::read(shared_data().join("flowers/daisy/100080576_f52e8ee070_n.jpg")).unwrap();
     std::fs::write(dir.join("good.jpg"), &jpeg).unwrap();
     // A JPEG cut in half still decodes (libjpeg pads it, as ImageIO does).
     std::fs::write(dir.join("truncated.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
@@ -42,7 +43,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -70,35 +75,58 @@ fn origins_and_channels(batches: &[RecordBatch]) -> Vec<(String, i32)> {
 async fn bad_files_become_invalid_rows_or_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let invalid = bad_folder(dir.path());
-    let ctx = dlp_plugin::session::standalone_context(Some(2)).await.unwrap();
+    let ctx = dlp_plugin::session::standalone_context(Some(2))
+        .await
+        .unwrap();
     let root = dir.path().to_string_lossy();
     let q = |opts: &str| {
-        format!(
-            "SELECT image['origin'], image['nChannels'] FROM read_images('{root}'{opts})"
-        )
+        format!("SELECT image['origin'], image['nChannels'] FROM read_images('{root}'{opts})")
     };
     let kept = origins_and_channels(&rows(&ctx, &q("")).await);
     let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["bomb.png", "dangling.jpg", "garbage.jpg", "good.jpg", "notes.txt", "truncated.jpg"],
+        [
+            "bomb.png",
+            "dangling.jpg",
+            "garbage.jpg",
+            "good.jpg",
+            "notes.txt",
+            "truncated.jpg"
+        ],
         "empty.png gives no row"
     );
-    let bad: Vec<_> = kept.iter().filter(|(_, c)| *c < 0).map(|(n, _)| n.as_str()).collect();
+    let bad: Vec<_> = kept
+        .iter()
+        .filter(|(_, c)| *c < 0)
+        .map(|(n, _)| n.as_str())
+        .collect();
     assert_eq!(bad.len(), invalid, "{bad:?}");
-    assert_eq!(bad, ["bomb.png", "dangling.jpg", "garbage.jpg", "notes.txt"]);
+    assert_eq!(
+        bad,
+        ["bomb.png", "dangling.jpg", "garbage.jpg", "notes.txt"]
+    );
 
     let dropped = origins_and_channels(&rows(&ctx, &q(", 'dropInvalid=true'")).await);
-    assert_eq!(dropped, [("good.jpg".to_string(), 3), ("truncated.jpg".to_string(), 3)]);
+    assert_eq!(
+        dropped,
+        [
+            ("good.jpg".to_string(), 3),
+            ("truncated.jpg".to_string(), 3)
+        ]
+    );
 
     // A tighter pixel limit turns the real photo into an invalid row too.
-    let limited = origins_and_channels(&rows(&ctx, &q(", 'maxPixels=1000', 'pathGlobFilter=good*'")).await);
+    let limited =
+        origins_and_channels(&rows(&ctx, &q(", 'maxPixels=1000', 'pathGlobFilter=good*'")).await);
     assert_eq!(limited, [("good.jpg".to_string(), -1)]);
 }
 
 #[tokio::test]
 async fn create_external_table_stored_as_image() {
-    let ctx = dlp_plugin::session::standalone_context(Some(2)).await.unwrap();
+    let ctx = dlp_plugin::session::standalone_context(Some(2))
+        .await
+        .unwrap();
     let numta = shared_data().join("numta-50");
     ctx.sql(&format!(
         "CREATE EXTERNAL TABLE digits STORED AS IMAGE LOCATION '{}' OPTIONS ('withLabel' 'true')",

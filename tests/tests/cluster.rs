@@ -183,3 +183,97 @@ async fn flowers_on_two_executors_and_over_flight_sql() {
     );
     assert_eq!(python_rows(&json), ours);
 }
+
+fn model_loads(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("model loaded")).count()
+}
+
+fn inferred_images(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("inference batch done"))
+        .count()
+}
+
+/// Featurizes a deterministic ~30% sample of the flowers (to keep CI short) on the cluster
+/// and in the embedded mode; both executors run the model and the vectors agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn featurization_on_two_executors_equals_standalone() {
+    use datafusion::prelude::col;
+    use dlp_plugin::ImageContextExt;
+    use dlp_plugin::image::ImageReadOptions;
+    use dlp_plugin::torch::DeepImageFeaturizer;
+
+    async fn featurize(ctx: &datafusion::prelude::SessionContext) -> BTreeMap<String, Vec<f32>> {
+        let opts = ImageReadOptions::from_pairs([
+            ("dropInvalid", "true"),
+            ("recursiveFileLookup", "true"),
+            ("sampleRatio", "0.3"),
+            ("seed", "7"),
+        ])
+        .unwrap();
+        let df = ctx.read_images(&flowers(), opts).await.unwrap();
+        let df = DeepImageFeaturizer::new("efficientnet_lite0")
+            .transform(df)
+            .unwrap();
+        let df = df
+            .select(vec![
+                datafusion::functions::core::expr_fn::get_field(col("image"), "origin")
+                    .alias("origin"),
+                col("features"),
+            ])
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for b in df.collect().await.unwrap() {
+            let origin = b.column(0).as_string::<i32>().clone();
+            for (i, v) in dlp_tests::vectors(b.column(1).as_ref())
+                .into_iter()
+                .enumerate()
+            {
+                out.insert(origin.value(i).to_string(), v.expect("features"));
+            }
+        }
+        out
+    }
+
+    let cluster = Cluster::start(2, 2).expect("cluster");
+    let remote = dlp_plugin::session::remote_context(&cluster.url())
+        .await
+        .unwrap();
+    let on_cluster = featurize(&remote).await;
+    let loads: Vec<usize> = cluster
+        .executors
+        .iter()
+        .map(|e| model_loads(&e.output()))
+        .collect();
+    let batches: Vec<usize> = cluster
+        .executors
+        .iter()
+        .map(|e| inferred_images(&e.output()))
+        .collect();
+    assert!(
+        loads.iter().all(|&n| n == 1) && batches.iter().all(|&n| n > 0),
+        "both executors load the model once and run inference: loads {loads:?}, batches {batches:?}"
+    );
+    let standalone = dlp_plugin::session::standalone_context(Some(2))
+        .await
+        .unwrap();
+    let local = featurize(&standalone).await;
+    assert!(
+        on_cluster.len() > 350,
+        "{} sampled flowers",
+        on_cluster.len()
+    );
+    assert_eq!(
+        on_cluster.keys().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>()
+    );
+    let worst = on_cluster
+        .iter()
+        .map(|(k, v)| dlp_tests::max_abs_diff(v, &local[k]))
+        .fold(0f32, f32::max);
+    println!(
+        "max |cluster - standalone| = {worst:e} over {} images",
+        on_cluster.len()
+    );
+    assert!(worst <= 1e-4, "{worst}");
+}

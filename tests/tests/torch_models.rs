@@ -16,7 +16,9 @@ use serde_json::json;
 const MODEL: &str = "efficientnet_lite0";
 
 async fn context() -> SessionContext {
-    dlp_plugin::session::standalone_context(Some(2)).await.expect("embedded cluster")
+    dlp_plugin::session::standalone_context(Some(2))
+        .await
+        .expect("embedded cluster")
 }
 
 fn zoo() -> ModelZoo {
@@ -33,7 +35,11 @@ fn path_of(origin: &str) -> String {
 fn origin_vectors(batches: &[RecordBatch], column: &str) -> Vec<(String, Option<Vec<f32>>)> {
     let mut out = Vec::new();
     for b in batches {
-        let origin = b.column_by_name("origin").unwrap().as_string::<i32>().clone();
+        let origin = b
+            .column_by_name("origin")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
         let v = vectors(b.column_by_name(column).unwrap().as_ref());
         for (i, v) in v.into_iter().enumerate() {
             out.push((origin.value(i).to_string(), v));
@@ -54,13 +60,23 @@ fn reference(files: &[String], output: &str, batch: usize) -> Vec<Vec<f32>> {
         "output": output,
     });
     let run = Command::new(python().unwrap())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/torch_reference.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python/torch_reference.py"
+        ))
         .arg(args.to_string())
         .output()
         .unwrap();
-    assert!(run.status.success(), "reference failed: {}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "reference failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let bytes = std::fs::read(out.path()).unwrap();
-    let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let floats: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let dim = floats.len() / files.len();
     floats.chunks(dim).map(<[f32]>::to_vec).collect()
 }
@@ -68,8 +84,12 @@ fn reference(files: &[String], output: &str, batch: usize) -> Vec<Vec<f32>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn features_match_the_pytorch_reference_on_the_flowers() {
     let ctx = context().await;
-    let opts = ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
-    let df = ctx.read_images(&shared_data().join("flowers").to_string_lossy(), opts).await.unwrap();
+    let opts =
+        ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
+    let df = ctx
+        .read_images(&shared_data().join("flowers").to_string_lossy(), opts)
+        .await
+        .unwrap();
     let df = DeepImageFeaturizer::new(MODEL).transform(df).unwrap();
     let df = df
         .select(vec![
@@ -83,11 +103,16 @@ async fn features_match_the_pytorch_reference_on_the_flowers() {
     let expected = reference(&files, "features", 16);
     let mut worst = 0f32;
     for ((origin, ours), theirs) in rows.iter().zip(&expected) {
-        let ours = ours.as_ref().unwrap_or_else(|| panic!("null features for {origin}"));
+        let ours = ours
+            .as_ref()
+            .unwrap_or_else(|| panic!("null features for {origin}"));
         assert_eq!(ours.len(), 1280);
         worst = worst.max(max_abs_diff(ours, theirs));
     }
-    println!("max |rust - pytorch| over {} flowers: {worst:e}", rows.len());
+    println!(
+        "max |rust - pytorch| over {} flowers: {worst:e}",
+        rows.len()
+    );
     assert!(worst <= 1e-4, "max abs diff {worst}");
 }
 
@@ -96,16 +121,27 @@ async fn predictor_recognizes_the_imagenet_sanity_photos() {
     let ctx = context().await;
     let root = shared_data().join("imagenet-sanity");
     let opts = ImageReadOptions::from_pairs([("withLabel", "true")]).unwrap();
-    let df = ctx.read_images(&root.to_string_lossy(), opts).await.unwrap();
-    let df = DeepImagePredictor::new(MODEL).with_top_k(5).transform(df).unwrap();
-    let df = df.select(vec![col("label_name"), col("predicted_labels")]).unwrap();
+    let df = ctx
+        .read_images(&root.to_string_lossy(), opts)
+        .await
+        .unwrap();
+    let df = DeepImagePredictor::new(MODEL)
+        .with_top_k(5)
+        .transform(df)
+        .unwrap();
+    let df = df
+        .select(vec![col("label_name"), col("predicted_labels")])
+        .unwrap();
     let batches = df.collect().await.unwrap();
     // Folder names -> torchvision's ImageNet descriptions.
     let alias: BTreeMap<&str, &str> = [("teddy_bear", "teddy")].into_iter().collect();
     let (mut top1, mut top5, mut n) = (0, 0, 0);
     for b in &batches {
         let label = b.column_by_name("label_name").unwrap().as_string::<i32>();
-        let preds = b.column_by_name("predicted_labels").unwrap().as_list::<i32>();
+        let preds = b
+            .column_by_name("predicted_labels")
+            .unwrap()
+            .as_list::<i32>();
         for i in 0..b.num_rows() {
             if label.is_null(i) {
                 continue; // tags.tsv / wikimedia.md at the root
@@ -118,7 +154,10 @@ async fn predictor_recognizes_the_imagenet_sanity_photos() {
             let prob = p.column(2).as_primitive::<Float32Type>();
             let names: Vec<&str> = (0..desc.len()).map(|k| desc.value(k)).collect();
             assert_eq!(names.len(), 5);
-            assert!(prob.values().windows(2).all(|w| w[0] >= w[1]), "sorted by probability");
+            assert!(
+                prob.values().windows(2).all(|w| w[0] >= w[1]),
+                "sorted by probability"
+            );
             n += 1;
             top1 += usize::from(names[0] == want);
             top5 += usize::from(names.contains(&want.as_str()));
@@ -148,7 +187,13 @@ async fn models_are_sql_functions_with_the_operators_results() {
         for i in 0..b.num_rows() {
             let t = top.value(i);
             assert_eq!(t.len(), 3);
-            top1.push(t.as_struct().column(1).as_string::<i32>().value(0).to_string());
+            top1.push(
+                t.as_struct()
+                    .column(1)
+                    .as_string::<i32>()
+                    .value(0)
+                    .to_string(),
+            );
         }
     }
     assert!(top1.iter().any(|d| d == "toaster"), "{top1:?}");
@@ -157,7 +202,10 @@ async fn models_are_sql_functions_with_the_operators_results() {
         .read_images(&dir.to_string_lossy(), ImageReadOptions::default())
         .await
         .unwrap();
-    let df = DeepImageFeaturizer::new(MODEL).with_output_col("f").transform(df).unwrap();
+    let df = DeepImageFeaturizer::new(MODEL)
+        .with_output_col("f")
+        .transform(df)
+        .unwrap();
     let df = df
         .select(vec![
             datafusion::functions::core::expr_fn::get_field(col("image"), "origin").alias("origin"),
@@ -179,7 +227,9 @@ async fn bad_model_parameters_fail_at_plan_time() {
         .read_images(&dir.to_string_lossy(), ImageReadOptions::default())
         .await
         .unwrap();
-    let e = DeepImageFeaturizer::new("resnet9000").transform(df.clone()).unwrap_err();
+    let e = DeepImageFeaturizer::new("resnet9000")
+        .transform(df.clone())
+        .unwrap_err();
     assert!(e.to_string().contains("unknown model 'resnet9000'"), "{e}");
     assert!(e.to_string().contains(MODEL), "lists the known models: {e}");
     let e = DeepImageFeaturizer::new(MODEL)
@@ -188,10 +238,16 @@ async fn bad_model_parameters_fail_at_plan_time() {
         .unwrap_err();
     assert!(e.to_string().contains("origin_missing"), "{e}");
     let e = ctx
-        .sql(&format!("SELECT featurize('{MODEL}', 'not an image') FROM read_images('{}')", dir.display()))
+        .sql(&format!(
+            "SELECT featurize('{MODEL}', 'not an image') FROM read_images('{}')",
+            dir.display()
+        ))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("must be an image struct"), "{e}");
-    let e = DeepImagePredictor::new(MODEL).with_top_k(0).transform(df).unwrap_err();
+    let e = DeepImagePredictor::new(MODEL)
+        .with_top_k(0)
+        .transform(df)
+        .unwrap_err();
     assert!(e.to_string().contains("topK must be in 1..=1000"), "{e}");
 }

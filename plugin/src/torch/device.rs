@@ -46,7 +46,11 @@ impl std::fmt::Display for DeviceSpec {
 impl DeviceSpec {
     /// The libtorch device; `cuda:N` without such a GPU is an error naming what was found.
     pub fn resolve(self) -> Result<tch::Device> {
-        let gpus = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
+        let gpus = if tch::Cuda::is_available() {
+            tch::Cuda::device_count() as usize
+        } else {
+            0
+        };
         let device = match self {
             Self::Auto if gpus > 0 => tch::Device::Cuda(0),
             Self::Auto | Self::Cpu => tch::Device::Cpu,
@@ -82,7 +86,10 @@ mod tests {
             return; // only meaningful on CPU-only machines; CI has no GPU
         }
         let e = DeviceSpec::Cuda(0).resolve().unwrap_err();
-        assert!(e.to_string().contains("cuda:0 requested but 0 CUDA device"), "{e}");
+        assert!(
+            e.to_string().contains("cuda:0 requested but 0 CUDA device"),
+            "{e}"
+        );
         assert_eq!(DeviceSpec::Auto.resolve().unwrap(), tch::Device::Cpu);
     }
 }

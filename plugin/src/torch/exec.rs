@@ -8,13 +8,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef, Result, exec_datafusion_err, internal_err};
-use datafusion::catalog::Session;
 use datafusion::execution::context::QueryPlanner;
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
@@ -48,7 +50,10 @@ impl TorchInferenceNode {
         let in_schema = input.schema();
         let field = in_schema.field_with_unqualified_name(&spec.input_col)?;
         check_image_column(&spec.input_col, field.data_type())?;
-        if in_schema.field_with_unqualified_name(&spec.output_col).is_ok() {
+        if in_schema
+            .field_with_unqualified_name(&spec.output_col)
+            .is_ok()
+        {
             return datafusion::common::plan_err!(
                 "output column '{}' already exists; choose another outputCol",
                 spec.output_col
@@ -59,8 +64,15 @@ impl TorchInferenceNode {
             .map(|(q, f)| (q.cloned(), f.clone()))
             .collect();
         fields.push((None, Arc::new(spec.output_field())));
-        let schema = Arc::new(DFSchema::new_with_metadata(fields, in_schema.metadata().clone())?);
-        Ok(Self { input, spec, schema })
+        let schema = Arc::new(DFSchema::new_with_metadata(
+            fields,
+            in_schema.metadata().clone(),
+        )?);
+        Ok(Self {
+            input,
+            spec,
+            schema,
+        })
     }
 
     /// The step.
@@ -100,7 +112,11 @@ impl UserDefinedLogicalNodeCore for TorchInferenceNode {
         )
     }
 
-    fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
         if inputs.len() != 1 {
             return internal_err!("TorchInference takes one input");
         }
@@ -177,7 +193,10 @@ impl TorchInferenceExec {
         check_image_column(&spec.input_col, in_schema.field(input_index).data_type())?;
         let mut fields: Vec<_> = in_schema.fields().iter().cloned().collect();
         fields.push(Arc::new(spec.output_field()));
-        let schema = Arc::new(Schema::new_with_metadata(fields, in_schema.metadata().clone()));
+        let schema = Arc::new(Schema::new_with_metadata(
+            fields,
+            in_schema.metadata().clone(),
+        ));
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             input.output_partitioning().clone(),
@@ -205,7 +224,11 @@ impl DisplayAs for TorchInferenceExec {
         write!(
             f,
             "TorchInferenceExec: model={}, task={:?}, batch_size={}, {} -> {}",
-            self.spec.model, self.spec.task, self.spec.batch_size, self.spec.input_col, self.spec.output_col
+            self.spec.model,
+            self.spec.task,
+            self.spec.batch_size,
+            self.spec.input_col,
+            self.spec.output_col
         )
     }
 }
@@ -252,7 +275,10 @@ impl ExecutionPlan for TorchInferenceExec {
         if children.len() != 1 {
             return internal_err!("TorchInferenceExec takes one child");
         }
-        Ok(Arc::new(Self::try_new(children.swap_remove(0), self.spec.clone())?))
+        Ok(Arc::new(Self::try_new(
+            children.swap_remove(0),
+            self.spec.clone(),
+        )?))
     }
 
     fn execute(
@@ -317,8 +343,12 @@ impl ExecutionPlan for TorchInferenceExec {
         let out_schema = schema.clone();
         let outputs = prepared
             .map(move |item| {
-                let (metrics, spec, model, schema) =
-                    (metrics.clone(), spec.clone(), model.clone(), out_schema.clone());
+                let (metrics, spec, model, schema) = (
+                    metrics.clone(),
+                    spec.clone(),
+                    model.clone(),
+                    out_schema.clone(),
+                );
                 async move {
                     let (batch, prepared) = item?;
                     tokio::task::spawn_blocking(move || {
@@ -327,8 +357,16 @@ impl ExecutionPlan for TorchInferenceExec {
                         let out = run(&model, &spec, &prepared)?;
                         timer.done();
                         metrics.images.add(prepared.valid.len());
-                        metrics.null_outputs.add(prepared.rows - prepared.valid.len());
+                        metrics
+                            .null_outputs
+                            .add(prepared.rows - prepared.valid.len());
                         metrics.batches.add(1);
+                        tracing::debug!(
+                            target: "dlp_plugin::torch",
+                            model = %spec.model,
+                            images = prepared.valid.len(),
+                            "inference batch done"
+                        );
                         let mut columns = batch.columns().to_vec();
                         columns.push(out);
                         let b = RecordBatch::try_new(schema, columns)?;
@@ -347,4 +385,3 @@ impl ExecutionPlan for TorchInferenceExec {
         Some(self.metrics.clone_inner())
     }
 }
-

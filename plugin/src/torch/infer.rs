@@ -68,7 +68,9 @@ pub fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Res
                 valid.push(i);
                 tensors.push(t);
             }
-            Err(e) => tracing::warn!(row = i, error = %e, "image cannot be preprocessed; output is null"),
+            Err(e) => {
+                tracing::warn!(row = i, error = %e, "image cannot be preprocessed; output is null")
+            }
         }
     }
     let tensor = if tensors.is_empty() {
@@ -76,7 +78,11 @@ pub fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Res
     } else {
         Some(Tensor::f_stack(&tensors, 0).map_err(|e| exec_datafusion_err!("stack: {e}"))?)
     };
-    Ok(Prepared { rows: images.len(), valid, tensor })
+    Ok(Prepared {
+        rows: images.len(),
+        valid,
+        tensor,
+    })
 }
 
 /// Runs the model on prepared images (in chunks of `spec.batch_size`) and builds the output
@@ -103,9 +109,9 @@ pub fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result
                     values.extend(to_vec(&f)?);
                 }
                 TorchTask::Probabilities | TorchTask::TopK(_) => {
-                    let logits = out
-                        .logits
-                        .ok_or_else(|| exec_datafusion_err!("model {} has no logits", spec.model))?;
+                    let logits = out.logits.ok_or_else(|| {
+                        exec_datafusion_err!("model {} has no logits", spec.model)
+                    })?;
                     let probs = logits.softmax(-1, Kind::Float);
                     if let TorchTask::TopK(k) = spec.task {
                         let (p, idx) = probs.topk(k as i64, -1, true, true);
@@ -113,7 +119,12 @@ pub fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result
                         let idx: Vec<i64> = Vec::<i64>::try_from(idx.flatten(0, -1))
                             .map_err(|e| exec_datafusion_err!("topk: {e}"))?;
                         for (ps, is) in p.chunks(k).zip(idx.chunks(k)) {
-                            top.push(is.iter().map(|&c| c as usize).zip(ps.iter().copied()).collect());
+                            top.push(
+                                is.iter()
+                                    .map(|&c| c as usize)
+                                    .zip(ps.iter().copied())
+                                    .collect(),
+                            );
                         }
                     } else {
                         values.extend(to_vec(&probs)?);
@@ -167,7 +178,11 @@ pub fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result
                 ],
                 None,
             )?;
-            let item = Arc::new(Field::new("item", DataType::Struct(prediction_fields()), true));
+            let item = Arc::new(Field::new(
+                "item",
+                DataType::Struct(prediction_fields()),
+                true,
+            ));
             Ok(Arc::new(ListArray::try_new(
                 item,
                 OffsetBuffer::new(offsets.into()),

@@ -87,7 +87,10 @@ impl ModelManifest {
             );
         }
         if self.input.height == 0 || self.input.width == 0 || self.feature_dim == 0 {
-            return plan_err!("model {}: input size and feature_dim must be positive", self.name);
+            return plan_err!(
+                "model {}: input size and feature_dim must be positive",
+                self.name
+            );
         }
         Ok(())
     }
@@ -115,7 +118,11 @@ impl ModelEntry {
         };
         let path = self.dir.join(f);
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            plan_datafusion_err!("model {}: cannot read {}: {e}", self.manifest.name, path.display())
+            plan_datafusion_err!(
+                "model {}: cannot read {}: {e}",
+                self.manifest.name,
+                path.display()
+            )
         })?;
         let classes: Vec<String> = text.lines().map(str::to_string).collect();
         if classes.len() != self.manifest.num_classes {
@@ -134,9 +141,16 @@ impl ModelEntry {
     pub fn verify(&self) -> Result<()> {
         let path = self.file_path();
         let bytes = std::fs::read(&path).map_err(|e| {
-            plan_datafusion_err!("model {}: missing file {}: {e}", self.manifest.name, path.display())
+            plan_datafusion_err!(
+                "model {}: missing file {}: {e}",
+                self.manifest.name,
+                path.display()
+            )
         })?;
-        let got: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let got: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if got != self.manifest.sha256 {
             return plan_err!(
                 "model {}: sha256 mismatch for {}: manifest says {}, file has {got}",
@@ -204,8 +218,9 @@ impl ModelZoo {
     }
 
     fn read_manifest(&self, path: &Path) -> Result<ModelEntry> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| plan_datafusion_err!("cannot read model manifest {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            plan_datafusion_err!("cannot read model manifest {}: {e}", path.display())
+        })?;
         let manifest: ModelManifest = serde_yaml::from_str(&text)
             .map_err(|e| plan_datafusion_err!("invalid model manifest {}: {e}", path.display()))?;
         manifest.validate()?;
@@ -219,7 +234,10 @@ impl ModelZoo {
     pub fn get(&self, name: &str) -> Result<ModelEntry> {
         let models = self.list()?;
         let wanted = name.to_ascii_lowercase();
-        match models.iter().find(|m| m.manifest.name.to_ascii_lowercase() == wanted) {
+        match models
+            .iter()
+            .find(|m| m.manifest.name.to_ascii_lowercase() == wanted)
+        {
             Some(m) => {
                 let file = m.file_path();
                 if !file.exists() {
@@ -235,7 +253,11 @@ impl ModelZoo {
                 plan_err!(
                     "unknown model '{name}' in {}; known models: {}",
                     self.dir.display(),
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 )
             }
         }

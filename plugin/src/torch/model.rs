@@ -56,8 +56,9 @@ pub fn load_model(entry: &ModelEntry, device: Device) -> Result<Arc<LoadedModel>
     }
     entry.verify()?;
     let started = std::time::Instant::now();
-    let mut module = tch::CModule::load_on_device(entry.file_path(), device)
-        .map_err(torch_err(&format!("cannot load model {}", entry.manifest.name)))?;
+    let mut module = tch::CModule::load_on_device(entry.file_path(), device).map_err(torch_err(
+        &format!("cannot load model {}", entry.manifest.name),
+    ))?;
     module.set_eval();
     let model = Arc::new(LoadedModel {
         classes: entry.classes()?,
@@ -117,7 +118,10 @@ impl LoadedModel {
         let out = self
             .module
             .forward_is(&[IValue::Tensor(input)])
-            .map_err(torch_err(&format!("model {} forward", self.entry.manifest.name)))?;
+            .map_err(torch_err(&format!(
+                "model {} forward",
+                self.entry.manifest.name
+            )))?;
         let outputs = self.entry.manifest.outputs;
         let pick = |items: &[IValue], i: usize| -> Result<Tensor> {
             match items.get(i) {
@@ -153,9 +157,15 @@ pub fn preprocess(entry: &ModelEntry, img: ImageRef<'_>, resize: ResizePolicy) -
         );
     }
     let err = torch_err("preprocess");
-    let hwc = Tensor::from_slice(img.data).f_view([h, w, c]).map_err(&err)?;
+    let hwc = Tensor::from_slice(img.data)
+        .f_view([h, w, c])
+        .map_err(&err)?;
     // Spark's layout is B G R (A); pick the model's channel order.
-    let order: [i64; 3] = if m.channel_order == "RGB" { [2, 1, 0] } else { [0, 1, 2] };
+    let order: [i64; 3] = if m.channel_order == "RGB" {
+        [2, 1, 0]
+    } else {
+        [0, 1, 2]
+    };
     let three = match c {
         1 => hwc.f_expand([h, w, 3], false).map_err(&err)?,
         3 | 4 => hwc
@@ -173,7 +183,11 @@ pub fn preprocess(entry: &ModelEntry, img: ImageRef<'_>, resize: ResizePolicy) -
         ResizePolicy::Stretch => resize_aa(&x, th, tw)?,
         ResizePolicy::ShorterSideCenterCrop => {
             let short = (th.min(tw) as f64 / 0.875).round() as i64;
-            let (rh, rw) = if h <= w { (short, w * short / h) } else { (h * short / w, short) };
+            let (rh, rw) = if h <= w {
+                (short, w * short / h)
+            } else {
+                (h * short / w, short)
+            };
             let x = resize_aa(&x, rh.max(th), rw.max(tw))?;
             let (rh, rw) = (x.size()[2], x.size()[3]);
             x.f_narrow(2, (rh - th) / 2, th)
@@ -181,8 +195,14 @@ pub fn preprocess(entry: &ModelEntry, img: ImageRef<'_>, resize: ResizePolicy) -
                 .map_err(&err)?
         }
     };
-    let mean = Tensor::from_slice(&m.mean).f_view([1, 3, 1, 1]).map_err(&err)?.to_kind(Kind::Float);
-    let std = Tensor::from_slice(&m.std).f_view([1, 3, 1, 1]).map_err(&err)?.to_kind(Kind::Float);
+    let mean = Tensor::from_slice(&m.mean)
+        .f_view([1, 3, 1, 1])
+        .map_err(&err)?
+        .to_kind(Kind::Float);
+    let std = Tensor::from_slice(&m.std)
+        .f_view([1, 3, 1, 1])
+        .map_err(&err)?
+        .to_kind(Kind::Float);
     let x = (x * m.scale - mean) / std;
     x.f_squeeze_dim(0).map_err(&err)
 }

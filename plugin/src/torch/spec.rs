@@ -88,13 +88,20 @@ impl TorchSpec {
 
     /// The output column's field.
     pub fn output_field(&self) -> Field {
-        Field::new(&self.output_col, output_type(self.task, self.output_dim), true)
+        Field::new(
+            &self.output_col,
+            output_type(self.task, self.output_dim),
+            true,
+        )
     }
 }
 
 fn check_classes(entry: &ModelEntry) -> Result<()> {
     if entry.manifest.outputs.logits.is_none() || entry.manifest.num_classes == 0 {
-        return plan_err!("model {} has no class output; use it as a featurizer", entry.manifest.name);
+        return plan_err!(
+            "model {} has no class output; use it as a featurizer",
+            entry.manifest.name
+        );
     }
     Ok(())
 }

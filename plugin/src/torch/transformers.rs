@@ -8,17 +8,19 @@ use datafusion::common::Result;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{Extension, LogicalPlan};
 
+use super::ProcessTorchConfig;
 use super::exec::TorchInferenceNode;
 use super::manifest::ResizePolicy;
 use super::spec::{TorchSpec, TorchTask};
-use super::ProcessTorchConfig;
 
 fn apply(df: DataFrame, spec: TorchSpec) -> Result<DataFrame> {
     let (state, plan) = df.into_parts();
     let node = TorchInferenceNode::try_new(plan, spec)?;
     Ok(DataFrame::new(
         state,
-        LogicalPlan::Extension(Extension { node: Arc::new(node) }),
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(node),
+        }),
     ))
 }
 
@@ -147,8 +149,13 @@ impl DeepImagePredictor {
         } else {
             TorchTask::Probabilities
         };
-        let mut spec =
-            TorchSpec::try_new(&zoo, &self.model_name, &self.input_col, &self.output_col, task)?;
+        let mut spec = TorchSpec::try_new(
+            &zoo,
+            &self.model_name,
+            &self.input_col,
+            &self.output_col,
+            task,
+        )?;
         spec.batch_size = self.batch_size;
         apply(df, spec)
     }

@@ -48,7 +48,11 @@ pub fn predict_topk_udf() -> ScalarUDF {
 
 fn literal_str<'a>(v: Option<&'a ScalarValue>, what: &str) -> Result<&'a str> {
     match v {
-        Some(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s))) => Ok(s),
+        Some(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+        ) => Ok(s),
         _ => plan_err!("{what} must be a string literal"),
     }
 }
@@ -84,19 +88,35 @@ impl ScalarUDFImpl for ModelFunction {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        plan_err!("{}: the return type depends on the model; use return_field_from_args", self.name())
+        plan_err!(
+            "{}: the return type depends on the model; use return_field_from_args",
+            self.name()
+        )
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         let name = self.name();
-        let model = literal_str(args.scalar_arguments.first().copied().flatten(), &format!("{name}: argument 1 (model name)"))?;
-        check_image_column(&format!("{name} argument 2"), args.arg_fields[1].data_type())?;
+        let model = literal_str(
+            args.scalar_arguments.first().copied().flatten(),
+            &format!("{name}: argument 1 (model name)"),
+        )?;
+        check_image_column(
+            &format!("{name} argument 2"),
+            args.arg_fields[1].data_type(),
+        )?;
         let k = match self.kind {
-            Kind::PredictTopK => Some(literal_usize(args.scalar_arguments.get(2).copied().flatten(), &format!("{name}: argument 3 (k)"))?),
+            Kind::PredictTopK => Some(literal_usize(
+                args.scalar_arguments.get(2).copied().flatten(),
+                &format!("{name}: argument 3 (k)"),
+            )?),
             Kind::Featurize => None,
         };
         let spec = self.spec(model, k)?;
-        Ok(Arc::new(Field::new(name, spec.output_field().data_type().clone(), true)))
+        Ok(Arc::new(Field::new(
+            name,
+            spec.output_field().data_type().clone(),
+            true,
+        )))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {

@@ -31,9 +31,11 @@ fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -56,9 +58,9 @@ async fn main() -> datafusion::common::Result<()> {
         .aggregate(vec![], vec![count(col("features")).alias("n")])?;
     let batches = df.collect().await?;
     let secs = start.elapsed().as_secs_f64();
-    let n = datafusion::arrow::array::AsArray::as_primitive::<datafusion::arrow::datatypes::Int64Type>(
-        batches[0].column(0),
-    )
+    let n = datafusion::arrow::array::AsArray::as_primitive::<
+        datafusion::arrow::datatypes::Int64Type,
+    >(batches[0].column(0))
     .value(0);
     println!(
         "{{\"impl\": \"dlp\", \"images\": {n}, \"seconds\": {secs:.3}, \"images_per_s\": {:.2}, \"peak_rss_mb\": {:.0}, \"batch\": {}, \"threads\": {}}}",
