@@ -5,5 +5,6 @@ source "$(dirname "$0")/env.sh"
 cd "$DLP_ROOT"
 scripts/setup.sh
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast "$@"

@@ -119,11 +119,9 @@ pub async fn run(
             name,
             s.images,
             s.invalid,
-            if valid > 0 {
-                (s.pixels / valid).to_string()
-            } else {
-                "-".into()
-            }
+            s.pixels
+                .checked_div(valid)
+                .map_or("-".into(), |p| p.to_string())
         );
     }
     println!("{:>5}  {:<20} {:>8} {:>8}", "", "total", rows, invalid);

@@ -38,8 +38,8 @@ pub fn run(zoo: &ModelZoo, cmd: &ModelsCommand) -> anyhow::Result<()> {
             let models = zoo.list()?;
             println!("models in {}:", zoo.dir().display());
             println!(
-                "{:<22} {:>9} {:>8} {:>8}  {}",
-                "name", "input", "features", "classes", "description"
+                "{:<22} {:>9} {:>8} {:>8}  description",
+                "name", "input", "features", "classes"
             );
             for m in models {
                 let man = &m.manifest;

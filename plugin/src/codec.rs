@@ -58,9 +58,12 @@ fn read_plugin<T: for<'de> Deserialize<'de>>(kind: Kind, body: &[u8]) -> Result<
         .map_err(|e| plan_datafusion_err!("plugin codec: cannot decode {kind:?}: {e}"))
 }
 
+/// A tagged buffer: the plugin's `(kind, body)`, or Ballista's body.
+type Tagged<'a> = std::result::Result<(Kind, &'a [u8]), &'a [u8]>;
+
 /// Splits a tagged buffer into `Ok((kind, body))` for plugin buffers, or `Err(body)` for
 /// Ballista's.
-fn split(buf: &[u8]) -> Result<std::result::Result<(Kind, &[u8]), &[u8]>> {
+fn split(buf: &[u8]) -> Result<Tagged<'_>> {
     match buf {
         [TAG_BALLISTA, rest @ ..] => Ok(Err(rest)),
         [TAG_PLUGIN, kind, rest @ ..] => match Kind::from_byte(*kind) {

@@ -156,10 +156,10 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
-        if let Some(g) = &glob {
-            if !g.is_match(name.as_ref()) {
-                return false;
-            }
+        if let Some(g) = &glob
+            && !g.is_match(name.as_ref())
+        {
+            return false;
         }
         if *size == 0 {
             empty_files += 1;
@@ -274,7 +274,9 @@ fn discover_partitions(
     leaves: &[(PathBuf, u64)],
 ) -> Result<(Vec<String>, BTreeMap<PathBuf, PartitionValues>)> {
     let leaf_dirs: BTreeSet<&Path> = leaves.iter().filter_map(|(p, _)| p.parent()).collect();
-    let mut parsed: Vec<(&Path, Vec<(String, Option<String>)>, PathBuf)> = Vec::new();
+    // (leaf dir, its key=value columns, the base path its walk stopped at)
+    type Parsed<'a> = (&'a Path, Vec<(String, Option<String>)>, PathBuf);
+    let mut parsed: Vec<Parsed<'_>> = Vec::new();
     for dir in leaf_dirs {
         let mut columns = Vec::new();
         let mut current = dir;

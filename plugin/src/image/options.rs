@@ -126,10 +126,10 @@ impl ImageReadOptions {
         if self.max_pixels == 0 {
             return plan_err!("image source: option 'maxPixels' must be positive, got 0");
         }
-        if let Some(glob) = &self.path_glob_filter {
-            if let Err(e) = globset::Glob::new(glob) {
-                return plan_err!("image source: option 'pathGlobFilter' is not a valid glob: {e}");
-            }
+        if let Some(glob) = &self.path_glob_filter
+            && let Err(e) = globset::Glob::new(glob)
+        {
+            return plan_err!("image source: option 'pathGlobFilter' is not a valid glob: {e}");
         }
         Ok(())
     }

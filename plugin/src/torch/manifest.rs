@@ -76,7 +76,7 @@ impl ModelManifest {
         if self.mean.len() != 3 || self.std.len() != 3 {
             return plan_err!("model {}: mean and std need 3 values each", self.name);
         }
-        if self.std.iter().any(|s| *s == 0.0) {
+        if self.std.contains(&0.0) {
             return plan_err!("model {}: std must not be 0", self.name);
         }
         if !matches!(self.channel_order.as_str(), "RGB" | "BGR") {
