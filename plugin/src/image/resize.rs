@@ -8,7 +8,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use super::decode::{DecodeOptions, ImageFormat, InvalidImage, decode_image, sniff_format};
 use super::schema::ImageRow;
 
-/// An RGB image, row-major, 3 bytes per pixel.
+/// An RGB image, row-major, 3 bytes per pixel (4, R G B X, inside the JPEG fast path).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RgbImage {
     /// Width in pixels.
@@ -43,7 +43,7 @@ pub fn decode_resized_rgb(
     } else {
         row_to_rgb(&decode_image(bytes, options)?)
     };
-    resize_rgb(&src, tw, th)
+    resize_owned(src, tw, th)
 }
 
 fn decode_jpeg_scaled_rgb(
@@ -104,18 +104,43 @@ pub fn row_to_rgb(row: &ImageRow) -> RgbImage {
 
 /// Bilinear resize (with antialiasing when shrinking, like Pillow) to `tw` x `th`.
 pub fn resize_rgb(src: &RgbImage, tw: usize, th: usize) -> Result<RgbImage, InvalidImage> {
+    resize_owned(src.clone(), tw, th)
+}
+
+fn resize_owned(src: RgbImage, tw: usize, th: usize) -> Result<RgbImage, InvalidImage> {
+    let bpp = if src.data.len() == src.width * src.height * 4 {
+        4
+    } else {
+        3
+    };
     if src.width == tw && src.height == th {
-        return Ok(src.clone());
+        return Ok(RgbImage {
+            width: tw,
+            height: th,
+            data: to_rgb(src.data, bpp),
+        });
     }
     let err = |e: &dyn std::fmt::Display| InvalidImage::Corrupt(format!("resize: {e}"));
     let from = Image::from_vec_u8(
         src.width as u32,
         src.height as u32,
-        src.data.clone(),
-        PixelType::U8x3,
+        src.data,
+        if bpp == 4 {
+            PixelType::U8x4
+        } else {
+            PixelType::U8x3
+        },
     )
     .map_err(|e| err(&e))?;
-    let mut to = Image::new(tw as u32, th as u32, PixelType::U8x3);
+    let mut to = Image::new(
+        tw as u32,
+        th as u32,
+        if bpp == 4 {
+            PixelType::U8x4
+        } else {
+            PixelType::U8x3
+        },
+    );
     Resizer::new()
         .resize(
             &from,
@@ -126,8 +151,17 @@ pub fn resize_rgb(src: &RgbImage, tw: usize, th: usize) -> Result<RgbImage, Inva
     Ok(RgbImage {
         width: tw,
         height: th,
-        data: to.into_vec(),
+        data: to_rgb(to.into_vec(), bpp),
     })
+}
+
+fn to_rgb(data: Vec<u8>, bpp: usize) -> Vec<u8> {
+    if bpp == 3 {
+        return data;
+    }
+    data.chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect()
 }
 
 #[cfg(test)]
