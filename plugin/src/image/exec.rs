@@ -156,17 +156,7 @@ impl ExecutionPlan for ImageDecodeExec {
             schema: self.schema.clone(),
         });
         let chunk = self.spec.options.batch_size;
-        let chunks = input
-            .map_ok(move |batch| {
-                let n = batch.num_rows();
-                futures::stream::iter(
-                    (0..n)
-                        .step_by(chunk)
-                        .map(move |off| Ok(batch.slice(off, chunk.min(n - off))))
-                        .collect::<Vec<Result<RecordBatch>>>(),
-                )
-            })
-            .try_flatten();
+        let chunks = crate::batches::rechunk(input, chunk);
         let decode_metrics = metrics.clone();
         let decoded = chunks
             .map(move |files| {

@@ -27,7 +27,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use super::infer::{check_image_column, prepare, run};
 use super::spec::TorchSpec;
@@ -311,17 +311,7 @@ impl ExecutionPlan for TorchInferenceExec {
             super::model::init_threads(threads);
             load_model(&entry, device)
         });
-        let chunks = input
-            .map_ok(move |batch| {
-                let n = batch.num_rows();
-                futures::stream::iter(
-                    (0..n)
-                        .step_by(batch_size)
-                        .map(move |off| Ok(batch.slice(off, batch_size.min(n - off))))
-                        .collect::<Vec<Result<RecordBatch>>>(),
-                )
-            })
-            .try_flatten();
+        let chunks = crate::batches::rechunk(input, batch_size);
         let (m1, s1, model1) = (metrics.clone(), spec.clone(), model.clone());
         let prepared = chunks
             .map(move |batch| {
