@@ -56,11 +56,21 @@ impl TorchSpec {
         output_col: &str,
         task: TorchTask,
     ) -> Result<Self> {
-        let entry = zoo.get(model)?;
+        Self::for_entry(&zoo.get(model)?, input_col, output_col, task)
+    }
+
+    /// Like [`TorchSpec::try_new`] for a model already looked up.
+    pub fn for_entry(
+        entry: &ModelEntry,
+        input_col: &str,
+        output_col: &str,
+        task: TorchTask,
+    ) -> Result<Self> {
+        let model = entry.manifest.name.as_str();
         let output_dim = match task {
             TorchTask::Features => entry.manifest.feature_dim,
             TorchTask::TopK(k) => {
-                check_classes(&entry)?;
+                check_classes(entry)?;
                 if k == 0 || k > entry.manifest.num_classes {
                     return plan_err!(
                         "topK must be in 1..={} for model {model}, got {k}",
@@ -70,7 +80,7 @@ impl TorchSpec {
                 k
             }
             TorchTask::Probabilities => {
-                check_classes(&entry)?;
+                check_classes(entry)?;
                 entry.manifest.num_classes
             }
         };

@@ -132,9 +132,14 @@ impl ScalarUDFImpl for ModelFunction {
             Kind::Featurize => None,
         };
         let images: ArrayRef = args.args[1].to_array(args.number_rows)?;
-        let spec = self.spec(&model_name, k)?;
         let process = ProcessTorchConfig::get();
+        // One manifest lookup per batch, shared by the spec and the model cache.
         let entry = process.zoo().get(&model_name)?;
+        let task = match self.kind {
+            Kind::Featurize => TorchTask::Features,
+            Kind::PredictTopK => TorchTask::TopK(k.unwrap_or(5)),
+        };
+        let spec = TorchSpec::for_entry(&entry, "image", self.name(), task)?;
         let device = process.device.resolve()?;
         let out = blocking(|| {
             super::model::init_threads(process.threads);
