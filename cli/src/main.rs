@@ -88,11 +88,22 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Models(cmd) = &cli.command {
         return models::run(&zoo, cmd);
     }
-    let ctx = connect(cli.scheduler.as_deref(), cli.parallelism).await?;
-    match cli.command {
-        Command::Models(_) => unreachable!("handled above"),
-        Command::Sql { query, format } => run_sql(&ctx, &query, format).await,
-        Command::Images(args) => images::run(&ctx, &args, cli.scheduler.as_deref()).await,
+    let work = async {
+        let ctx = connect(cli.scheduler.as_deref(), cli.parallelism).await?;
+        match cli.command {
+            Command::Models(_) => unreachable!("handled above"),
+            Command::Sql { query, format } => run_sql(&ctx, &query, format).await,
+            Command::Images(args) => images::run(&ctx, &args, cli.scheduler.as_deref()).await,
+        }
+    };
+    // The embedded executor listens for Ctrl-C to shut itself down, which takes the
+    // default SIGINT action away: stop the whole command here instead.
+    tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted");
+            std::process::exit(130);
+        }
     }
 }
 

@@ -6,8 +6,10 @@
 
 pub mod batches;
 pub mod codec;
+pub mod embedded;
 pub mod image;
 pub mod logging;
+pub mod ml;
 pub mod session;
 pub mod torch;
 

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
-use ballista_core::config::BALLISTA_STANDALONE_PARALLELISM;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::ExecutorProcessConfig;
 use ballista_scheduler::config::SchedulerConfig;
@@ -111,15 +110,13 @@ pub fn executor_config(base: ExecutorProcessConfig) -> Result<ExecutorProcessCon
     })
 }
 
-/// A client session on the embedded (in-process scheduler + executor) cluster.
-/// `parallelism` is the executor's task slots (default: the machine's cores).
+/// A client session on the embedded cluster (push-staged scheduler + one executor in this
+/// process, see [`crate::embedded`]). `parallelism` is the executor's task slots (default:
+/// the machine's cores).
 pub async fn standalone_context(parallelism: Option<usize>) -> Result<SessionContext> {
-    let mut config = session_config();
-    if let Some(n) = parallelism {
-        config = config.set_usize(BALLISTA_STANDALONE_PARALLELISM, n.max(1));
-    }
-    let state = session_state(config)?;
-    let ctx = SessionContext::standalone_with_state(state).await?;
+    let cluster = crate::embedded::EmbeddedCluster::start(parallelism).await?;
+    let state = session_state(session_config())?;
+    let ctx = SessionContext::remote_with_state(&cluster.url(), state).await?;
     register_client_udfs(&ctx);
     Ok(ctx)
 }
