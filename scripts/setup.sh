@@ -47,6 +47,22 @@ if [ "$(cat "$torch_stamp" 2>/dev/null)" != "$torch_requirements" ]; then
   printf '%s' "$torch_requirements" > "$torch_stamp"
 fi
 
+# Peers of the logistic regression: Spark MLlib (pyspark, local mode on the machine's
+# Java 17) and scikit-learn; used by the parity tests and `make bench`.
+ml_requirements="pyspark==4.3.0
+scikit-learn==1.9.1"
+ml_stamp="$DLP_VENV/.dlp-ml-requirements"
+if [ "$(cat "$ml_stamp" 2>/dev/null)" != "$ml_requirements" ]; then
+  echo "setup: installing pyspark 4.3.0 and scikit-learn 1.9.1 into $DLP_VENV (once)"
+  if ! command -v java >/dev/null 2>&1; then
+    echo "setup: pyspark needs Java 17 on PATH" >&2
+    exit 1
+  fi
+  # shellcheck disable=SC2086
+  "$DLP_PYTHON" -m pip install -q $ml_requirements
+  printf '%s' "$ml_requirements" > "$ml_stamp"
+fi
+
 # The model zoo: EfficientNet-Lite0/1/2 exported to TorchScript with their manifests.
 if [ ! -f "$DLP_MODEL_DIR/efficientnet_lite0.yaml" ] || [ ! -f "$DLP_MODEL_DIR/efficientnet_lite2.yaml" ]; then
   echo "setup: exporting models to $DLP_MODEL_DIR"

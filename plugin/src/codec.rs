@@ -17,6 +17,8 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 
 use crate::image::{ImageDecodeExec, ImageScanSpec, ImageTableProvider};
+use crate::ml::exec::{GradientSpec, MaterializeSpec, MlExecStep, MlStep, PredictSpec};
+use crate::ml::{MlExec, MlNode};
 use crate::torch::{TorchInferenceExec, TorchInferenceNode, TorchSpec};
 
 /// First byte of a buffer written by Ballista's inner codec.
@@ -32,6 +34,8 @@ enum Kind {
     ImageDecodeExec = 2,
     TorchInferenceNode = 3,
     TorchInferenceExec = 4,
+    MlNode = 5,
+    MlExec = 6,
 }
 
 impl Kind {
@@ -41,6 +45,8 @@ impl Kind {
             2 => Some(Self::ImageDecodeExec),
             3 => Some(Self::TorchInferenceNode),
             4 => Some(Self::TorchInferenceExec),
+            5 => Some(Self::MlNode),
+            6 => Some(Self::MlExec),
             _ => None,
         }
     }
@@ -76,6 +82,49 @@ fn split(buf: &[u8]) -> Result<Tagged<'_>> {
     }
 }
 
+/// The ML steps on the wire (logical and physical alike).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum MlProto {
+    Materialize(MaterializeSpec),
+    Gradient(GradientSpec),
+    Predict(PredictSpec),
+}
+
+impl MlProto {
+    fn from_step(step: &MlStep) -> Self {
+        match step {
+            MlStep::Materialize(s) => Self::Materialize(s.clone()),
+            MlStep::Gradient(s) => Self::Gradient(s.clone()),
+            MlStep::Predict(s) => Self::Predict(s.clone()),
+        }
+    }
+
+    fn from_exec(step: &MlExecStep) -> Self {
+        match step {
+            MlExecStep::Materialize(s) => Self::Materialize(s.clone()),
+            MlExecStep::Gradient(s) => Self::Gradient(s.as_ref().clone()),
+            MlExecStep::Predict(s) => Self::Predict(s.as_ref().clone()),
+        }
+    }
+
+    fn into_step(self) -> MlStep {
+        match self {
+            Self::Materialize(s) => MlStep::Materialize(s),
+            Self::Gradient(s) => MlStep::Gradient(s),
+            Self::Predict(s) => MlStep::Predict(s),
+        }
+    }
+
+    fn into_exec(self) -> MlExecStep {
+        match self {
+            Self::Materialize(s) => MlExecStep::Materialize(s),
+            Self::Gradient(s) => MlExecStep::Gradient(Arc::new(s)),
+            Self::Predict(s) => MlExecStep::Predict(Arc::new(s)),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct ImageDecodeExecProto {
     spec: ImageScanSpec,
@@ -106,6 +155,12 @@ impl LogicalExtensionCodec for PluginLogicalCodec {
                     node: Arc::new(TorchInferenceNode::try_new(input.clone(), spec)?),
                 })
             }
+            Ok((Kind::MlNode, body)) => {
+                let proto: MlProto = read_plugin(Kind::MlNode, body)?;
+                Ok(Extension {
+                    node: Arc::new(MlNode::try_new(inputs.first().cloned(), proto.into_step())?),
+                })
+            }
             Ok((kind, _)) => internal_err!("plugin codec: {kind:?} is not a logical node"),
         }
     }
@@ -113,6 +168,9 @@ impl LogicalExtensionCodec for PluginLogicalCodec {
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
         if let Some(torch) = node.node.as_any().downcast_ref::<TorchInferenceNode>() {
             return write_plugin(buf, Kind::TorchInferenceNode, torch.spec());
+        }
+        if let Some(ml) = node.node.as_any().downcast_ref::<MlNode>() {
+            return write_plugin(buf, Kind::MlNode, &MlProto::from_step(ml.step()));
         }
         buf.push(TAG_BALLISTA);
         self.inner.try_encode(node, buf)
@@ -237,6 +295,13 @@ impl PhysicalExtensionCodec for PluginPhysicalCodec {
                 };
                 Ok(Arc::new(TorchInferenceExec::try_new(input.clone(), spec)?))
             }
+            Ok((Kind::MlExec, body)) => {
+                let proto: MlProto = read_plugin(Kind::MlExec, body)?;
+                let [input] = inputs else {
+                    return internal_err!("plugin codec: MlExec needs 1 input");
+                };
+                Ok(Arc::new(MlExec::try_new(input.clone(), proto.into_exec())?))
+            }
             Ok((kind, _)) => internal_err!("plugin codec: {kind:?} is not a physical node"),
         }
     }
@@ -256,6 +321,9 @@ impl PhysicalExtensionCodec for PluginPhysicalCodec {
         }
         if let Some(exec) = node.downcast_ref::<TorchInferenceExec>() {
             return write_plugin(buf, Kind::TorchInferenceExec, exec.spec());
+        }
+        if let Some(exec) = node.downcast_ref::<MlExec>() {
+            return write_plugin(buf, Kind::MlExec, &MlProto::from_exec(exec.step()));
         }
         buf.push(TAG_BALLISTA);
         self.inner.try_encode(node, buf, proto_converter)

@@ -153,6 +153,16 @@ impl Cluster {
     /// Starts a scheduler and `executors` executors with `vcores` task slots each, and waits
     /// until every executor reports a successful heartbeat.
     pub fn start(executors: usize, vcores: usize) -> anyhow::Result<Self> {
+        Self::start_with(executors, vcores, &[], &[])
+    }
+
+    /// [`start`](Self::start) with extra flags for the scheduler and the executors.
+    pub fn start_with(
+        executors: usize,
+        vcores: usize,
+        scheduler_args: &[&str],
+        executor_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let scheduler = Process::spawn(
@@ -165,7 +175,10 @@ impl Cluster {
                 "127.0.0.1".into(),
                 "--bind-port".into(),
                 port.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(scheduler_args.iter().map(|s| s.to_string()))
+            .collect::<Vec<String>>(),
             dir.path().join("scheduler.log"),
         )?;
         let mut cluster = Self {
@@ -209,6 +222,7 @@ impl Cluster {
                 "--work-dir".into(),
                 work.to_string_lossy().into_owned(),
             ])
+            .chain(executor_args.iter().map(|s| s.to_string()))
             .collect();
             let log = cluster._dir.path().join(format!("executor-{i}.log"));
             cluster.executors.push(Process::spawn(

@@ -163,7 +163,10 @@ impl QueryPlanner for PluginQueryPlanner {
         logical_plan: &LogicalPlan,
         session_state: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(TorchExtensionPlanner)])
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(TorchExtensionPlanner),
+            Arc::new(crate::ml::MlExtensionPlanner),
+        ])
             .create_physical_plan(logical_plan, session_state)
             .await
     }

@@ -1,0 +1,455 @@
+//! Training data on the executors: reading the features / label / weight columns into
+//! contiguous `f64` buffers (with the checks that name the column and the problem), the
+//! Arrow IPC part files that every iteration reads, and the executor-local cache of those
+//! parts as libtorch tensors.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, RecordBatch,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema};
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::common::{DataFusionError, Result, exec_datafusion_err, plan_err};
+use tch::{Kind, Tensor};
+
+/// Checks that `data_type` can be a features column (a vector of floats).
+pub fn check_features_type(col: &str, data_type: &DataType) -> Result<()> {
+    let item = match data_type {
+        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => {
+            f.data_type()
+        }
+        other => {
+            return plan_err!(
+                "features column '{col}' must be a vector (list or fixed-size list of float32/float64), found {other}"
+            );
+        }
+    };
+    match item {
+        DataType::Float32 | DataType::Float64 => Ok(()),
+        other => plan_err!(
+            "features column '{col}' must hold float32 or float64 values, found a list of {other}"
+        ),
+    }
+}
+
+/// Checks that `data_type` is numeric (label and weight columns).
+pub fn check_numeric_type(what: &str, col: &str, data_type: &DataType) -> Result<()> {
+    if data_type.is_numeric() {
+        Ok(())
+    } else {
+        plan_err!("{what} column '{col}' must be numeric, found {data_type}")
+    }
+}
+
+/// Rows of one partition as contiguous row-major `f64` buffers.
+#[derive(Debug, Default, Clone)]
+pub struct Rows {
+    /// Feature dimension (0 before the first row).
+    pub dim: usize,
+    /// `rows x dim` features.
+    pub x: Vec<f64>,
+    /// Labels.
+    pub y: Vec<f64>,
+    /// Instance weights.
+    pub w: Vec<f64>,
+}
+
+/// Which columns of a batch hold what.
+#[derive(Debug, Clone, Copy)]
+pub struct Columns<'a> {
+    pub features: &'a str,
+    pub label: &'a str,
+    pub weight: Option<&'a str>,
+}
+
+impl Rows {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    /// Appends a batch, checking every value. `where_` names the partition for errors.
+    pub fn push_batch(&mut self, batch: &RecordBatch, cols: Columns, where_: &str) -> Result<()> {
+        let first_row = self.len();
+        let features = column(batch, cols.features)?;
+        self.push_features(features, cols.features, first_row, where_)?;
+        let labels = as_f64(column(batch, cols.label)?, "label", cols.label)?;
+        for (i, v) in labels.iter().enumerate() {
+            let row = first_row + i;
+            match v {
+                Some(l) if l.is_finite() && l >= 0.0 && l.fract() == 0.0 => self.y.push(l),
+                Some(l) => {
+                    return Err(exec_datafusion_err!(
+                        "label column '{}' must hold class indices 0, 1, ..., k-1; found {l} at row {row} of {where_}",
+                        cols.label
+                    ));
+                }
+                None => {
+                    return Err(exec_datafusion_err!(
+                        "label column '{}' has a null at row {row} of {where_}",
+                        cols.label
+                    ));
+                }
+            }
+        }
+        match cols.weight {
+            None => self.w.resize(self.y.len(), 1.0),
+            Some(name) => {
+                let weights = as_f64(column(batch, name)?, "weight", name)?;
+                for (i, v) in weights.iter().enumerate() {
+                    match v {
+                        Some(w) if w.is_finite() && w >= 0.0 => self.w.push(w),
+                        other => {
+                            return Err(exec_datafusion_err!(
+                                "weight column '{name}' must hold finite non-negative numbers; found {} at row {} of {where_}",
+                                other.map_or("null".to_string(), |w| w.to_string()),
+                                first_row + i
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn push_features(
+        &mut self,
+        array: &ArrayRef,
+        col: &str,
+        first_row: usize,
+        where_: &str,
+    ) -> Result<()> {
+        // Offsets of each row's values, whatever the list type.
+        let (values, offsets): (&ArrayRef, Vec<(usize, usize)>) = match array.data_type() {
+            DataType::FixedSizeList(_, n) => {
+                let list = array.as_fixed_size_list();
+                let n = *n as usize;
+                let base = list.offset() * n;
+                (
+                    list.values(),
+                    (0..list.len()).map(|i| (base + i * n, n)).collect(),
+                )
+            }
+            DataType::List(_) => {
+                let list = array.as_list::<i32>();
+                let o = list.value_offsets();
+                (
+                    list.values(),
+                    (0..list.len())
+                        .map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize))
+                        .collect(),
+                )
+            }
+            DataType::LargeList(_) => {
+                let list = array.as_list::<i64>();
+                let o = list.value_offsets();
+                (
+                    list.values(),
+                    (0..list.len())
+                        .map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize))
+                        .collect(),
+                )
+            }
+            other => {
+                return Err(exec_datafusion_err!(
+                    "features column '{col}' must be a vector, found {other}"
+                ));
+            }
+        };
+        if values.null_count() > 0 {
+            return Err(exec_datafusion_err!(
+                "features column '{col}' has null values inside a vector in {where_}"
+            ));
+        }
+        for (i, &(start, len)) in offsets.iter().enumerate() {
+            let row = first_row + i;
+            if array.is_null(i) {
+                return Err(exec_datafusion_err!(
+                    "features column '{col}' has a null vector at row {row} of {where_}; drop or impute such rows first"
+                ));
+            }
+            if self.dim == 0 && self.x.is_empty() {
+                if len == 0 {
+                    return Err(exec_datafusion_err!(
+                        "features column '{col}' has an empty vector at row {row} of {where_}"
+                    ));
+                }
+                self.dim = len;
+            } else if len != self.dim {
+                return Err(exec_datafusion_err!(
+                    "features column '{col}' has vectors of mixed length: {len} at row {row} of {where_}, {} before",
+                    self.dim
+                ));
+            }
+            let before = self.x.len();
+            match values.data_type() {
+                DataType::Float64 => self
+                    .x
+                    .extend_from_slice(&values.as_primitive::<Float64Type>().values()[start..start + len]),
+                DataType::Float32 => self.x.extend(
+                    values.as_primitive::<Float32Type>().values()[start..start + len]
+                        .iter()
+                        .map(|&v| v as f64),
+                ),
+                other => {
+                    return Err(exec_datafusion_err!(
+                        "features column '{col}' must hold float32 or float64 values, found {other}"
+                    ));
+                }
+            }
+            if let Some(bad) = self.x[before..].iter().position(|v| !v.is_finite()) {
+                return Err(exec_datafusion_err!(
+                    "features column '{col}' has a non-finite value ({}) at index {bad} of row {row} of {where_}",
+                    self.x[before + bad]
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Schema of a part file.
+    fn part_schema(dim: usize) -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new(
+                "features",
+                DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float64, false)), dim as i32),
+                false,
+            ),
+            Field::new("label", DataType::Float64, false),
+            Field::new("weight", DataType::Float64, false),
+        ]))
+    }
+
+    /// Writes the rows as an Arrow IPC file (atomically: temp file, then rename).
+    pub fn write_ipc(&self, path: &Path) -> Result<()> {
+        let schema = Self::part_schema(self.dim.max(1));
+        let tmp = path.with_extension("tmp");
+        let file = File::create(&tmp)
+            .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", tmp.display()))?;
+        let mut writer = FileWriter::try_new(file, &schema)?;
+        const CHUNK: usize = 4096;
+        let dim = self.dim.max(1);
+        let mut start = 0;
+        while start < self.len() {
+            let end = (start + CHUNK).min(self.len());
+            let values = Float64Array::from(self.x[start * dim..end * dim].to_vec());
+            let features = FixedSizeListArray::try_new(
+                Arc::new(Field::new("item", DataType::Float64, false)),
+                dim as i32,
+                Arc::new(values),
+                None,
+            )?;
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(features),
+                    Arc::new(Float64Array::from(self.y[start..end].to_vec())),
+                    Arc::new(Float64Array::from(self.w[start..end].to_vec())),
+                ],
+            )?;
+            writer.write(&batch)?;
+            start = end;
+        }
+        writer.finish()?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| exec_datafusion_err!("cannot rename {}: {e}", tmp.display()))?;
+        Ok(())
+    }
+
+    /// Reads a part file written by [`Rows::write_ipc`].
+    pub fn read_ipc(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| {
+            exec_datafusion_err!(
+                "cannot open training part {} (the work dir must be storage every executor sees): {e}",
+                path.display()
+            )
+        })?;
+        let reader = FileReader::try_new(file, None)?;
+        let mut rows = Rows::default();
+        let where_ = path.display().to_string();
+        for batch in reader {
+            rows.push_batch(
+                &batch?,
+                Columns {
+                    features: "features",
+                    label: "label",
+                    weight: Some("weight"),
+                },
+                &where_,
+            )?;
+        }
+        Ok(rows)
+    }
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| exec_datafusion_err!("column '{name}' is missing from the input"))
+}
+
+fn as_f64(array: &ArrayRef, what: &str, col: &str) -> Result<Float64Array> {
+    let cast = cast(array, &DataType::Float64).map_err(|e| {
+        exec_datafusion_err!("{what} column '{col}' cannot be read as numbers: {e}")
+    })?;
+    Ok(cast.as_primitive::<Float64Type>().clone())
+}
+
+// ---------------------------------------------------------------------------------------
+// Executor-local cache
+
+/// One part as libtorch tensors, ready for the gradient computation.
+#[derive(Debug)]
+pub struct PartTensors {
+    /// `rows x dim` features (f64).
+    pub x: Tensor,
+    /// Labels (f64).
+    pub y: Tensor,
+    /// Labels as class indices (i64).
+    pub y_index: Tensor,
+    /// Weights (f64).
+    pub w: Tensor,
+    /// Rows.
+    pub rows: usize,
+    /// Feature dimension.
+    pub dim: usize,
+}
+
+impl PartTensors {
+    /// Builds the tensors from rows.
+    pub fn from_rows(rows: &Rows) -> Self {
+        let n = rows.len() as i64;
+        let dim = rows.dim.max(1);
+        let x = Tensor::from_slice(&rows.x).view([n, dim as i64]);
+        let y = Tensor::from_slice(&rows.y);
+        let y_index = y.to_kind(Kind::Int64);
+        Self {
+            x,
+            y,
+            y_index,
+            w: Tensor::from_slice(&rows.w),
+            rows: rows.len(),
+            dim,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.rows * (self.dim + 3) * 8
+    }
+}
+
+type Shared = Arc<Mutex<PartTensors>>;
+
+struct Entry {
+    part: Shared,
+    bytes: usize,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<String, Entry>,
+    clock: u64,
+    bytes: usize,
+}
+
+static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
+
+/// Capacity of the part cache of this process: `DLP_ML_CACHE_BYTES`, default 4 GiB.
+fn capacity() -> usize {
+    std::env::var("DLP_ML_CACHE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4 << 30)
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Cache> {
+    CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Puts a part in the cache (evicting the least recently used ones over capacity).
+pub fn cache_put(path: &str, part: PartTensors) -> Shared {
+    let bytes = part.bytes();
+    let part = Arc::new(Mutex::new(part));
+    let cap = capacity();
+    if bytes > cap {
+        return part;
+    }
+    let mut cache = lock();
+    cache.clock += 1;
+    let clock = cache.clock;
+    if let Some(old) = cache.entries.insert(
+        path.to_string(),
+        Entry {
+            part: part.clone(),
+            bytes,
+            last_used: clock,
+        },
+    ) {
+        cache.bytes -= old.bytes;
+    }
+    cache.bytes += bytes;
+    while cache.bytes > cap {
+        let Some(victim) = cache
+            .entries
+            .iter()
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(k, _)| k.clone())
+        else {
+            break;
+        };
+        if let Some(e) = cache.entries.remove(&victim) {
+            cache.bytes -= e.bytes;
+        }
+    }
+    part
+}
+
+/// A cached part, or the part read from its file (and cached). The flag says whether it
+/// was a cache hit.
+pub fn cache_get_or_load(path: &str) -> Result<(Shared, bool)> {
+    {
+        let mut cache = lock();
+        cache.clock += 1;
+        let clock = cache.clock;
+        if let Some(e) = cache.entries.get_mut(path) {
+            e.last_used = clock;
+            return Ok((e.part.clone(), true));
+        }
+    }
+    let rows = Rows::read_ipc(Path::new(path))?;
+    Ok((cache_put(path, PartTensors::from_rows(&rows)), false))
+}
+
+/// Drops every cached part under `dir` (end of a fit).
+pub fn cache_evict_dir(dir: &str) {
+    let mut cache = lock();
+    let victims: Vec<String> = cache
+        .entries
+        .keys()
+        .filter(|k| k.starts_with(dir))
+        .cloned()
+        .collect();
+    for k in victims {
+        if let Some(e) = cache.entries.remove(&k) {
+            cache.bytes -= e.bytes;
+        }
+    }
+}
+
+/// Turns a tch error into a DataFusion one.
+pub fn tch_err(e: tch::TchError) -> DataFusionError {
+    exec_datafusion_err!("libtorch: {e}")
+}

@@ -1,0 +1,357 @@
+//! The estimator's driver loop. Materializes the training columns once (one job), then
+//! runs the optimizer; every evaluation of the loss is one Ballista job whose tasks compute
+//! partial sums on the executors. Only those sums (one row per partition) come back.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float64Type, UInt32Type, UInt64Type};
+use datafusion::common::{Result, exec_datafusion_err, plan_err};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::SessionState;
+use datafusion::prelude::col;
+
+use super::data::cache_evict_dir;
+use super::exec::{GradientSpec, MaterializeSpec, MlNode, MlStep};
+use super::loss::{Layout, Partial, Regularization};
+use super::model::{LogisticRegressionModel, TrainingSummary};
+use super::optim::{Evaluate, minimize};
+use super::params::{Family, LogisticRegressionParams};
+use super::summary::Summary;
+
+/// Spark MLlib's `LogisticRegression`, trained by gradient aggregation across executors.
+#[derive(Debug, Clone, Default)]
+pub struct LogisticRegression {
+    pub params: LogisticRegressionParams,
+}
+
+/// Removes the run's work dir when the fit ends, however it ends.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        cache_evict_dir(&self.0.to_string_lossy());
+        if std::env::var_os("DLP_KEEP_WORK").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The materialized training data.
+struct Materialized {
+    parts: Vec<String>,
+    summary: Summary,
+}
+
+impl LogisticRegression {
+    /// An estimator with these parameters.
+    pub fn new(params: LogisticRegressionParams) -> Self {
+        Self { params }
+    }
+
+    /// Fits the model on `df` (features and label columns, optional weight column).
+    pub async fn fit(&self, df: DataFrame) -> Result<LogisticRegressionModel> {
+        let p = &self.params;
+        p.validate()?;
+        let started = Instant::now();
+        let run_id = format!("{:016x}", rand::random::<u64>());
+        let run_dir = p.resolved_work_dir().join(format!("lr-{run_id}"));
+        let _cleanup = RunDir(run_dir.clone());
+
+        let mut columns = vec![col(&p.features_col), col(&p.label_col)];
+        if let Some(w) = &p.weight_col {
+            columns.push(col(w));
+        }
+        // Project first so that only the needed columns travel.
+        let (state, plan) = df.select(columns)?.into_parts();
+        let node = MlNode::try_new(
+            Some(plan),
+            MlStep::Materialize(MaterializeSpec {
+                run_dir: run_dir.to_string_lossy().into_owned(),
+                features_col: p.features_col.clone(),
+                label_col: p.label_col.clone(),
+                weight_col: p.weight_col.clone(),
+            }),
+        )?;
+        let input = DataFrame::new(state.clone(), node.into_plan());
+        let data = self.materialize(input).await?;
+        let materialize_seconds = started.elapsed().as_secs_f64();
+        let s = &data.summary;
+
+        if s.rows == 0 {
+            return plan_err!("the training data is empty (no rows in the input DataFrame)");
+        }
+        if s.weight_sum <= 0.0 {
+            return plan_err!(
+                "weightCol '{}': the weights sum to 0",
+                p.weight_col.as_deref().unwrap_or("")
+            );
+        }
+        let present: Vec<usize> = (0..s.num_classes())
+            .filter(|&k| s.class_counts[k] > 0)
+            .collect();
+        if present.len() < 2 {
+            return plan_err!(
+                "labelCol '{}' holds one class only ({:?}); logistic regression needs at least two",
+                p.label_col,
+                present
+            );
+        }
+        let k = s.num_classes();
+        let multinomial = match p.family {
+            Family::Auto => k > 2,
+            Family::Binomial if k > 2 => {
+                return plan_err!(
+                    "family=binomial needs labels 0 and 1, but labelCol '{}' has {k} classes; use family=multinomial",
+                    p.label_col
+                );
+            }
+            Family::Binomial => false,
+            Family::Multinomial => true,
+        };
+        if let Some(t) = &p.thresholds {
+            if t.len() != k {
+                return plan_err!("thresholds has {} values for {k} classes", t.len());
+            }
+        }
+        let dim = s.dim;
+        let std = s.std();
+        let inv_std: Vec<f64> = std.iter().map(|&v| if v > 0.0 { 1.0 / v } else { 0.0 }).collect();
+        let layout = Layout {
+            multinomial,
+            sets: if multinomial { k } else { 1 },
+            dim,
+            fit_intercept: p.fit_intercept,
+        };
+        let mut x0 = vec![0.0; layout.len()];
+        if p.fit_intercept {
+            let at = layout.intercepts_at();
+            if multinomial {
+                // MLlib: log(count + 1), centered.
+                let raw: Vec<f64> = s.class_weights.iter().map(|c| (c + 1.0).ln()).collect();
+                let mean = raw.iter().sum::<f64>() / raw.len() as f64;
+                for (c, r) in raw.iter().enumerate() {
+                    x0[at + c] = r - mean;
+                }
+            } else {
+                x0[at] = (s.class_weights[1] / s.class_weights[0]).ln();
+            }
+        }
+        let reg = Regularization {
+            layout,
+            reg_l2: p.reg_l2(),
+            reg_l1: p.reg_l1(),
+            standardization: p.standardization,
+            inv_std: inv_std.clone(),
+        };
+        let l1 = reg.l1_weights();
+        let objective = JobObjective {
+            state,
+            handle: tokio::runtime::Handle::current(),
+            run_id,
+            parts: data.parts.clone(),
+            rows: s.rows,
+            weight_sum: s.weight_sum,
+            reg,
+            evaluations: 0,
+            seconds: 0.0,
+            compute_seconds: 0.0,
+        };
+        let (max_iter, tol) = (p.max_iter, p.tol);
+        let (minimum, objective) = tokio::task::spawn_blocking(move || {
+            let mut objective = objective;
+            let m = minimize(&mut objective, x0, l1.as_deref(), max_iter, tol);
+            (m, objective)
+        })
+        .await
+        .map_err(|e| exec_datafusion_err!("optimizer task failed: {e}"))?;
+        let minimum = minimum?;
+
+        // Back to the original scale; MLlib's centering for the multinomial family.
+        let sets = layout.sets;
+        let mut coefficients: Vec<f64> = minimum.x[..layout.intercepts_at()]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w * inv_std[i % dim])
+            .collect();
+        let mut intercepts = if p.fit_intercept {
+            minimum.x[layout.intercepts_at()..].to_vec()
+        } else {
+            vec![0.0; sets]
+        };
+        if multinomial {
+            if p.reg_param == 0.0 {
+                for j in 0..dim {
+                    let mean = (0..sets).map(|c| coefficients[c * dim + j]).sum::<f64>() / sets as f64;
+                    (0..sets).for_each(|c| coefficients[c * dim + j] -= mean);
+                }
+            }
+            if p.fit_intercept {
+                let mean = intercepts.iter().sum::<f64>() / sets as f64;
+                intercepts.iter_mut().for_each(|b| *b -= mean);
+            }
+        }
+        let history = minimum.history.clone();
+        tracing::info!(
+            target: super::exec::LOG_TARGET,
+            iterations = minimum.iterations,
+            evaluations = minimum.evaluations,
+            objective = history.last().copied().unwrap_or(f64::NAN),
+            seconds = started.elapsed().as_secs_f64(),
+            "logistic regression fitted"
+        );
+        Ok(LogisticRegressionModel {
+            params: self.params.clone(),
+            num_classes: k,
+            num_features: dim,
+            multinomial,
+            coefficients,
+            intercepts,
+            summary: TrainingSummary {
+                objective_history: history,
+                total_iterations: minimum.iterations,
+                evaluations: minimum.evaluations,
+                converged: minimum.converged,
+                rows: s.rows,
+                weight_sum: s.weight_sum,
+                fit_seconds: started.elapsed().as_secs_f64(),
+                materialize_seconds,
+                evaluation_seconds: objective.seconds,
+                compute_seconds: objective.compute_seconds,
+                partitions: data.parts.len(),
+            },
+        })
+    }
+
+    async fn materialize(&self, df: DataFrame) -> Result<Materialized> {
+        let batches = df.collect().await?;
+        let mut rows: Vec<(u32, Option<String>, Summary)> = vec![];
+        for b in &batches {
+            let parts = b.column(0).as_primitive::<UInt32Type>();
+            let paths = b.column(1).as_string::<i32>();
+            let summaries = b.column(2).as_string::<i32>();
+            for i in 0..b.num_rows() {
+                let summary: Summary = serde_json::from_str(summaries.value(i))
+                    .map_err(|e| exec_datafusion_err!("bad partition summary: {e}"))?;
+                let path = (!paths.is_null(i)).then(|| paths.value(i).to_string());
+                rows.push((parts.value(i), path, summary));
+            }
+        }
+        rows.sort_by_key(|r| r.0);
+        let mut summary = Summary::default();
+        for (_, _, s) in &rows {
+            summary.merge(s).map_err(|e| {
+                exec_datafusion_err!("featuresCol '{}': {e}", self.params.features_col)
+            })?;
+        }
+        Ok(Materialized {
+            parts: rows.into_iter().filter_map(|r| r.1).collect(),
+            summary,
+        })
+    }
+}
+
+/// The objective as seen by the optimizer: each evaluation is one job.
+struct JobObjective {
+    state: SessionState,
+    handle: tokio::runtime::Handle,
+    run_id: String,
+    parts: Vec<String>,
+    rows: u64,
+    weight_sum: f64,
+    reg: Regularization,
+    evaluations: u64,
+    seconds: f64,
+    compute_seconds: f64,
+}
+
+/// How many times one loss job is submitted before the fit fails.
+const JOB_ATTEMPTS: usize = 3;
+
+impl JobObjective {
+    /// Sums of one loss job, and the compute time of its slowest part.
+    async fn partial_sums(&self, spec: GradientSpec) -> Result<(Partial, f64)> {
+        let node = MlNode::try_new(None, MlStep::Gradient(spec))?;
+        let batches: Vec<RecordBatch> =
+            DataFrame::new(self.state.clone(), node.into_plan()).collect().await?;
+        // Sum in partition order: the same model whatever executor ran what.
+        let mut rows: Vec<(u32, u64, f64, Vec<f64>)> = vec![];
+        let mut slowest: f64 = 0.0;
+        for b in &batches {
+            let part = b.column(0).as_primitive::<UInt32Type>();
+            let n = b.column(1).as_primitive::<UInt64Type>();
+            let loss = b.column(2).as_primitive::<Float64Type>();
+            let grad = b.column(3).as_binary::<i32>();
+            let secs = b.column(4).as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                slowest = slowest.max(secs.value(i));
+                let g = grad
+                    .value(i)
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                rows.push((part.value(i), n.value(i), loss.value(i), g));
+            }
+        }
+        rows.sort_by_key(|r| r.0);
+        let total: u64 = rows.iter().map(|r| r.1).sum();
+        if total != self.rows || rows.len() != self.parts.len() {
+            return Err(exec_datafusion_err!(
+                "loss job covered {total} rows in {} parts; expected {} rows in {} parts",
+                rows.len(),
+                self.rows,
+                self.parts.len()
+            ));
+        }
+        let mut sum = Partial {
+            loss: 0.0,
+            grad: vec![0.0; self.reg.layout.len()],
+        };
+        for (_, _, loss, g) in rows {
+            sum.loss += loss;
+            sum.grad.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+        }
+        Ok((sum, slowest))
+    }
+}
+
+impl Evaluate for JobObjective {
+    fn evaluate(&mut self, x: &[f64]) -> Result<(f64, Vec<f64>)> {
+        self.evaluations += 1;
+        let spec = GradientSpec {
+            run_id: self.run_id.clone(),
+            evaluation: self.evaluations,
+            layout: self.reg.layout,
+            inv_std: self.reg.inv_std.clone(),
+            params: x.to_vec(),
+            parts: self.parts.clone(),
+        };
+        let handle = self.handle.clone();
+        // A loss job only reads the materialized parts: it is safe to run again when it
+        // fails for a reason outside it (an executor lost between Ballista's retries).
+        let mut attempt = 1;
+        let (sums, compute) = loop {
+            let started = Instant::now();
+            match handle.block_on(self.partial_sums(spec.clone())) {
+                Ok(r) => {
+                    self.seconds += started.elapsed().as_secs_f64();
+                    break r;
+                }
+                Err(e) if attempt < JOB_ATTEMPTS => {
+                    tracing::warn!(
+                        target: super::exec::LOG_TARGET,
+                        evaluation = self.evaluations,
+                        attempt,
+                        "loss job failed, running it again: {e}"
+                    );
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(500 * attempt as u64));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.compute_seconds += compute;
+        Ok(self.reg.smooth(&sums, self.weight_sum, x))
+    }
+}

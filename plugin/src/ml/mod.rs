@@ -1,0 +1,21 @@
+//! Distributed logistic regression (Spark MLlib's `LogisticRegression`): loss and gradient
+//! partial sums on the executors, L-BFGS / OWL-QN on the driver.
+//!
+//! ```text
+//! fit(df) ── job 1: LrMaterializeExec ── per partition: check, write part-N.arrow, cache, summary
+//!         └─ per optimizer evaluation: job: LrGradientExec(parts) ── per part: loss, gradient
+//! ```
+
+pub mod data;
+pub mod exec;
+pub mod fit;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod params;
+pub mod summary;
+
+pub use exec::{MlExec, MlExtensionPlanner, MlNode};
+pub use fit::LogisticRegression;
+pub use model::{LogisticRegressionModel, TrainingSummary};
+pub use params::{Family, LogisticRegressionParams};

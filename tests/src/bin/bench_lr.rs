@@ -1,0 +1,84 @@
+//! Logistic regression fit time on the embedded cluster (or a remote one): the same fit run
+//! twice (first, then warm), with iterations, accuracy and Ballista's per-job overhead.
+//! Prints one JSON line; `scripts/bench.sh` runs it beside Spark MLlib and scikit-learn.
+
+use std::time::Instant;
+
+use clap::Parser;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Float64Type;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use dlp_plugin::ml::{LogisticRegression, LogisticRegressionModel, LogisticRegressionParams};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Training Parquet (features, label).
+    #[arg(long)]
+    train: String,
+    /// Held-out Parquet.
+    #[arg(long)]
+    test: String,
+    /// Estimator parameters as JSON (MLlib names).
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// Task slots of the embedded executor.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// `df://host:port` of a cluster instead of the embedded one.
+    #[arg(long)]
+    scheduler: Option<String>,
+}
+
+async fn accuracy(ctx: &SessionContext, model: &LogisticRegressionModel, path: &str) -> datafusion::common::Result<f64> {
+    let df = ctx.read_parquet(path, ParquetReadOptions::default()).await?;
+    let (mut right, mut all) = (0usize, 0usize);
+    for b in model.transform(df)?.collect().await? {
+        let label = b.column_by_name("label").unwrap().as_primitive::<Float64Type>();
+        let pred = b.column_by_name("prediction").unwrap().as_primitive::<Float64Type>();
+        all += b.num_rows();
+        right += (0..b.num_rows()).filter(|&i| label.value(i) == pred.value(i)).count();
+    }
+    Ok(right as f64 / all as f64)
+}
+
+#[tokio::main]
+async fn main() -> datafusion::common::Result<()> {
+    let args = Args::parse();
+    let params: LogisticRegressionParams = serde_json::from_str(&args.params)
+        .map_err(|e| datafusion::common::plan_datafusion_err!("--params: {e}"))?;
+    let started = Instant::now();
+    let ctx = match &args.scheduler {
+        Some(url) => dlp_plugin::session::remote_context(url).await?,
+        None => dlp_plugin::session::standalone_context(Some(args.threads)).await?,
+    };
+    let session_seconds = started.elapsed().as_secs_f64();
+    let mut fits = vec![];
+    let mut model = None;
+    for _ in 0..2 {
+        let df = ctx.read_parquet(&args.train, ParquetReadOptions::default()).await?;
+        let t = Instant::now();
+        let m = LogisticRegression::new(params.clone()).fit(df).await?;
+        fits.push(t.elapsed().as_secs_f64());
+        model = Some(m);
+    }
+    let model = model.unwrap();
+    let s = &model.summary;
+    let per_job = s.evaluation_seconds / s.evaluations as f64;
+    let overhead = (s.evaluation_seconds - s.compute_seconds) / s.evaluations as f64;
+    let out = serde_json::json!({
+        "session_seconds": session_seconds,
+        "fit_seconds": fits[0],
+        "warm_fit_seconds": fits[1],
+        "iterations": s.total_iterations,
+        "evaluations": s.evaluations,
+        "objective": s.objective(),
+        "materialize_seconds": s.materialize_seconds,
+        "job_seconds": per_job,
+        "job_overhead_seconds": overhead,
+        "non_zeros": model.non_zero_coefficients(),
+        "train_accuracy": accuracy(&ctx, &model, &args.train).await?,
+        "test_accuracy": accuracy(&ctx, &model, &args.test).await?,
+    });
+    println!("{out}");
+    Ok(())
+}
