@@ -65,42 +65,6 @@ print(f'PyTorch + Pillow         {p["images_per_s"]:7.2f} images/s  peak RSS {in
 print(f'ratio                    {o["images_per_s"] / p["images_per_s"]:.2f}x')
 PY
 
-# Logistic regression: 20,000 x 1280 Gaussian blobs, 5 classes (5,000 held out), multinomial,
-# regParam 0.03, elasticNetParam 0 and 0.5, beside Spark MLlib in local[2] (second fit in a
-# warm JVM) and scikit-learn (lbfgs; saga for the elastic net), same parameters.
-cargo build -q -p dlp-tests --bin dlp-bench-lr
-lrdir="$DLP_CACHE/bench/lr-blobs"
-if [ ! -f "$lrdir/test.parquet" ]; then
-  "$DLP_PYTHON" tests/python/lr_reference.py data --out "$lrdir" --rows 20000 --test-rows 5000 \
-    --dim 1280 --classes 5 --center-std 0.05 --seed 42 >/dev/null
-fi
-echo
-echo "logistic regression benchmark: 20000 x 1280 x 5 classes, multinomial, regParam 0.03, $cores cores"
-jobs='['
-for alpha in 0.0 0.5; do
-  jobs+="{\"train\": \"$lrdir/train.parquet\", \"test\": \"$lrdir/test.parquet\", \"params\": {\"family\": \"multinomial\", \"regParam\": 0.03, \"elasticNetParam\": $alpha, \"maxIter\": 100, \"tol\": 1e-6}},"
-done
-jobs="${jobs%,}]"
-spark=$("$DLP_PYTHON" tests/python/lr_reference.py spark --jobs "$jobs" --warm)
-printf '%-22s %5s %9s %6s %10s %10s %9s %9s %9s\n' engine alpha "fit s" iters "train acc" "test acc" "non-zero" "vs Spark" "vs sklrn"
-for alpha in 0.0 0.5; do
-  ours=$("$CARGO_TARGET_DIR/debug/dlp-bench-lr" --train "$lrdir/train.parquet" --test "$lrdir/test.parquet" \
-    --params "{\"family\": \"multinomial\", \"regParam\": 0.03, \"elasticNetParam\": $alpha}")
-  sk=$("$DLP_PYTHON" tests/python/lr_reference.py sklearn --train "$lrdir/train.parquet" \
-    --test "$lrdir/test.parquet" --reg-param 0.03 --elastic-net-param "$alpha" --tol 1e-6 --max-iter 100)
-  "$DLP_PYTHON" - "$ours" "$spark" "$sk" "$alpha" <<'PY'
-import json, sys
-o, sp, sk, alpha = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]), float(sys.argv[4])
-s = next(f for f in sp["fits"] if f["config"]["elasticNetParam"] == alpha)
-ours = o["warm_fit_seconds"]
-def row(name, secs, it, tr, te, nz, vs_spark="", vs_sk=""):
-    print(f"{name:<22} {alpha:5.2f} {secs:9.2f} {it:6d} {tr:10.4f} {te:10.4f} {nz:9d} {vs_spark:>9} {vs_sk:>9}")
-row("dlp (embedded)", ours, o["iterations"], o["train_accuracy"], o["test_accuracy"], o["non_zeros"],
-    f'{s["warm_fit_seconds"] / ours:.2f}x', f'{sk["fit_seconds"] / ours:.2f}x')
-row("Spark MLlib local[2]", s["warm_fit_seconds"], s["iterations"], s["train_accuracy"], s["test_accuracy"], s["non_zeros"])
-row("scikit-learn", sk["fit_seconds"], sk["iterations"], sk["train_accuracy"], sk["test_accuracy"], sk["non_zeros"])
-print(f'  dlp: first fit {o["fit_seconds"]:.2f} s, {o["evaluations"]} loss jobs of {o["job_seconds"] * 1000:.0f} ms '
-      f'(Ballista overhead {o["job_overhead_seconds"] * 1000:.0f} ms/job), materialize {o["materialize_seconds"]:.2f} s; '
-      f'objective {o["objective"]:.6f} vs Spark {s["objective"]:.6f}; Spark first fit {s["fit_seconds"]:.2f} s')
-PY
-done
+
+# Logistic regression beside Spark MLlib and scikit-learn.
+scripts/bench-lr.sh

@@ -6,5 +6,6 @@ cd "$DLP_ROOT"
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo build --workspace --bins
+# Binaries and test targets in one feature resolution: the plugin is compiled once.
+cargo build --workspace --bins --tests
 cargo test --workspace --no-fail-fast "$@"

@@ -15,9 +15,7 @@ use ballista_core::config::TaskSchedulingPolicy;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{
-    create_scheduler, start_grpc_service_with_listener,
-};
+use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 
@@ -59,12 +57,10 @@ impl EmbeddedCluster {
         let cluster = BallistaCluster::new_from_config(&config)
             .await
             .map_err(|e| ballista_err("cannot create the cluster state", e))?;
-        let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(
-            cluster,
-            Arc::new(config),
-        )
-        .await
-        .map_err(|e| ballista_err("cannot create the scheduler", e))?;
+        let scheduler =
+            create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config))
+                .await
+                .map_err(|e| ballista_err("cannot create the scheduler", e))?;
         let state = scheduler.state.clone();
         tokio::spawn(async move {
             if let Err(e) = start_grpc_service_with_listener(listener, scheduler).await {

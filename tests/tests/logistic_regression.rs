@@ -8,7 +8,9 @@ use std::process::Command;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Float64Type;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use dlp_plugin::ml::{Family, LogisticRegression, LogisticRegressionModel, LogisticRegressionParams};
+use dlp_plugin::ml::{
+    Family, LogisticRegression, LogisticRegressionModel, LogisticRegressionParams,
+};
 use dlp_tests::python;
 use serde_json::{Value, json};
 
@@ -59,7 +61,11 @@ fn blobs(dir: &Path, rows: usize, dim: usize, classes: usize, center_std: f64) -
     )
 }
 
-async fn fit(ctx: &SessionContext, train: &str, params: LogisticRegressionParams) -> LogisticRegressionModel {
+async fn fit(
+    ctx: &SessionContext,
+    train: &str,
+    params: LogisticRegressionParams,
+) -> LogisticRegressionModel {
     let df = ctx
         .read_parquet(train, ParquetReadOptions::default())
         .await
@@ -75,7 +81,10 @@ async fn accuracy(ctx: &SessionContext, model: &LogisticRegressionModel, path: &
     let batches = model.transform(df).unwrap().collect().await.unwrap();
     let (mut right, mut all) = (0usize, 0usize);
     for b in &batches {
-        let label = b.column_by_name("label").unwrap().as_primitive::<Float64Type>();
+        let label = b
+            .column_by_name("label")
+            .unwrap()
+            .as_primitive::<Float64Type>();
         let pred = b
             .column_by_name("prediction")
             .unwrap()
@@ -102,10 +111,26 @@ async fn matches_spark_mllib_objective_accuracy_and_sparsity() {
     let (btrain, btest) = blobs(&dir.path().join("binary"), 3000, 60, 2, 0.15);
     let (mtrain, mtest) = blobs(&dir.path().join("multi"), 3000, 60, 4, 0.2);
     let configs = [
-        (&btrain, &btest, json!({"family": "binomial", "regParam": 0.02, "elasticNetParam": 0.0})),
-        (&btrain, &btest, json!({"family": "binomial", "regParam": 0.02, "elasticNetParam": 0.5})),
-        (&mtrain, &mtest, json!({"family": "multinomial", "regParam": 0.02, "elasticNetParam": 0.0})),
-        (&mtrain, &mtest, json!({"family": "multinomial", "regParam": 0.02, "elasticNetParam": 0.5})),
+        (
+            &btrain,
+            &btest,
+            json!({"family": "binomial", "regParam": 0.02, "elasticNetParam": 0.0}),
+        ),
+        (
+            &btrain,
+            &btest,
+            json!({"family": "binomial", "regParam": 0.02, "elasticNetParam": 0.5}),
+        ),
+        (
+            &mtrain,
+            &mtest,
+            json!({"family": "multinomial", "regParam": 0.02, "elasticNetParam": 0.0}),
+        ),
+        (
+            &mtrain,
+            &mtest,
+            json!({"family": "multinomial", "regParam": 0.02, "elasticNetParam": 0.5}),
+        ),
     ];
     let jobs: Vec<Value> = configs
         .iter()
@@ -124,18 +149,32 @@ async fn matches_spark_mllib_objective_accuracy_and_sparsity() {
         eprintln!(
             "{p}: objective {objective:.8} vs Spark {spark_objective:.8}; accuracy {acc:.4}/{test_acc:.4} vs {}/{}; \
              non-zeros {nnz} vs {spark_nnz}; iterations {} vs {}",
-            expected["train_accuracy"], expected["test_accuracy"], model.summary.total_iterations,
+            expected["train_accuracy"],
+            expected["test_accuracy"],
+            model.summary.total_iterations,
             expected["iterations"]
         );
         assert!(
             rel(objective, spark_objective) <= 1e-4,
             "{p}: objective {objective} vs Spark {spark_objective}"
         );
-        assert!((acc - expected["train_accuracy"].as_f64().unwrap()).abs() <= 0.005, "{p}");
-        assert!((test_acc - expected["test_accuracy"].as_f64().unwrap()).abs() <= 0.005, "{p}");
+        assert!(
+            (acc - expected["train_accuracy"].as_f64().unwrap()).abs() <= 0.005,
+            "{p}"
+        );
+        assert!(
+            (test_acc - expected["test_accuracy"].as_f64().unwrap()).abs() <= 0.005,
+            "{p}"
+        );
         if p["elasticNetParam"].as_f64().unwrap() > 0.0 {
-            assert!(nnz < model.coefficients.len() as f64, "{p}: L1 zeroed nothing");
-            assert!(rel(nnz, spark_nnz) <= 0.02, "{p}: non-zeros {nnz} vs Spark {spark_nnz}");
+            assert!(
+                nnz < model.coefficients.len() as f64,
+                "{p}: L1 zeroed nothing"
+            );
+            assert!(
+                rel(nnz, spark_nnz) <= 0.02,
+                "{p}: non-zeros {nnz} vs Spark {spark_nnz}"
+            );
         }
     }
 }
@@ -145,8 +184,22 @@ async fn matches_scikit_learn_l2_optimum() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = context().await;
     for classes in [2usize, 5] {
-        let (train, test) = blobs(&dir.path().join(format!("k{classes}")), 2000, 40, classes, 0.2);
-        let sk = reference(&["sklearn", "--train", &train, "--test", &test, "--reg-param", "0.01"]);
+        let (train, test) = blobs(
+            &dir.path().join(format!("k{classes}")),
+            2000,
+            40,
+            classes,
+            0.2,
+        );
+        let sk = reference(&[
+            "sklearn",
+            "--train",
+            &train,
+            "--test",
+            &test,
+            "--reg-param",
+            "0.01",
+        ]);
         // scikit-learn penalizes original-scale coefficients: standardization=false.
         let model = fit(
             &ctx,
@@ -251,13 +304,19 @@ async fn model_transforms_saves_and_loads() {
     assert_eq!((model.num_classes, model.num_features), (3, 8));
     assert!(model.summary.total_iterations > 0 && model.summary.converged);
     let history = &model.summary.objective_history;
-    assert!(history.windows(2).all(|w| w[1] <= w[0] + 1e-12), "{history:?}");
+    assert!(
+        history.windows(2).all(|w| w[1] <= w[0] + 1e-12),
+        "{history:?}"
+    );
 
     let saved: PathBuf = dir.path().join("model");
     model.save(&saved).unwrap();
     let loaded = LogisticRegressionModel::load(&saved).unwrap();
     assert_eq!(loaded.params, model.params);
-    assert_eq!(loaded.summary.total_iterations, model.summary.total_iterations);
+    assert_eq!(
+        loaded.summary.total_iterations,
+        model.summary.total_iterations
+    );
     for (a, b) in loaded
         .coefficients
         .iter()
@@ -274,8 +333,14 @@ async fn model_transforms_saves_and_loads() {
         .unwrap();
     let out = loaded.transform(df).unwrap().collect().await.unwrap();
     let b = &out[0];
-    let prob = b.column_by_name("probability").unwrap().as_fixed_size_list();
-    let raw = b.column_by_name("rawPrediction").unwrap().as_fixed_size_list();
+    let prob = b
+        .column_by_name("probability")
+        .unwrap()
+        .as_fixed_size_list();
+    let raw = b
+        .column_by_name("rawPrediction")
+        .unwrap()
+        .as_fixed_size_list();
     let pred = b
         .column_by_name("prediction")
         .unwrap()
@@ -291,10 +356,12 @@ async fn model_transforms_saves_and_loads() {
             .unwrap();
         assert_eq!(pred.value(i), argmax as f64);
     }
-    assert!(LogisticRegressionModel::load(dir.path())
-        .unwrap_err()
-        .to_string()
-        .contains("model.json"));
+    assert!(
+        LogisticRegressionModel::load(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("model.json")
+    );
     // Fitting twice gives the same model (deterministic sums in partition order).
     let again = fit(&ctx, &train, params(json!({"regParam": 0.01}))).await;
     assert_eq!(again.coefficients, model.coefficients);

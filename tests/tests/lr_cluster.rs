@@ -17,12 +17,29 @@ fn data(dir: &Path, rows: usize, dim: usize) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/lr_reference.py");
     let out = Command::new(python().unwrap())
         .arg(script)
-        .args(["data", "--out", dir.to_str().unwrap(), "--rows", &rows.to_string()])
-        .args(["--dim", &dim.to_string(), "--classes", "5", "--center-std", "0.1"])
+        .args([
+            "data",
+            "--out",
+            dir.to_str().unwrap(),
+            "--rows",
+            &rows.to_string(),
+        ])
+        .args([
+            "--dim",
+            &dim.to_string(),
+            "--classes",
+            "5",
+            "--center-std",
+            "0.1",
+        ])
         .args(["--files", "4", "--test-rows", "10"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir.join("train.parquet").to_string_lossy().into_owned()
 }
 
@@ -33,7 +50,11 @@ fn params(max_iter: usize) -> LogisticRegressionParams {
     .unwrap()
 }
 
-async fn fit(ctx: &SessionContext, train: &str, p: LogisticRegressionParams) -> LogisticRegressionModel {
+async fn fit(
+    ctx: &SessionContext,
+    train: &str,
+    p: LogisticRegressionParams,
+) -> LogisticRegressionModel {
     let df = ctx
         .read_parquet(train, ParquetReadOptions::default())
         .await
@@ -56,7 +77,11 @@ fn evaluations_in(log: &str) -> BTreeSet<u64> {
         .filter(|l| l.contains("partial gradient"))
         .filter_map(|l| {
             let at = l.find("evaluation=")? + "evaluation=".len();
-            l[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
         })
         .collect()
 }
@@ -93,7 +118,10 @@ async fn both_executors_compute_every_evaluation_and_match_standalone() {
         evaluations,
         model.summary.objective()
     );
-    assert!(diff <= 1e-6, "cluster and standalone models differ by {diff}");
+    assert!(
+        diff <= 1e-6,
+        "cluster and standalone models differ by {diff}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -126,7 +154,10 @@ async fn a_fit_survives_a_lost_executor() {
         if seen.iter().any(|&n| n >= 5) {
             break;
         }
-        assert!(Instant::now() < deadline, "the fit never reached evaluation 5");
+        assert!(
+            Instant::now() < deadline,
+            "the fit never reached evaluation 5"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cluster.executors[1].kill();
@@ -153,5 +184,8 @@ async fn a_fit_survives_a_lost_executor() {
         "executor 1 killed after evaluation {killed_at}; fit finished with {} jobs; max |diff| vs standalone {diff:e}",
         model.summary.evaluations
     );
-    assert!(diff <= 1e-6, "model after the executor loss differs by {diff}");
+    assert!(
+        diff <= 1e-6,
+        "model after the executor loss differs by {diff}"
+    );
 }

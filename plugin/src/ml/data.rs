@@ -21,9 +21,7 @@ use tch::{Kind, Tensor};
 /// Checks that `data_type` can be a features column (a vector of floats).
 pub fn check_features_type(col: &str, data_type: &DataType) -> Result<()> {
     let item = match data_type {
-        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => {
-            f.data_type()
-        }
+        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => f.data_type(),
         other => {
             return plan_err!(
                 "features column '{col}' must be a vector (list or fixed-size list of float32/float64), found {other}"
@@ -195,9 +193,9 @@ impl Rows {
             }
             let before = self.x.len();
             match values.data_type() {
-                DataType::Float64 => self
-                    .x
-                    .extend_from_slice(&values.as_primitive::<Float64Type>().values()[start..start + len]),
+                DataType::Float64 => self.x.extend_from_slice(
+                    &values.as_primitive::<Float64Type>().values()[start..start + len],
+                ),
                 DataType::Float32 => self.x.extend(
                     values.as_primitive::<Float32Type>().values()[start..start + len]
                         .iter()
@@ -224,7 +222,10 @@ impl Rows {
         Arc::new(Schema::new(vec![
             Field::new(
                 "features",
-                DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float64, false)), dim as i32),
+                DataType::FixedSizeList(
+                    Arc::new(Field::new("item", DataType::Float64, false)),
+                    dim as i32,
+                ),
                 false,
             ),
             Field::new("label", DataType::Float64, false),

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, AsArray, BinaryArray, FixedSizeListBuilder, Float64Array, Float64Builder,
-    RecordBatch, StringArray, UInt32Array, UInt64Array,
+    Array, AsArray, BinaryArray, FixedSizeListBuilder, Float64Array, Float64Builder, RecordBatch,
+    StringArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema, SchemaRef};
 use datafusion::catalog::Session;
@@ -103,7 +103,7 @@ fn key<T: Serialize>(spec: &T) -> String {
 
 fn materialize_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("partition", DataType::UInt32, false),
+        Field::new("order_key", DataType::UInt64, false),
         Field::new("path", DataType::Utf8, true),
         Field::new("summary", DataType::Utf8, false),
     ]))
@@ -127,13 +127,20 @@ fn parts_schema() -> SchemaRef {
 }
 
 fn vector_type(n: usize) -> DataType {
-    DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float64, true)), n as i32)
+    DataType::FixedSizeList(
+        Arc::new(Field::new("item", DataType::Float64, true)),
+        n as i32,
+    )
 }
 
 impl PredictSpec {
     fn output_fields(&self) -> Vec<Field> {
         vec![
-            Field::new(&self.raw_prediction_col, vector_type(self.num_classes), true),
+            Field::new(
+                &self.raw_prediction_col,
+                vector_type(self.num_classes),
+                true,
+            ),
             Field::new(&self.probability_col, vector_type(self.num_classes), true),
             Field::new(&self.prediction_col, DataType::Float64, true),
         ]
@@ -227,8 +234,7 @@ impl MlNode {
                         .map_err(|_| column_missing("featuresCol", &spec.features_col, s))?
                         .data_type(),
                 )?;
-                let mut fields: Vec<_> =
-                    s.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
+                let mut fields: Vec<_> = s.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
                 for f in spec.output_fields() {
                     if s.field_with_unqualified_name(f.name()).is_ok() {
                         return plan_err!(
@@ -334,9 +340,10 @@ impl ExtensionPlanner for MlExtensionPlanner {
             return Ok(None);
         };
         let plan: Arc<dyn ExecutionPlan> = match &node.step {
-            MlStep::Materialize(s) => {
-                Arc::new(MlExec::try_new(physical_inputs[0].clone(), MlExecStep::Materialize(s.clone()))?)
-            }
+            MlStep::Materialize(s) => Arc::new(MlExec::try_new(
+                physical_inputs[0].clone(),
+                MlExecStep::Materialize(s.clone()),
+            )?),
             MlStep::Gradient(s) => {
                 // One single-row batch per part: a built-in leaf that Ballista slices.
                 let schema = parts_schema();
@@ -355,11 +362,15 @@ impl ExtensionPlanner for MlExtensionPlanner {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let leaf = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
-                Arc::new(MlExec::try_new(leaf, MlExecStep::Gradient(Arc::new(s.clone())))?)
+                Arc::new(MlExec::try_new(
+                    leaf,
+                    MlExecStep::Gradient(Arc::new(s.clone())),
+                )?)
             }
-            MlStep::Predict(s) => {
-                Arc::new(MlExec::try_new(physical_inputs[0].clone(), MlExecStep::Predict(Arc::new(s.clone())))?)
-            }
+            MlStep::Predict(s) => Arc::new(MlExec::try_new(
+                physical_inputs[0].clone(),
+                MlExecStep::Predict(Arc::new(s.clone())),
+            )?),
         };
         Ok(Some(plan))
     }
@@ -396,7 +407,10 @@ impl MlExec {
                 in_schema.index_of(&spec.features_col)?;
                 let mut fields: Vec<_> = in_schema.fields().iter().cloned().collect();
                 fields.extend(spec.output_fields().into_iter().map(Arc::new));
-                Arc::new(Schema::new_with_metadata(fields, in_schema.metadata().clone()))
+                Arc::new(Schema::new_with_metadata(
+                    fields,
+                    in_schema.metadata().clone(),
+                ))
             }
         };
         let properties = Arc::new(PlanProperties::new(
@@ -464,7 +478,10 @@ impl ExecutionPlan for MlExec {
         if children.len() != 1 {
             return internal_err!("MlExec takes one child");
         }
-        Ok(Arc::new(Self::try_new(children.swap_remove(0), self.step.clone())?))
+        Ok(Arc::new(Self::try_new(
+            children.swap_remove(0),
+            self.step.clone(),
+        )?))
     }
 
     fn execute(
@@ -547,7 +564,10 @@ fn materialize(
         std::fs::create_dir_all(&spec.run_dir).map_err(|e| {
             exec_datafusion_err!("cannot create the work dir {}: {e}", spec.run_dir)
         })?;
-        let path = Path::new(&spec.run_dir).join(format!("part-{partition:05}.arrow"));
+        // The partition index is local to the task's slice of the input (Ballista
+        // renumbers sliced leaves), so it cannot name the file: a random name can.
+        let path =
+            Path::new(&spec.run_dir).join(format!("part-{:016x}.arrow", rand::random::<u64>()));
         rows.write_ipc(&path)?;
         let path = path.to_string_lossy().into_owned();
         cache_put(&path, PartTensors::from_rows(&rows));
@@ -565,15 +585,29 @@ fn materialize(
     Ok(RecordBatch::try_new(
         schema,
         vec![
-            Arc::new(UInt32Array::from(vec![partition as u32])),
+            Arc::new(UInt64Array::from(vec![order_key(&rows)])),
             Arc::new(StringArray::from(vec![path])),
             Arc::new(StringArray::from(vec![summary])),
         ],
     )?)
 }
 
+/// A key that orders parts the same way whatever task layout produced them (the driver
+/// sums partial results in this order): a hash of the row count and the first row.
+fn order_key(rows: &Rows) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rows.len().hash(&mut h);
+    for v in rows.x.iter().take(rows.dim).chain(rows.y.first()) {
+        v.to_bits().hash(&mut h);
+    }
+    h.finish()
+}
+
 fn gradient(spec: &GradientSpec, batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
-    let parts = batch.column(0).as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+    let parts = batch
+        .column(0)
+        .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
     let paths = batch.column(1).as_string::<i32>();
     let (mut ids, mut rows, mut losses, mut grads, mut secs) =
         (vec![], vec![], vec![], vec![], vec![]);
@@ -605,7 +639,11 @@ fn gradient(spec: &GradientSpec, batch: &RecordBatch, schema: SchemaRef) -> Resu
             None => (0.0, vec![0.0; spec.layout.len()]),
         };
         losses.push(loss);
-        grads.push(grad.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        grads.push(
+            grad.iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
         secs.push(started.elapsed().as_secs_f64());
     }
     Ok(RecordBatch::try_new(
@@ -652,7 +690,8 @@ fn predict(spec: &PredictSpec, batch: &RecordBatch, schema: SchemaRef) -> Result
     let k = spec.num_classes;
     let sets = if spec.multinomial { k } else { 1 };
     let d = spec.dim;
-    let mut raw = FixedSizeListBuilder::new(Float64Builder::new(), k as i32).with_field(vector_field());
+    let mut raw =
+        FixedSizeListBuilder::new(Float64Builder::new(), k as i32).with_field(vector_field());
     let mut prob =
         FixedSizeListBuilder::new(Float64Builder::new(), k as i32).with_field(vector_field());
     let mut pred = Float64Builder::new();

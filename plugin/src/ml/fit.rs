@@ -59,6 +59,22 @@ impl LogisticRegression {
         let run_dir = p.resolved_work_dir().join(format!("lr-{run_id}"));
         let _cleanup = RunDir(run_dir.clone());
 
+        let schema = df.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        for (param, name) in [
+            ("featuresCol", Some(&p.features_col)),
+            ("labelCol", Some(&p.label_col)),
+            ("weightCol", p.weight_col.as_ref()),
+        ] {
+            if let Some(name) = name {
+                if schema.field_with_unqualified_name(name).is_err() {
+                    return plan_err!(
+                        "{param}: no column '{name}' in the input (columns: {})",
+                        names.join(", ")
+                    );
+                }
+            }
+        }
         let mut columns = vec![col(&p.features_col), col(&p.label_col)];
         if let Some(w) = &p.weight_col {
             columns.push(col(w));
@@ -117,7 +133,10 @@ impl LogisticRegression {
         }
         let dim = s.dim;
         let std = s.std();
-        let inv_std: Vec<f64> = std.iter().map(|&v| if v > 0.0 { 1.0 / v } else { 0.0 }).collect();
+        let inv_std: Vec<f64> = std
+            .iter()
+            .map(|&v| if v > 0.0 { 1.0 / v } else { 0.0 })
+            .collect();
         let layout = Layout {
             multinomial,
             sets: if multinomial { k } else { 1 },
@@ -183,7 +202,8 @@ impl LogisticRegression {
         if multinomial {
             if p.reg_param == 0.0 {
                 for j in 0..dim {
-                    let mean = (0..sets).map(|c| coefficients[c * dim + j]).sum::<f64>() / sets as f64;
+                    let mean =
+                        (0..sets).map(|c| coefficients[c * dim + j]).sum::<f64>() / sets as f64;
                     (0..sets).for_each(|c| coefficients[c * dim + j] -= mean);
                 }
             }
@@ -226,9 +246,9 @@ impl LogisticRegression {
 
     async fn materialize(&self, df: DataFrame) -> Result<Materialized> {
         let batches = df.collect().await?;
-        let mut rows: Vec<(u32, Option<String>, Summary)> = vec![];
+        let mut rows: Vec<(u64, Option<String>, Summary)> = vec![];
         for b in &batches {
-            let parts = b.column(0).as_primitive::<UInt32Type>();
+            let parts = b.column(0).as_primitive::<UInt64Type>();
             let paths = b.column(1).as_string::<i32>();
             let summaries = b.column(2).as_string::<i32>();
             for i in 0..b.num_rows() {
@@ -238,7 +258,8 @@ impl LogisticRegression {
                 rows.push((parts.value(i), path, summary));
             }
         }
-        rows.sort_by_key(|r| r.0);
+        // Parts in a fixed order (by content), so that sums do not depend on the task layout.
+        rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let mut summary = Summary::default();
         for (_, _, s) in &rows {
             summary.merge(s).map_err(|e| {
@@ -273,8 +294,9 @@ impl JobObjective {
     /// Sums of one loss job, and the compute time of its slowest part.
     async fn partial_sums(&self, spec: GradientSpec) -> Result<(Partial, f64)> {
         let node = MlNode::try_new(None, MlStep::Gradient(spec))?;
-        let batches: Vec<RecordBatch> =
-            DataFrame::new(self.state.clone(), node.into_plan()).collect().await?;
+        let batches: Vec<RecordBatch> = DataFrame::new(self.state.clone(), node.into_plan())
+            .collect()
+            .await?;
         // Sum in partition order: the same model whatever executor ran what.
         let mut rows: Vec<(u32, u64, f64, Vec<f64>)> = vec![];
         let mut slowest: f64 = 0.0;

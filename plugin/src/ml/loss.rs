@@ -73,7 +73,12 @@ pub struct Partial {
 }
 
 /// Loss and gradient sums of one partition for `params` (standardized scale).
-pub fn partial(part: &PartTensors, layout: &Layout, inv_std: &[f64], params: &[f64]) -> Result<Partial> {
+pub fn partial(
+    part: &PartTensors,
+    layout: &Layout,
+    inv_std: &[f64],
+    params: &[f64],
+) -> Result<Partial> {
     if part.dim != layout.dim {
         return Err(exec_datafusion_err!(
             "training part has {} features, the model {}",
@@ -111,7 +116,11 @@ pub fn partial(part: &PartTensors, layout: &Layout, inv_std: &[f64], params: &[f
     let grad_coef = g.tr().f_matmul(&part.x).map_err(tch_err)? * &inv;
     let mut grad = tensor_to_vec(&grad_coef)?;
     if layout.fit_intercept {
-        grad.extend(tensor_to_vec(&g.sum_dim_intlist([0i64].as_slice(), false, Kind::Double))?);
+        grad.extend(tensor_to_vec(&g.sum_dim_intlist(
+            [0i64].as_slice(),
+            false,
+            Kind::Double,
+        ))?);
     }
     Ok(Partial {
         loss: loss.double_value(&[]),
@@ -209,8 +218,15 @@ mod tests {
         for i in 0..r.len() {
             let x = &r.x[i * d..(i + 1) * d];
             let margin = |c: usize| {
-                let b = if layout.fit_intercept { p[k * d + c] } else { 0.0 };
-                (0..d).map(|j| p[c * d + j] * inv_std[j] * x[j]).sum::<f64>() + b
+                let b = if layout.fit_intercept {
+                    p[k * d + c]
+                } else {
+                    0.0
+                };
+                (0..d)
+                    .map(|j| p[c * d + j] * inv_std[j] * x[j])
+                    .sum::<f64>()
+                    + b
             };
             let (y, w) = (r.y[i], r.w[i]);
             let g: Vec<f64> = if layout.multinomial {
@@ -241,9 +257,12 @@ mod tests {
     fn tensor_partials_match_a_per_row_reference() {
         let mut r = rows();
         let inv_std = [0.5, 2.0];
-        for (multinomial, sets, fit_intercept) in
-            [(true, 3, true), (true, 3, false), (false, 1, true), (false, 1, false)]
-        {
+        for (multinomial, sets, fit_intercept) in [
+            (true, 3, true),
+            (true, 3, false),
+            (false, 1, true),
+            (false, 1, false),
+        ] {
             if !multinomial {
                 r.y = vec![0.0, 1.0, 1.0, 0.0];
             }

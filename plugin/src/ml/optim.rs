@@ -160,7 +160,11 @@ fn quasi_newton(
                 }
             })
             .collect();
-        let mut step = if pairs.is_empty() { 1.0 / pg_norm.max(1.0) } else { 1.0 };
+        let mut step = if pairs.is_empty() {
+            1.0 / pg_norm.max(1.0)
+        } else {
+            1.0
+        };
         let (x_new, f_new, g_new, v_new) = loop {
             let candidate: Vec<f64> = x
                 .iter()
@@ -280,7 +284,10 @@ mod tests {
         for i in 0..3 {
             if m.x[i] != 0.0 {
                 // Stationary: g + l1 * sign(x) = 0.
-                assert!((g[i] + l1[i] * m.x[i].signum()).abs() < 1e-5, "{i}: {m:?} {g:?}");
+                assert!(
+                    (g[i] + l1[i] * m.x[i].signum()).abs() < 1e-5,
+                    "{i}: {m:?} {g:?}"
+                );
             } else {
                 // Zero is optimal: |g| <= l1.
                 assert!(g[i].abs() <= l1[i] + 1e-6, "{i}: {m:?} {g:?}");

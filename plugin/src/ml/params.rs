@@ -115,9 +115,7 @@ impl LogisticRegressionParams {
         }
         if let Some(t) = &self.thresholds {
             if t.iter().any(|v| !(*v >= 0.0)) || t.iter().filter(|v| **v == 0.0).count() > 1 {
-                return plan_err!(
-                    "thresholds must be >= 0 with at most one 0, found {t:?}"
-                );
+                return plan_err!("thresholds must be >= 0 with at most one 0, found {t:?}");
             }
         }
         for (name, col) in [
@@ -160,9 +158,10 @@ mod tests {
 
     #[test]
     fn defaults_are_mllibs_and_json_uses_its_names() {
-        let p: LogisticRegressionParams =
-            serde_json::from_str(r#"{"regParam": 0.1, "elasticNetParam": 0.5, "family": "multinomial"}"#)
-                .unwrap();
+        let p: LogisticRegressionParams = serde_json::from_str(
+            r#"{"regParam": 0.1, "elasticNetParam": 0.5, "family": "multinomial"}"#,
+        )
+        .unwrap();
         assert_eq!(p.max_iter, 100);
         assert_eq!(p.tol, 1e-6);
         assert!(p.fit_intercept && p.standardization);
@@ -180,7 +179,12 @@ mod tests {
             elastic_net_param: 1.5,
             ..Default::default()
         };
-        assert!(p.validate().unwrap_err().to_string().contains("elasticNetParam"));
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("elasticNetParam")
+        );
         let p = LogisticRegressionParams {
             reg_param: -1.0,
             ..Default::default()

@@ -167,8 +167,8 @@ impl QueryPlanner for PluginQueryPlanner {
             Arc::new(TorchExtensionPlanner),
             Arc::new(crate::ml::MlExtensionPlanner),
         ])
-            .create_physical_plan(logical_plan, session_state)
-            .await
+        .create_physical_plan(logical_plan, session_state)
+        .await
     }
 }
 

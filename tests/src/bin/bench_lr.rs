@@ -29,14 +29,28 @@ struct Args {
     scheduler: Option<String>,
 }
 
-async fn accuracy(ctx: &SessionContext, model: &LogisticRegressionModel, path: &str) -> datafusion::common::Result<f64> {
-    let df = ctx.read_parquet(path, ParquetReadOptions::default()).await?;
+async fn accuracy(
+    ctx: &SessionContext,
+    model: &LogisticRegressionModel,
+    path: &str,
+) -> datafusion::common::Result<f64> {
+    let df = ctx
+        .read_parquet(path, ParquetReadOptions::default())
+        .await?;
     let (mut right, mut all) = (0usize, 0usize);
     for b in model.transform(df)?.collect().await? {
-        let label = b.column_by_name("label").unwrap().as_primitive::<Float64Type>();
-        let pred = b.column_by_name("prediction").unwrap().as_primitive::<Float64Type>();
+        let label = b
+            .column_by_name("label")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let pred = b
+            .column_by_name("prediction")
+            .unwrap()
+            .as_primitive::<Float64Type>();
         all += b.num_rows();
-        right += (0..b.num_rows()).filter(|&i| label.value(i) == pred.value(i)).count();
+        right += (0..b.num_rows())
+            .filter(|&i| label.value(i) == pred.value(i))
+            .count();
     }
     Ok(right as f64 / all as f64)
 }
@@ -55,7 +69,9 @@ async fn main() -> datafusion::common::Result<()> {
     let mut fits = vec![];
     let mut model = None;
     for _ in 0..2 {
-        let df = ctx.read_parquet(&args.train, ParquetReadOptions::default()).await?;
+        let df = ctx
+            .read_parquet(&args.train, ParquetReadOptions::default())
+            .await?;
         let t = Instant::now();
         let m = LogisticRegression::new(params.clone()).fit(df).await?;
         fits.push(t.elapsed().as_secs_f64());
