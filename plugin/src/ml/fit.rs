@@ -66,13 +66,13 @@ impl LogisticRegression {
             ("labelCol", Some(&p.label_col)),
             ("weightCol", p.weight_col.as_ref()),
         ] {
-            if let Some(name) = name {
-                if schema.field_with_unqualified_name(name).is_err() {
-                    return plan_err!(
-                        "{param}: no column '{name}' in the input (columns: {})",
-                        names.join(", ")
-                    );
-                }
+            if let Some(name) = name
+                && schema.field_with_unqualified_name(name).is_err()
+            {
+                return plan_err!(
+                    "{param}: no column '{name}' in the input (columns: {})",
+                    names.join(", ")
+                );
             }
         }
         let mut columns = vec![col(&p.features_col), col(&p.label_col)];
@@ -126,10 +126,10 @@ impl LogisticRegression {
             Family::Binomial => false,
             Family::Multinomial => true,
         };
-        if let Some(t) = &p.thresholds {
-            if t.len() != k {
-                return plan_err!("thresholds has {} values for {k} classes", t.len());
-            }
+        if let Some(t) = &p.thresholds
+            && t.len() != k
+        {
+            return plan_err!("thresholds has {} values for {k} classes", t.len());
         }
         let dim = s.dim;
         let std = s.std();

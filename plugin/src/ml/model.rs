@@ -102,14 +102,14 @@ impl LogisticRegressionModel {
     /// Adds `rawPrediction`, `probability` and `prediction` (names from the params). Rows
     /// whose feature vector is null get null outputs.
     pub fn transform(&self, df: DataFrame) -> Result<DataFrame> {
-        if let Some(t) = &self.params.thresholds {
-            if t.len() != self.num_classes {
-                return plan_err!(
-                    "thresholds has {} values, the model has {} classes",
-                    t.len(),
-                    self.num_classes
-                );
-            }
+        if let Some(t) = &self.params.thresholds
+            && t.len() != self.num_classes
+        {
+            return plan_err!(
+                "thresholds has {} values, the model has {} classes",
+                t.len(),
+                self.num_classes
+            );
         }
         let (state, plan) = df.into_parts();
         let node = MlNode::try_new(Some(plan), MlStep::Predict(self.predict_spec()))?;

@@ -107,16 +107,17 @@ impl LogisticRegressionParams {
                 self.elastic_net_param
             );
         }
-        if !(self.tol >= 0.0) {
+        if self.tol.is_nan() || self.tol < 0.0 {
             return plan_err!("tol must be >= 0, found {}", self.tol);
         }
         if !(0.0..=1.0).contains(&self.threshold) {
             return plan_err!("threshold must be in [0, 1], found {}", self.threshold);
         }
-        if let Some(t) = &self.thresholds {
-            if t.iter().any(|v| !(*v >= 0.0)) || t.iter().filter(|v| **v == 0.0).count() > 1 {
-                return plan_err!("thresholds must be >= 0 with at most one 0, found {t:?}");
-            }
+        if let Some(t) = &self.thresholds
+            && (t.iter().any(|v| v.is_nan() || *v < 0.0)
+                || t.iter().filter(|v| **v == 0.0).count() > 1)
+        {
+            return plan_err!("thresholds must be >= 0 with at most one 0, found {t:?}");
         }
         for (name, col) in [
             ("featuresCol", &self.features_col),
