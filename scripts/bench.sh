@@ -6,7 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$DLP_ROOT"
 scripts/setup.sh
-cargo build -q -p dlp-tests --bin dlp-bench-decode
+cargo build -q --workspace --bins --tests  # same build as `make test`: nothing recompiled
 dir="$DLP_DATA/flowers"
 cores="$(nproc)"
 echo "decode benchmark: $(find "$dir" -iname '*.jpg' | wc -l) JPEGs under $dir, $cores cores, $(date -u +%F)"
@@ -33,7 +33,6 @@ done
 
 # Featurization end to end: JPEG files -> feature vectors, EfficientNet-Lite0, batch 16,
 # 2 threads, beside PyTorch (Pillow decode, same preprocessing ops, same TorchScript file).
-cargo build -q -p dlp-tests --bin dlp-bench-featurize
 echo
 echo "featurize benchmark: efficientnet_lite0, batch 16, 2 threads, all flowers"
 ours=$("$CARGO_TARGET_DIR/debug/dlp-bench-featurize" --dir "$dir" --batch 16 --threads 2)

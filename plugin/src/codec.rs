@@ -17,7 +17,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 
 use crate::image::{ImageDecodeExec, ImageScanSpec, ImageTableProvider};
-use crate::ml::exec::{GradientSpec, MaterializeSpec, MlExecStep, MlStep, PredictSpec};
+use crate::ml::exec::MlStep;
 use crate::ml::{MlExec, MlNode};
 use crate::torch::{TorchInferenceExec, TorchInferenceNode, TorchSpec};
 
@@ -82,49 +82,6 @@ fn split(buf: &[u8]) -> Result<Tagged<'_>> {
     }
 }
 
-/// The ML steps on the wire (logical and physical alike).
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-enum MlProto {
-    Materialize(MaterializeSpec),
-    Gradient(GradientSpec),
-    Predict(PredictSpec),
-}
-
-impl MlProto {
-    fn from_step(step: &MlStep) -> Self {
-        match step {
-            MlStep::Materialize(s) => Self::Materialize(s.clone()),
-            MlStep::Gradient(s) => Self::Gradient(s.clone()),
-            MlStep::Predict(s) => Self::Predict(s.clone()),
-        }
-    }
-
-    fn from_exec(step: &MlExecStep) -> Self {
-        match step {
-            MlExecStep::Materialize(s) => Self::Materialize(s.clone()),
-            MlExecStep::Gradient(s) => Self::Gradient(s.as_ref().clone()),
-            MlExecStep::Predict(s) => Self::Predict(s.as_ref().clone()),
-        }
-    }
-
-    fn into_step(self) -> MlStep {
-        match self {
-            Self::Materialize(s) => MlStep::Materialize(s),
-            Self::Gradient(s) => MlStep::Gradient(s),
-            Self::Predict(s) => MlStep::Predict(s),
-        }
-    }
-
-    fn into_exec(self) -> MlExecStep {
-        match self {
-            Self::Materialize(s) => MlExecStep::Materialize(s),
-            Self::Gradient(s) => MlExecStep::Gradient(Arc::new(s)),
-            Self::Predict(s) => MlExecStep::Predict(Arc::new(s)),
-        }
-    }
-}
-
 #[derive(Serialize, Deserialize)]
 struct ImageDecodeExecProto {
     spec: ImageScanSpec,
@@ -156,9 +113,9 @@ impl LogicalExtensionCodec for PluginLogicalCodec {
                 })
             }
             Ok((Kind::MlNode, body)) => {
-                let proto: MlProto = read_plugin(Kind::MlNode, body)?;
+                let step: MlStep = read_plugin(Kind::MlNode, body)?;
                 Ok(Extension {
-                    node: Arc::new(MlNode::try_new(inputs.first().cloned(), proto.into_step())?),
+                    node: Arc::new(MlNode::try_new(inputs.first().cloned(), step)?),
                 })
             }
             Ok((kind, _)) => internal_err!("plugin codec: {kind:?} is not a logical node"),
@@ -170,7 +127,7 @@ impl LogicalExtensionCodec for PluginLogicalCodec {
             return write_plugin(buf, Kind::TorchInferenceNode, torch.spec());
         }
         if let Some(ml) = node.node.as_any().downcast_ref::<MlNode>() {
-            return write_plugin(buf, Kind::MlNode, &MlProto::from_step(ml.step()));
+            return write_plugin(buf, Kind::MlNode, ml.step());
         }
         buf.push(TAG_BALLISTA);
         self.inner.try_encode(node, buf)
@@ -296,11 +253,11 @@ impl PhysicalExtensionCodec for PluginPhysicalCodec {
                 Ok(Arc::new(TorchInferenceExec::try_new(input.clone(), spec)?))
             }
             Ok((Kind::MlExec, body)) => {
-                let proto: MlProto = read_plugin(Kind::MlExec, body)?;
+                let step: MlStep = read_plugin(Kind::MlExec, body)?;
                 let [input] = inputs else {
                     return internal_err!("plugin codec: MlExec needs 1 input");
                 };
-                Ok(Arc::new(MlExec::try_new(input.clone(), proto.into_exec())?))
+                Ok(Arc::new(MlExec::try_new(input.clone(), step)?))
             }
             Ok((kind, _)) => internal_err!("plugin codec: {kind:?} is not a physical node"),
         }
@@ -323,7 +280,7 @@ impl PhysicalExtensionCodec for PluginPhysicalCodec {
             return write_plugin(buf, Kind::TorchInferenceExec, exec.spec());
         }
         if let Some(exec) = node.downcast_ref::<MlExec>() {
-            return write_plugin(buf, Kind::MlExec, &MlProto::from_exec(exec.step()));
+            return write_plugin(buf, Kind::MlExec, exec.step());
         }
         buf.push(TAG_BALLISTA);
         self.inner.try_encode(node, buf, proto_converter)

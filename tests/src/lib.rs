@@ -300,3 +300,65 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Runs `tests/python/lr_reference.py ARGS` (data, Spark MLlib, scikit-learn) and parses the
+/// JSON of its last output line.
+pub fn lr_reference(args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/lr_reference.py");
+    let out = Command::new(python().expect("venv python"))
+        .arg(script)
+        .args(args)
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "lr_reference.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 output");
+    serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON output")
+}
+
+/// Fits a logistic regression on a Parquet file or directory.
+pub async fn fit_parquet(
+    ctx: &datafusion::prelude::SessionContext,
+    path: &str,
+    params: dlp_plugin::ml::LogisticRegressionParams,
+) -> datafusion::common::Result<dlp_plugin::ml::LogisticRegressionModel> {
+    let df = ctx
+        .read_parquet(path, datafusion::prelude::ParquetReadOptions::default())
+        .await?;
+    dlp_plugin::ml::LogisticRegression::new(params)
+        .fit(df)
+        .await
+}
+
+/// Share of rows of a Parquet file whose `prediction` equals `label`.
+pub async fn accuracy(
+    ctx: &datafusion::prelude::SessionContext,
+    model: &dlp_plugin::ml::LogisticRegressionModel,
+    path: &str,
+) -> datafusion::common::Result<f64> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Float64Type;
+    let df = ctx
+        .read_parquet(path, datafusion::prelude::ParquetReadOptions::default())
+        .await?;
+    let (mut right, mut all) = (0usize, 0usize);
+    for b in model.transform(df)?.collect().await? {
+        let label = b
+            .column_by_name("label")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let pred = b
+            .column_by_name("prediction")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        all += b.num_rows();
+        right += (0..b.num_rows())
+            .filter(|&i| label.value(i) == pred.value(i))
+            .count();
+    }
+    Ok(right as f64 / all as f64)
+}

@@ -3,15 +3,14 @@
 //! persistence.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Float64Type;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use dlp_plugin::ml::{
     Family, LogisticRegression, LogisticRegressionModel, LogisticRegressionParams,
 };
-use dlp_tests::python;
+use dlp_tests::{fit_parquet, lr_reference};
 use serde_json::{Value, json};
 
 async fn context() -> SessionContext {
@@ -20,27 +19,10 @@ async fn context() -> SessionContext {
         .expect("embedded cluster")
 }
 
-fn reference(args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/lr_reference.py");
-    let out = Command::new(python().unwrap())
-        .arg(script)
-        .args(args)
-        .env("SPARK_LOCAL_IP", "127.0.0.1")
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "lr_reference.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-}
-
 /// Gaussian blobs as train / test Parquet files under `dir`.
 fn blobs(dir: &Path, rows: usize, dim: usize, classes: usize, center_std: f64) -> (String, String) {
     let out = dir.to_str().unwrap();
-    reference(&[
+    lr_reference(&[
         "data",
         "--out",
         out,
@@ -64,37 +46,13 @@ fn blobs(dir: &Path, rows: usize, dim: usize, classes: usize, center_std: f64) -
 async fn fit(
     ctx: &SessionContext,
     train: &str,
-    params: LogisticRegressionParams,
+    p: LogisticRegressionParams,
 ) -> LogisticRegressionModel {
-    let df = ctx
-        .read_parquet(train, ParquetReadOptions::default())
-        .await
-        .unwrap();
-    LogisticRegression::new(params).fit(df).await.unwrap()
+    fit_parquet(ctx, train, p).await.unwrap()
 }
 
 async fn accuracy(ctx: &SessionContext, model: &LogisticRegressionModel, path: &str) -> f64 {
-    let df = ctx
-        .read_parquet(path, ParquetReadOptions::default())
-        .await
-        .unwrap();
-    let batches = model.transform(df).unwrap().collect().await.unwrap();
-    let (mut right, mut all) = (0usize, 0usize);
-    for b in &batches {
-        let label = b
-            .column_by_name("label")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        let pred = b
-            .column_by_name("prediction")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        for i in 0..b.num_rows() {
-            all += 1;
-            right += usize::from(label.value(i) == pred.value(i));
-        }
-    }
-    right as f64 / all as f64
+    dlp_tests::accuracy(ctx, model, path).await.unwrap()
 }
 
 fn params(v: Value) -> LogisticRegressionParams {
@@ -136,7 +94,7 @@ async fn matches_spark_mllib_objective_accuracy_and_sparsity() {
         .iter()
         .map(|(train, test, p)| json!({"train": train, "test": test, "params": p}))
         .collect();
-    let spark = reference(&["spark", "--jobs", &serde_json::to_string(&jobs).unwrap()]);
+    let spark = lr_reference(&["spark", "--jobs", &serde_json::to_string(&jobs).unwrap()]);
     let ctx = context().await;
     for ((train, test, p), expected) in configs.iter().zip(spark["fits"].as_array().unwrap()) {
         let model = fit(&ctx, train, params(p.clone())).await;
@@ -191,7 +149,7 @@ async fn matches_scikit_learn_l2_optimum() {
             classes,
             0.2,
         );
-        let sk = reference(&[
+        let sk = lr_reference(&[
             "sklearn",
             "--train",
             &train,
@@ -365,5 +323,4 @@ async fn model_transforms_saves_and_loads() {
     // Fitting twice gives the same model (deterministic sums in partition order).
     let again = fit(&ctx, &train, params(json!({"regParam": 0.01}))).await;
     assert_eq!(again.coefficients, model.coefficients);
-    let _ = prob.is_empty();
 }

@@ -4,42 +4,33 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use dlp_plugin::ml::{LogisticRegression, LogisticRegressionModel, LogisticRegressionParams};
-use dlp_tests::{Cluster, python};
+use datafusion::prelude::SessionContext;
+use dlp_plugin::ml::{LogisticRegressionModel, LogisticRegressionParams};
+use dlp_tests::{Cluster, fit_parquet, lr_reference};
 use serde_json::json;
 
 /// Four-file training set (four scan partitions, so the work spreads over executors).
 fn data(dir: &Path, rows: usize, dim: usize) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/lr_reference.py");
-    let out = Command::new(python().unwrap())
-        .arg(script)
-        .args([
-            "data",
-            "--out",
-            dir.to_str().unwrap(),
-            "--rows",
-            &rows.to_string(),
-        ])
-        .args([
-            "--dim",
-            &dim.to_string(),
-            "--classes",
-            "5",
-            "--center-std",
-            "0.1",
-        ])
-        .args(["--files", "4", "--test-rows", "10"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (rows, dim) = (rows.to_string(), dim.to_string());
+    lr_reference(&[
+        "data",
+        "--out",
+        dir.to_str().unwrap(),
+        "--rows",
+        &rows,
+        "--dim",
+        &dim,
+        "--classes",
+        "5",
+        "--center-std",
+        "0.1",
+        "--files",
+        "4",
+        "--test-rows",
+        "10",
+    ]);
     dir.join("train.parquet").to_string_lossy().into_owned()
 }
 
@@ -55,11 +46,7 @@ async fn fit(
     train: &str,
     p: LogisticRegressionParams,
 ) -> LogisticRegressionModel {
-    let df = ctx
-        .read_parquet(train, ParquetReadOptions::default())
-        .await
-        .unwrap();
-    LogisticRegression::new(p).fit(df).await.unwrap()
+    fit_parquet(ctx, train, p).await.unwrap()
 }
 
 fn max_diff(a: &LogisticRegressionModel, b: &LogisticRegressionModel) -> f64 {

@@ -129,43 +129,7 @@ impl Rows {
         first_row: usize,
         where_: &str,
     ) -> Result<()> {
-        // Offsets of each row's values, whatever the list type.
-        let (values, offsets): (&ArrayRef, Vec<(usize, usize)>) = match array.data_type() {
-            DataType::FixedSizeList(_, n) => {
-                let list = array.as_fixed_size_list();
-                let n = *n as usize;
-                let base = list.offset() * n;
-                (
-                    list.values(),
-                    (0..list.len()).map(|i| (base + i * n, n)).collect(),
-                )
-            }
-            DataType::List(_) => {
-                let list = array.as_list::<i32>();
-                let o = list.value_offsets();
-                (
-                    list.values(),
-                    (0..list.len())
-                        .map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize))
-                        .collect(),
-                )
-            }
-            DataType::LargeList(_) => {
-                let list = array.as_list::<i64>();
-                let o = list.value_offsets();
-                (
-                    list.values(),
-                    (0..list.len())
-                        .map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize))
-                        .collect(),
-                )
-            }
-            other => {
-                return Err(exec_datafusion_err!(
-                    "features column '{col}' must be a vector, found {other}"
-                ));
-            }
-        };
+        let (values, offsets) = vector_rows(array, col)?;
         if values.null_count() > 0 {
             return Err(exec_datafusion_err!(
                 "features column '{col}' has null values inside a vector in {where_}"
@@ -192,21 +156,7 @@ impl Rows {
                 ));
             }
             let before = self.x.len();
-            match values.data_type() {
-                DataType::Float64 => self.x.extend_from_slice(
-                    &values.as_primitive::<Float64Type>().values()[start..start + len],
-                ),
-                DataType::Float32 => self.x.extend(
-                    values.as_primitive::<Float32Type>().values()[start..start + len]
-                        .iter()
-                        .map(|&v| v as f64),
-                ),
-                other => {
-                    return Err(exec_datafusion_err!(
-                        "features column '{col}' must hold float32 or float64 values, found {other}"
-                    ));
-                }
-            }
+            extend_f64(values, start, len, &mut self.x, col)?;
             if let Some(bad) = self.x[before..].iter().position(|v| !v.is_finite()) {
                 return Err(exec_datafusion_err!(
                     "features column '{col}' has a non-finite value ({}) at index {bad} of row {row} of {where_}",
@@ -293,6 +243,75 @@ impl Rows {
         }
         Ok(rows)
     }
+}
+
+/// The flat values of a vector column (fixed-size list, list or large list) and each row's
+/// `(start, len)` in them.
+pub(crate) fn vector_rows<'a>(
+    array: &'a ArrayRef,
+    col: &str,
+) -> Result<(&'a ArrayRef, Vec<(usize, usize)>)> {
+    Ok(match array.data_type() {
+        DataType::FixedSizeList(_, n) => {
+            let list = array.as_fixed_size_list();
+            let n = *n as usize;
+            let base = list.offset() * n;
+            (
+                list.values(),
+                (0..list.len()).map(|i| (base + i * n, n)).collect(),
+            )
+        }
+        DataType::List(_) => {
+            let list = array.as_list::<i32>();
+            let o = list.value_offsets();
+            (
+                list.values(),
+                (0..list.len())
+                    .map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize))
+                    .collect(),
+            )
+        }
+        DataType::LargeList(_) => {
+            let list = array.as_list::<i64>();
+            let o = list.value_offsets();
+            (
+                list.values(),
+                (0..list.len())
+                    .map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize))
+                    .collect(),
+            )
+        }
+        other => {
+            return Err(exec_datafusion_err!(
+                "features column '{col}' must be a vector, found {other}"
+            ));
+        }
+    })
+}
+
+/// Appends `values[start..start + len]` (float32 or float64) to `out` as `f64`.
+pub(crate) fn extend_f64(
+    values: &ArrayRef,
+    start: usize,
+    len: usize,
+    out: &mut Vec<f64>,
+    col: &str,
+) -> Result<()> {
+    match values.data_type() {
+        DataType::Float64 => out
+            .extend_from_slice(&values.as_primitive::<Float64Type>().values()[start..start + len]),
+        DataType::Float32 => out.extend(
+            values.as_primitive::<Float32Type>().values()[start..start + len]
+                .iter()
+                .map(|&v| v as f64),
+        ),
+        other => {
+            return Err(exec_datafusion_err!(
+                "features column '{col}' must hold float32 or float64 values, found {other}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {

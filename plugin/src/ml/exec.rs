@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
     Array, AsArray, BinaryArray, FixedSizeListBuilder, Float64Array, Float64Builder, RecordBatch,
     StringArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{
@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{
     Columns, PartTensors, Rows, cache_get_or_load, cache_put, check_features_type,
-    check_numeric_type,
+    check_numeric_type, extend_f64, vector_rows,
 };
 use super::loss::{Layout, f64_base64, partial};
 use super::summary::Summary;
@@ -122,15 +122,12 @@ fn gradient_schema() -> SchemaRef {
 fn parts_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("partition", DataType::UInt32, false),
-        Field::new("path", DataType::Utf8, true),
+        Field::new("path", DataType::Utf8, false),
     ]))
 }
 
 fn vector_type(n: usize) -> DataType {
-    DataType::FixedSizeList(
-        Arc::new(Field::new("item", DataType::Float64, true)),
-        n as i32,
-    )
+    DataType::FixedSizeList(vector_field(), n as i32)
 }
 
 impl PredictSpec {
@@ -150,22 +147,14 @@ impl PredictSpec {
 // ---------------------------------------------------------------------------------------
 // Logical nodes
 
-/// The logical side of the three steps.
-#[derive(Debug, Clone)]
+/// The three steps; carried by both the logical node and the operator, and written as
+/// is by the plugin codec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum MlStep {
     Materialize(MaterializeSpec),
     Gradient(GradientSpec),
     Predict(PredictSpec),
-}
-
-impl MlStep {
-    fn key(&self) -> String {
-        match self {
-            MlStep::Materialize(s) => key(s),
-            MlStep::Gradient(s) => key(s),
-            MlStep::Predict(s) => key(s),
-        }
-    }
 }
 
 /// A training or prediction step in a logical plan.
@@ -201,39 +190,20 @@ impl MlNode {
         let schema = match (&step, &input) {
             (MlStep::Materialize(spec), Some(input)) => {
                 let s = input.schema();
-                check_features_type(
-                    &spec.features_col,
-                    s.field_with_unqualified_name(&spec.features_col)
-                        .map_err(|_| column_missing("featuresCol", &spec.features_col, s))?
-                        .data_type(),
-                )?;
-                check_numeric_type(
-                    "label",
-                    &spec.label_col,
-                    s.field_with_unqualified_name(&spec.label_col)
-                        .map_err(|_| column_missing("labelCol", &spec.label_col, s))?
-                        .data_type(),
-                )?;
+                let features = input_type(s, "featuresCol", &spec.features_col)?;
+                check_features_type(&spec.features_col, features)?;
+                let label = input_type(s, "labelCol", &spec.label_col)?;
+                check_numeric_type("label", &spec.label_col, label)?;
                 if let Some(w) = &spec.weight_col {
-                    check_numeric_type(
-                        "weight",
-                        w,
-                        s.field_with_unqualified_name(w)
-                            .map_err(|_| column_missing("weightCol", w, s))?
-                            .data_type(),
-                    )?;
+                    check_numeric_type("weight", w, input_type(s, "weightCol", w)?)?;
                 }
                 DFSchema::try_from(materialize_schema())?
             }
             (MlStep::Gradient(_), None) => DFSchema::try_from(gradient_schema())?,
             (MlStep::Predict(spec), Some(input)) => {
                 let s = input.schema();
-                check_features_type(
-                    &spec.features_col,
-                    s.field_with_unqualified_name(&spec.features_col)
-                        .map_err(|_| column_missing("featuresCol", &spec.features_col, s))?
-                        .data_type(),
-                )?;
+                let features = input_type(s, "featuresCol", &spec.features_col)?;
+                check_features_type(&spec.features_col, features)?;
                 let mut fields: Vec<_> = s.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
                 for f in spec.output_fields() {
                     if s.field_with_unqualified_name(f.name()).is_ok() {
@@ -249,7 +219,7 @@ impl MlNode {
             _ => return internal_err!("ML step with the wrong number of inputs"),
         };
         Ok(Self {
-            key: step.key(),
+            key: key(&step),
             input,
             step,
             schema: Arc::new(schema),
@@ -269,12 +239,18 @@ impl MlNode {
     }
 }
 
-fn column_missing(param: &str, col: &str, schema: &DFSchema) -> datafusion::error::DataFusionError {
-    let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    datafusion::error::DataFusionError::Plan(format!(
-        "{param}: no column '{col}' in the input (columns: {})",
-        names.join(", ")
-    ))
+/// Type of input column `col`, set by parameter `param`; the error names both.
+pub(crate) fn input_type<'a>(schema: &'a DFSchema, param: &str, col: &str) -> Result<&'a DataType> {
+    match schema.field_with_unqualified_name(col) {
+        Ok(f) => Ok(f.data_type()),
+        Err(_) => {
+            let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            plan_err!(
+                "{param}: no column '{col}' in the input (columns: {})",
+                names.join(", ")
+            )
+        }
+    }
 }
 
 impl UserDefinedLogicalNodeCore for MlNode {
@@ -340,9 +316,9 @@ impl ExtensionPlanner for MlExtensionPlanner {
             return Ok(None);
         };
         let plan: Arc<dyn ExecutionPlan> = match &node.step {
-            MlStep::Materialize(s) => Arc::new(MlExec::try_new(
+            MlStep::Materialize(_) | MlStep::Predict(_) => Arc::new(MlExec::try_new(
                 physical_inputs[0].clone(),
-                MlExecStep::Materialize(s.clone()),
+                node.step.clone(),
             )?),
             MlStep::Gradient(s) => {
                 // One single-row batch per part: a built-in leaf that Ballista slices.
@@ -356,21 +332,14 @@ impl ExtensionPlanner for MlExtensionPlanner {
                             schema.clone(),
                             vec![
                                 Arc::new(UInt32Array::from(vec![i as u32])),
-                                Arc::new(StringArray::from(vec![Some(path.as_str())])),
+                                Arc::new(StringArray::from(vec![path.as_str()])),
                             ],
                         )?])
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let leaf = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
-                Arc::new(MlExec::try_new(
-                    leaf,
-                    MlExecStep::Gradient(Arc::new(s.clone())),
-                )?)
+                Arc::new(MlExec::try_new(leaf, node.step.clone())?)
             }
-            MlStep::Predict(s) => Arc::new(MlExec::try_new(
-                physical_inputs[0].clone(),
-                MlExecStep::Predict(Arc::new(s.clone())),
-            )?),
         };
         Ok(Some(plan))
     }
@@ -379,30 +348,22 @@ impl ExtensionPlanner for MlExtensionPlanner {
 // ---------------------------------------------------------------------------------------
 // Physical operator
 
-/// The physical side of a step.
-#[derive(Debug, Clone)]
-pub enum MlExecStep {
-    Materialize(MaterializeSpec),
-    Gradient(Arc<GradientSpec>),
-    Predict(Arc<PredictSpec>),
-}
-
 /// The unary operator of every step (see the module docs).
 #[derive(Debug, Clone)]
 pub struct MlExec {
     input: Arc<dyn ExecutionPlan>,
-    step: MlExecStep,
+    step: MlStep,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
 
 impl MlExec {
     /// Builds the operator over `input`.
-    pub fn try_new(input: Arc<dyn ExecutionPlan>, step: MlExecStep) -> Result<Self> {
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, step: MlStep) -> Result<Self> {
         let schema = match &step {
-            MlExecStep::Materialize(_) => materialize_schema(),
-            MlExecStep::Gradient(_) => gradient_schema(),
-            MlExecStep::Predict(spec) => {
+            MlStep::Materialize(_) => materialize_schema(),
+            MlStep::Gradient(_) => gradient_schema(),
+            MlStep::Predict(spec) => {
                 let in_schema = input.schema();
                 in_schema.index_of(&spec.features_col)?;
                 let mut fields: Vec<_> = in_schema.fields().iter().cloned().collect();
@@ -428,7 +389,7 @@ impl MlExec {
     }
 
     /// The step.
-    pub fn step(&self) -> &MlExecStep {
+    pub fn step(&self) -> &MlStep {
         &self.step
     }
 }
@@ -436,13 +397,13 @@ impl MlExec {
 impl DisplayAs for MlExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         match &self.step {
-            MlExecStep::Materialize(s) => write!(f, "LrMaterializeExec: dir={}", s.run_dir),
-            MlExecStep::Gradient(s) => write!(
+            MlStep::Materialize(s) => write!(f, "LrMaterializeExec: dir={}", s.run_dir),
+            MlStep::Gradient(s) => write!(
                 f,
                 "LrGradientExec: run={}, evaluation={}",
                 s.run_id, s.evaluation
             ),
-            MlExecStep::Predict(s) => write!(f, "LrPredictExec: classes={}", s.num_classes),
+            MlStep::Predict(s) => write!(f, "LrPredictExec: classes={}", s.num_classes),
         }
     }
 }
@@ -492,7 +453,7 @@ impl ExecutionPlan for MlExec {
         let input = self.input.execute(partition, context)?;
         let schema = self.schema.clone();
         match &self.step {
-            MlExecStep::Materialize(spec) => {
+            MlStep::Materialize(spec) => {
                 let spec = spec.clone();
                 let out = schema.clone();
                 let fut = async move {
@@ -506,8 +467,8 @@ impl ExecutionPlan for MlExec {
                     futures::stream::once(fut),
                 )))
             }
-            MlExecStep::Gradient(spec) => {
-                let spec = spec.clone();
+            MlStep::Gradient(spec) => {
+                let spec = Arc::new(spec.clone());
                 let out = schema.clone();
                 let stream = input.and_then(move |batch| {
                     let (spec, out) = (spec.clone(), out.clone());
@@ -519,8 +480,8 @@ impl ExecutionPlan for MlExec {
                 });
                 Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
             }
-            MlExecStep::Predict(spec) => {
-                let spec = spec.clone();
+            MlStep::Predict(spec) => {
+                let spec = Arc::new(spec.clone());
                 let out = schema.clone();
                 let stream = input
                     .map(move |batch| {
@@ -614,33 +575,26 @@ fn gradient(spec: &GradientSpec, batch: &RecordBatch, schema: SchemaRef) -> Resu
     for i in 0..batch.num_rows() {
         let started = std::time::Instant::now();
         let part = parts.value(i);
-        let (n, p) = if paths.is_null(i) {
-            (0, None)
-        } else {
-            let (tensors, hit) = cache_get_or_load(paths.value(i))?;
-            let tensors = tensors.lock().unwrap_or_else(|e| e.into_inner());
-            let p = partial(&tensors, &spec.layout, &spec.inv_std, &spec.params)?;
-            tracing::info!(
-                target: LOG_TARGET,
-                run = %spec.run_id,
-                evaluation = spec.evaluation,
-                part,
-                rows = tensors.rows,
-                cache_hit = hit,
-                ms = started.elapsed().as_millis() as u64,
-                "partial gradient"
-            );
-            (tensors.rows as u64, Some(p))
-        };
+        // Parts are only listed when they hold rows: the path is never null.
+        let (tensors, hit) = cache_get_or_load(paths.value(i))?;
+        let tensors = tensors.lock().unwrap_or_else(|e| e.into_inner());
+        let p = partial(&tensors, &spec.layout, &spec.inv_std, &spec.params)?;
+        tracing::info!(
+            target: LOG_TARGET,
+            run = %spec.run_id,
+            evaluation = spec.evaluation,
+            part,
+            rows = tensors.rows,
+            cache_hit = hit,
+            ms = started.elapsed().as_millis() as u64,
+            "partial gradient"
+        );
         ids.push(part);
-        rows.push(n);
-        let (loss, grad) = match p {
-            Some(p) => (p.loss, p.grad),
-            None => (0.0, vec![0.0; spec.layout.len()]),
-        };
-        losses.push(loss);
+        rows.push(tensors.rows as u64);
+        losses.push(p.loss);
         grads.push(
-            grad.iter()
+            p.grad
+                .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect::<Vec<u8>>(),
         );
@@ -695,10 +649,11 @@ fn predict(spec: &PredictSpec, batch: &RecordBatch, schema: SchemaRef) -> Result
     let mut prob =
         FixedSizeListBuilder::new(Float64Builder::new(), k as i32).with_field(vector_field());
     let mut pred = Float64Builder::new();
-    let mut x = vec![0.0f64; d];
+    let (values, offsets) = vector_rows(col, &spec.features_col)?;
+    let mut x = Vec::with_capacity(d);
     let mut margins = vec![0.0f64; sets];
-    for row in 0..batch.num_rows() {
-        if !row_features(col, row, &mut x, &spec.features_col)? {
+    for (row, &(start, len)) in offsets.iter().enumerate() {
+        if col.is_null(row) {
             for b in [&mut raw, &mut prob] {
                 b.values().append_nulls(k);
                 b.append(false);
@@ -706,6 +661,14 @@ fn predict(spec: &PredictSpec, batch: &RecordBatch, schema: SchemaRef) -> Result
             pred.append_null();
             continue;
         }
+        if len != d {
+            return Err(exec_datafusion_err!(
+                "features column '{}' has a vector of length {len} at row {row}; the model expects {d}",
+                spec.features_col
+            ));
+        }
+        x.clear();
+        extend_f64(values, start, len, &mut x, &spec.features_col)?;
         for (c, m) in margins.iter_mut().enumerate() {
             let w = &spec.coefficients[c * d..(c + 1) * d];
             *m = spec.intercepts[c] + w.iter().zip(&x).map(|(w, x)| w * x).sum::<f64>();
@@ -726,33 +689,4 @@ fn predict(spec: &PredictSpec, batch: &RecordBatch, schema: SchemaRef) -> Result
 
 fn vector_field() -> Arc<Field> {
     Arc::new(Field::new("item", DataType::Float64, true))
-}
-
-/// Reads row `row` of a features column into `x`; `false` for a null vector.
-fn row_features(col: &Arc<dyn Array>, row: usize, x: &mut [f64], name: &str) -> Result<bool> {
-    if col.is_null(row) {
-        return Ok(false);
-    }
-    let values = match col.data_type() {
-        DataType::FixedSizeList(_, _) => col.as_fixed_size_list().value(row),
-        DataType::List(_) => col.as_list::<i32>().value(row),
-        DataType::LargeList(_) => col.as_list::<i64>().value(row),
-        other => return plan_err!("features column '{name}' must be a vector, found {other}"),
-    };
-    if values.len() != x.len() {
-        return Err(exec_datafusion_err!(
-            "features column '{name}' has a vector of length {} at row {row}; the model expects {}",
-            values.len(),
-            x.len()
-        ));
-    }
-    match values.data_type() {
-        DataType::Float64 => x.copy_from_slice(values.as_primitive::<Float64Type>().values()),
-        DataType::Float32 => x
-            .iter_mut()
-            .zip(values.as_primitive::<Float32Type>().values().iter())
-            .for_each(|(x, v)| *x = *v as f64),
-        other => return plan_err!("features column '{name}' must hold floats, found {other}"),
-    }
-    Ok(true)
 }

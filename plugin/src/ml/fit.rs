@@ -13,7 +13,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::prelude::col;
 
 use super::data::cache_evict_dir;
-use super::exec::{GradientSpec, MaterializeSpec, MlNode, MlStep};
+use super::exec::{GradientSpec, MaterializeSpec, MlNode, MlStep, input_type};
 use super::loss::{Layout, Partial, Regularization};
 use super::model::{LogisticRegressionModel, TrainingSummary};
 use super::optim::{Evaluate, minimize};
@@ -59,21 +59,11 @@ impl LogisticRegression {
         let run_dir = p.resolved_work_dir().join(format!("lr-{run_id}"));
         let _cleanup = RunDir(run_dir.clone());
 
-        let schema = df.schema();
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        for (param, name) in [
-            ("featuresCol", Some(&p.features_col)),
-            ("labelCol", Some(&p.label_col)),
-            ("weightCol", p.weight_col.as_ref()),
-        ] {
-            if let Some(name) = name
-                && schema.field_with_unqualified_name(name).is_err()
-            {
-                return plan_err!(
-                    "{param}: no column '{name}' in the input (columns: {})",
-                    names.join(", ")
-                );
-            }
+        // Checked before the projection, so that the error names the parameter.
+        input_type(df.schema(), "featuresCol", &p.features_col)?;
+        input_type(df.schema(), "labelCol", &p.label_col)?;
+        if let Some(w) = &p.weight_col {
+            input_type(df.schema(), "weightCol", w)?;
         }
         let mut columns = vec![col(&p.features_col), col(&p.label_col)];
         if let Some(w) = &p.weight_col {
@@ -143,7 +133,7 @@ impl LogisticRegression {
             dim,
             fit_intercept: p.fit_intercept,
         };
-        let mut x0 = vec![0.0; layout.len()];
+        let mut x0 = vec![0.0; layout.num_params()];
         if p.fit_intercept {
             let at = layout.intercepts_at();
             if multinomial {
@@ -328,7 +318,7 @@ impl JobObjective {
         }
         let mut sum = Partial {
             loss: 0.0,
-            grad: vec![0.0; self.reg.layout.len()],
+            grad: vec![0.0; self.reg.layout.num_params()],
         };
         for (_, _, loss, g) in rows {
             sum.loss += loss;

@@ -50,13 +50,8 @@ pub struct Layout {
 
 impl Layout {
     /// Length of the parameter vector.
-    pub fn len(&self) -> usize {
+    pub fn num_params(&self) -> usize {
         self.sets * self.dim + if self.fit_intercept { self.sets } else { 0 }
-    }
-
-    /// Whether the vector is empty (never, for a valid layout).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Index of the first intercept.
@@ -181,18 +176,11 @@ impl Regularization {
             return None;
         }
         let d = self.layout.dim;
-        let mut w = vec![0.0; self.layout.len()];
+        let mut w = vec![0.0; self.layout.num_params()];
         for (i, v) in w[..self.layout.intercepts_at()].iter_mut().enumerate() {
             *v = self.reg_l1 * self.scale(i % d);
         }
         Some(w)
-    }
-
-    /// The full objective (smooth part plus L1) for reporting.
-    pub fn l1_term(&self, params: &[f64]) -> f64 {
-        self.l1_weights()
-            .map(|w| w.iter().zip(params).map(|(w, p)| w * p.abs()).sum())
-            .unwrap_or(0.0)
     }
 }
 
@@ -214,7 +202,7 @@ mod tests {
     fn reference(r: &Rows, layout: &Layout, inv_std: &[f64], p: &[f64]) -> (f64, Vec<f64>) {
         let (k, d) = (layout.sets, layout.dim);
         let mut loss = 0.0;
-        let mut grad = vec![0.0; layout.len()];
+        let mut grad = vec![0.0; layout.num_params()];
         for i in 0..r.len() {
             let x = &r.x[i * d..(i + 1) * d];
             let margin = |c: usize| {
@@ -272,7 +260,9 @@ mod tests {
                 dim: 2,
                 fit_intercept,
             };
-            let params: Vec<f64> = (0..layout.len()).map(|i| 0.3 * i as f64 - 0.7).collect();
+            let params: Vec<f64> = (0..layout.num_params())
+                .map(|i| 0.3 * i as f64 - 0.7)
+                .collect();
             let got = partial(&PartTensors::from_rows(&r), &layout, &inv_std, &params).unwrap();
             let (loss, grad) = reference(&r, &layout, &inv_std, &params);
             assert!((got.loss - loss).abs() < 1e-12, "{} vs {loss}", got.loss);

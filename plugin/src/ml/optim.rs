@@ -119,9 +119,9 @@ fn quasi_newton(
     tol: f64,
 ) -> Result<Minimum> {
     let l1_term = |x: &[f64]| -> f64 { x.iter().zip(l1).map(|(x, l)| l * x.abs()).sum() };
-    let (mut fx, mut g) = f.evaluate(&x)?;
+    let (f0, mut g) = f.evaluate(&x)?;
     let mut evaluations = 1;
-    let mut value = fx + l1_term(&x);
+    let mut value = f0 + l1_term(&x);
     let scale = value.abs().max(f64::MIN_POSITIVE);
     let mut history = vec![value];
     let mut pairs: VecDeque<(Vec<f64>, Vec<f64>)> = VecDeque::with_capacity(MEMORY);
@@ -165,7 +165,7 @@ fn quasi_newton(
         } else {
             1.0
         };
-        let (x_new, f_new, g_new, v_new) = loop {
+        let (x_new, g_new, v_new) = loop {
             let candidate: Vec<f64> = x
                 .iter()
                 .zip(&d)
@@ -187,7 +187,7 @@ fn quasi_newton(
                 .map(|((c, x), p)| (c - x) * p)
                 .sum();
             if vc <= value + 1e-4 * decrease || step < 1e-10 {
-                break (candidate, fc, gc, vc);
+                break (candidate, gc, vc);
             }
             step *= 0.5;
         };
@@ -202,7 +202,6 @@ fn quasi_newton(
         iterations += 1;
         let improvement = value - v_new;
         x = x_new;
-        fx = f_new;
         g = g_new;
         value = v_new;
         history.push(value);
@@ -211,7 +210,6 @@ fn quasi_newton(
             break;
         }
     }
-    let _ = fx;
     Ok(Minimum {
         x,
         history,

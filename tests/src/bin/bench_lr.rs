@@ -5,10 +5,8 @@
 use std::time::Instant;
 
 use clap::Parser;
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::Float64Type;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use dlp_plugin::ml::{LogisticRegression, LogisticRegressionModel, LogisticRegressionParams};
+use dlp_plugin::ml::LogisticRegressionParams;
+use dlp_tests::{accuracy, fit_parquet};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -29,32 +27,6 @@ struct Args {
     scheduler: Option<String>,
 }
 
-async fn accuracy(
-    ctx: &SessionContext,
-    model: &LogisticRegressionModel,
-    path: &str,
-) -> datafusion::common::Result<f64> {
-    let df = ctx
-        .read_parquet(path, ParquetReadOptions::default())
-        .await?;
-    let (mut right, mut all) = (0usize, 0usize);
-    for b in model.transform(df)?.collect().await? {
-        let label = b
-            .column_by_name("label")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        let pred = b
-            .column_by_name("prediction")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        all += b.num_rows();
-        right += (0..b.num_rows())
-            .filter(|&i| label.value(i) == pred.value(i))
-            .count();
-    }
-    Ok(right as f64 / all as f64)
-}
-
 #[tokio::main]
 async fn main() -> datafusion::common::Result<()> {
     let args = Args::parse();
@@ -69,11 +41,8 @@ async fn main() -> datafusion::common::Result<()> {
     let mut fits = vec![];
     let mut model = None;
     for _ in 0..2 {
-        let df = ctx
-            .read_parquet(&args.train, ParquetReadOptions::default())
-            .await?;
         let t = Instant::now();
-        let m = LogisticRegression::new(params.clone()).fit(df).await?;
+        let m = fit_parquet(&ctx, &args.train, params.clone()).await?;
         fits.push(t.elapsed().as_secs_f64());
         model = Some(m);
     }
