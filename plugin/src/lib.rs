@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod image;
 pub mod logging;
 pub mod ml;
+pub mod pipeline;
 pub mod session;
 pub mod torch;
 

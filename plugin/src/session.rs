@@ -70,6 +70,7 @@ pub fn plugin_udfs() -> Vec<datafusion::logical_expr::ScalarUDF> {
     vec![
         crate::torch::udf::featurize_udf(),
         crate::torch::udf::predict_topk_udf(),
+        crate::pipeline::split::hash_unit_udf(),
     ]
 }
 

@@ -370,8 +370,9 @@ fn parse_partition_dir(name: &str) -> Option<(String, Option<String>)> {
     Some((percent_decode(key), value))
 }
 
-/// A deterministic hash of `(seed, bytes)` mapped to `[0, 1)` (SplitMix64 over FNV-1a).
-fn unit_hash(seed: u64, bytes: &[u8]) -> f64 {
+/// A deterministic hash of `(seed, bytes)` mapped to `[0, 1)` (SplitMix64 over FNV-1a):
+/// `sampleRatio` here, `randomSplit` and folds in `pipeline::split`.
+pub fn unit_hash(seed: u64, bytes: &[u8]) -> f64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
     for &b in bytes {
         h ^= b as u64;

@@ -1,5 +1,5 @@
-//! sparkdl-style transformers on DataFrames: `DeepImageFeaturizer`, `DeepImagePredictor`
-//! and `TorchImageTransformer` (any TorchScript model of the zoo). Each adds a
+//! sparkdl-style transformers on DataFrames: `DeepImageFeaturizer` and
+//! `DeepImagePredictor` (any TorchScript model of the zoo). Each adds a
 //! `TorchInferenceNode`, which the scheduler plans into `TorchInferenceExec`.
 
 use std::sync::Arc;
@@ -7,6 +7,8 @@ use std::sync::Arc;
 use datafusion::common::Result;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{Extension, LogicalPlan};
+
+use serde::{Deserialize, Serialize};
 
 use super::ProcessTorchConfig;
 use super::exec::TorchInferenceNode;
@@ -25,19 +27,44 @@ fn apply(df: DataFrame, spec: TorchSpec) -> Result<DataFrame> {
 }
 
 /// Image struct column -> feature vector (`FixedSizeList<Float32, D>`), like sparkdl's
-/// `DeepImageFeaturizer(inputCol, outputCol, modelName)`.
-#[derive(Debug, Clone, PartialEq)]
+/// `DeepImageFeaturizer(inputCol, outputCol, modelName)`. Serialized (pipeline specs,
+/// saved pipelines) with sparkdl's parameter names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeepImageFeaturizer {
     /// Image column (default `image`).
+    #[serde(default = "image_col")]
     pub input_col: String,
     /// Output column (default `features`).
+    #[serde(default = "features_col")]
     pub output_col: String,
     /// Model name in the model directory.
     pub model_name: String,
     /// Images per forward pass.
+    #[serde(default = "batch_size")]
     pub batch_size: usize,
     /// Resize policy override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<ResizePolicy>,
+}
+
+fn image_col() -> String {
+    "image".into()
+}
+fn features_col() -> String {
+    "features".into()
+}
+fn predicted_labels_col() -> String {
+    "predicted_labels".into()
+}
+fn batch_size() -> usize {
+    super::spec::DEFAULT_BATCH_SIZE
+}
+fn yes() -> bool {
+    true
+}
+fn five() -> usize {
+    5
 }
 
 impl DeepImageFeaturizer {
@@ -94,19 +121,25 @@ impl DeepImageFeaturizer {
 /// Image struct column -> ImageNet predictions, like sparkdl's `DeepImagePredictor`:
 /// with `decode_predictions`, the top-K `{class, description, probability}`; otherwise
 /// the probability vector.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeepImagePredictor {
     /// Image column (default `image`).
+    #[serde(default = "image_col")]
     pub input_col: String,
     /// Output column (default `predicted_labels`).
+    #[serde(default = "predicted_labels_col")]
     pub output_col: String,
     /// Model name.
     pub model_name: String,
     /// Top-K structs (true) or the probability vector (false).
+    #[serde(default = "yes")]
     pub decode_predictions: bool,
     /// K of the top-K (default 5).
+    #[serde(default = "five", rename = "topK")]
     pub top_k: usize,
     /// Images per forward pass.
+    #[serde(default = "batch_size")]
     pub batch_size: usize,
 }
 

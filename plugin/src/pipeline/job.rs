@@ -1,0 +1,452 @@
+//! YAML job specs: data, split, stages, evaluation, tuning and output written once and run
+//! by `dlp fit` / `dlp tune` on the embedded cluster or a real one.
+//!
+//! ```yaml
+//! data:
+//!   path: ../shared/data/flowers
+//!   classes: [daisy, tulips]        # optional: these folders only, labels in this order
+//! split: {weights: [0.8, 0.2], seed: 42}
+//! stages:
+//!   - {type: DeepImageFeaturizer, modelName: efficientnet_lite0}
+//!   - {type: LogisticRegression, maxIter: 20, regParam: 0.05, elasticNetParam: 0.3}
+//! evaluation: {metricName: f1}
+//! tuning:                           # used by `dlp tune`
+//!   method: crossValidator          # or trainValidationSplit (trainRatio)
+//!   numFolds: 3
+//!   parallelism: 2
+//!   grid: {regParam: [0.01, 0.05], elasticNetParam: [0.0, 0.3, 1.0]}
+//! output: {model: out/flowers-model, report: out/flowers-report}
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::common::{Result, exec_datafusion_err, plan_err};
+use datafusion::dataframe::DataFrame;
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::logical_expr::{Expr, lit, when};
+use datafusion::prelude::{SessionContext, col};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::evaluation::{MulticlassClassificationEvaluator, MulticlassMetrics};
+use super::split::random_split;
+use super::stages::{Pipeline, PipelineModel, PipelineStage};
+use super::tuning::{ParamGridBuilder, Tuner, TuningEvent, TuningModel, Validation};
+use crate::image::provider::{LABEL_COLUMN, LABEL_NAME_COLUMN};
+use crate::image::schema::IMAGE_COLUMN;
+use crate::image::{ImageReadOptions, ImageTableProvider, list_images, origin_uri};
+
+/// A job: what to read, how to split, the pipeline, how to judge it, optional tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobSpec {
+    pub data: DataSpec,
+    #[serde(default)]
+    pub split: SplitSpec,
+    pub stages: Vec<PipelineStage>,
+    #[serde(default)]
+    pub evaluation: MulticlassClassificationEvaluator,
+    #[serde(default)]
+    pub tuning: Option<TuningSpec>,
+    #[serde(default)]
+    pub output: OutputSpec,
+}
+
+/// A labelled image folder: one sub-folder per class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataSpec {
+    /// Folder (or `file:` URI) with one sub-folder per class.
+    pub path: String,
+    /// Only these class folders, labelled 0..n-1 in this order (default: every folder, in
+    /// sorted order).
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+    /// More `read_images` options (e.g. `sampleRatio`, `pathGlobFilter`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Train / test split (Spark's `randomSplit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SplitSpec {
+    /// Train and test weights.
+    pub weights: Vec<f64>,
+    pub seed: u64,
+}
+
+impl Default for SplitSpec {
+    fn default() -> Self {
+        Self {
+            weights: vec![0.8, 0.2],
+            seed: 42,
+        }
+    }
+}
+
+/// Tuning of the estimator's parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TuningSpec {
+    /// `crossValidator` or `trainValidationSplit`.
+    pub method: String,
+    pub num_folds: usize,
+    pub train_ratio: f64,
+    /// Candidate fits at once.
+    pub parallelism: usize,
+    pub seed: u64,
+    /// Values per parameter (MLlib names of the estimator's parameters).
+    pub grid: BTreeMap<String, Vec<Value>>,
+}
+
+impl Default for TuningSpec {
+    fn default() -> Self {
+        Self {
+            method: "crossValidator".into(),
+            num_folds: 3,
+            train_ratio: 0.75,
+            parallelism: 1,
+            seed: 0,
+            grid: BTreeMap::new(),
+        }
+    }
+}
+
+impl TuningSpec {
+    /// The validation scheme.
+    pub fn validation(&self) -> Result<Validation> {
+        match self.method.as_str() {
+            "crossValidator" | "CrossValidator" => Ok(Validation::CrossValidator {
+                num_folds: self.num_folds,
+            }),
+            "trainValidationSplit" | "TrainValidationSplit" => {
+                Ok(Validation::TrainValidationSplit {
+                    train_ratio: self.train_ratio,
+                })
+            }
+            other => plan_err!(
+                "tuning.method: '{other}' is not crossValidator or trainValidationSplit"
+            ),
+        }
+    }
+}
+
+/// Where results go.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Directory of the saved PipelineModel.
+    pub model: Option<PathBuf>,
+    /// Directory of the report (text, JSON, confusion matrix plots).
+    pub report: Option<PathBuf>,
+}
+
+impl JobSpec {
+    /// Parses a spec; `origin` (the file name) prefixes errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
+        let spec: Self =
+            serde_yaml::from_str(text).map_err(|e| exec_datafusion_err!("{origin}: {e}"))?;
+        if spec.split.weights.len() != 2 {
+            return plan_err!(
+                "{origin}: split.weights must be [train, test], found {:?}",
+                spec.split.weights
+            );
+        }
+        Pipeline::new(spec.stages.clone())
+            .validate()
+            .map_err(|e| exec_datafusion_err!("{origin}: {}", e.strip_backtrace()))?;
+        spec.evaluation
+            .validate()
+            .map_err(|e| exec_datafusion_err!("{origin}: evaluation: {}", e.strip_backtrace()))?;
+        Ok(spec)
+    }
+
+    /// Reads and parses a spec file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| exec_datafusion_err!("cannot read {}: {e}", path.display()))?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+}
+
+/// A labelled image DataFrame and what was left out of it.
+pub struct LabelledImages {
+    /// Valid images of the chosen classes: `image`, `label` (0..n-1), `label_name`.
+    pub df: DataFrame,
+    /// Class names by label.
+    pub class_names: Vec<String>,
+    /// `(origin, label)` of every valid image in `df`, from the listing.
+    pub members: Vec<(String, usize)>,
+    /// Files of the folder listing that are in none of the classes.
+    pub other_files: usize,
+    /// Files of the chosen classes that do not decode (left out of training and
+    /// evaluation), by origin.
+    pub invalid: Vec<String>,
+}
+
+/// Reads a class-per-folder image directory. Invalid images are left out and counted
+/// (their origins are listed); `classes` fixes which folders and their label order.
+pub async fn read_labelled(
+    ctx: &SessionContext,
+    data: &DataSpec,
+    classes: Option<&[String]>,
+) -> Result<LabelledImages> {
+    let mut pairs: Vec<(&str, &str)> = data
+        .options
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("withLabel") && !k.eq_ignore_ascii_case("dropInvalid"))
+        .collect();
+    pairs.push(("withLabel", "true"));
+    let options = ImageReadOptions::from_pairs(pairs)?;
+    let listing = list_images(&data.path, &options)?;
+    let class_names: Vec<String> = match classes.or(data.classes.as_deref()) {
+        Some(c) => {
+            for name in c {
+                if !listing.classes.contains(name) {
+                    return plan_err!(
+                        "data.classes: no folder '{name}' under {} (folders: {})",
+                        data.path,
+                        listing.classes.join(", ")
+                    );
+                }
+            }
+            c.to_vec()
+        }
+        None => listing.classes.clone(),
+    };
+    if class_names.len() < 2 {
+        return plan_err!(
+            "{}: found {} class folder(s) ({}); a classifier needs at least two",
+            data.path,
+            class_names.len(),
+            class_names.join(", ")
+        );
+    }
+    let other_files = listing
+        .files
+        .iter()
+        .filter(|f| f.label.as_ref().is_none_or(|(_, n)| !class_names.contains(n)))
+        .count();
+    let provider = ImageTableProvider::try_new(&data.path, options)?;
+    let df = ctx.read_table(Arc::new(provider))?;
+    let names: Vec<Expr> = class_names.iter().map(|c| lit(c.as_str())).collect();
+    let df = df.filter(col(LABEL_NAME_COLUMN).in_list(names, false))?;
+    let mut label = when(col(LABEL_NAME_COLUMN).eq(lit(class_names[0].as_str())), lit(0i32));
+    for (i, c) in class_names.iter().enumerate().skip(1) {
+        label = label.when(col(LABEL_NAME_COLUMN).eq(lit(c.as_str())), lit(i as i32));
+    }
+    let df = df.with_column(LABEL_COLUMN, label.end()?)?;
+    let valid = get_field(col(IMAGE_COLUMN), "nChannels").gt(lit(0i32));
+
+    // One pass over the files counts the invalid ones, so that none vanishes unreported.
+    let mut invalid = vec![];
+    let bad = df
+        .clone()
+        .filter(!valid.clone())?
+        .select(vec![get_field(col(IMAGE_COLUMN), "origin").alias("origin")])?
+        .collect()
+        .await?;
+    for b in &bad {
+        let o = b.column(0).as_string::<i32>();
+        invalid.extend((0..o.len()).filter(|&i| o.is_valid(i)).map(|i| o.value(i).to_string()));
+    }
+    invalid.sort();
+    let members = listing
+        .files
+        .iter()
+        .filter_map(|f| {
+            let (_, name) = f.label.as_ref()?;
+            let label = class_names.iter().position(|c| c == name)?;
+            let origin = origin_uri(&f.path);
+            invalid.binary_search(&origin).is_err().then_some((origin, label))
+        })
+        .collect();
+    Ok(LabelledImages {
+        df: df.filter(valid)?,
+        class_names,
+        members,
+        other_files,
+        invalid,
+    })
+}
+
+/// What a job did.
+pub struct JobReport {
+    pub class_names: Vec<String>,
+    /// Images per class (valid ones) in the train and test splits.
+    pub train_counts: Vec<u64>,
+    pub test_counts: Vec<u64>,
+    pub other_files: usize,
+    pub invalid: Vec<String>,
+    pub model: PipelineModel,
+    /// Metrics on the test split.
+    pub metrics: MulticlassMetrics,
+    pub tuning: Option<TuningModel>,
+    pub fit_seconds: f64,
+    pub evaluate_seconds: f64,
+}
+
+/// Phase messages and tuning progress of a job.
+pub type JobProgress = Arc<dyn Fn(JobEvent) + Send + Sync>;
+
+/// A progress event.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    Phase(String),
+    Tuning(TuningEvent),
+}
+
+/// Images per class in split `which` of `weights` (the same rule as `random_split`).
+fn split_counts(members: &[(String, usize)], k: usize, weights: &[f64], seed: u64) -> [Vec<u64>; 2] {
+    let cut = weights[0] / weights.iter().sum::<f64>();
+    let mut counts = [vec![0u64; k], vec![0u64; k]];
+    for (origin, label) in members {
+        let side = usize::from(super::split::hash_unit(origin.as_bytes(), seed) >= cut);
+        counts[side][*label] += 1;
+    }
+    counts
+}
+
+/// Runs a job: read, split, fit (or tune, when `tune` and the spec has `tuning`), evaluate
+/// on the test split, save the model if the spec says where.
+pub async fn run_job(
+    ctx: &SessionContext,
+    spec: &JobSpec,
+    tune: bool,
+    progress: Option<JobProgress>,
+) -> Result<JobReport> {
+    let say = |e: JobEvent| {
+        if let Some(p) = &progress {
+            p(e);
+        }
+    };
+    say(JobEvent::Phase(format!("reading {}", spec.data.path)));
+    let data = read_labelled(ctx, &spec.data, None).await?;
+    let k = data.class_names.len();
+    let split = random_split(&data.df, &spec.split.weights, spec.split.seed, None)?;
+    let (train, test) = (split[0].clone(), split[1].clone());
+    let [train_counts, test_counts] =
+        split_counts(&data.members, k, &spec.split.weights, spec.split.seed);
+    if test_counts.iter().sum::<u64>() == 0 {
+        return plan_err!("the test split is empty; raise split.weights[1]");
+    }
+    let pipeline = Pipeline::new(spec.stages.clone());
+    let started = Instant::now();
+    let (mut model, tuning) = match (&spec.tuning, tune) {
+        (Some(t), true) => {
+            let mut grid = ParamGridBuilder::new();
+            for (name, values) in &t.grid {
+                grid = grid.add_grid(name.clone(), values.clone());
+            }
+            let tuner = Tuner {
+                estimator: pipeline,
+                estimator_param_maps: grid.build(),
+                evaluator: spec.evaluation.clone(),
+                validation: t.validation()?,
+                seed: t.seed,
+                parallelism: t.parallelism,
+                key_col: None,
+                work_dir: None,
+                progress: progress.clone().map(|p| {
+                    Arc::new(move |e: TuningEvent| p(JobEvent::Tuning(e))) as _
+                }),
+            };
+            say(JobEvent::Phase("tuning".into()));
+            let tuned = tuner.fit(ctx, train).await?;
+            (tuned.best_model.clone(), Some(tuned))
+        }
+        (None, true) => return plan_err!("the spec has no tuning section; use fit, or add one"),
+        (_, false) => {
+            say(JobEvent::Phase("fitting (featurize, then optimize)".into()));
+            (pipeline.fit(train).await?, None)
+        }
+    };
+    let fit_seconds = started.elapsed().as_secs_f64();
+    model.class_names = data.class_names.clone();
+    say(JobEvent::Phase("evaluating on the test split".into()));
+    let started = Instant::now();
+    let metrics = spec.evaluation.metrics(model.transform(test)?).await?;
+    let evaluate_seconds = started.elapsed().as_secs_f64();
+    if let Some(dir) = &spec.output.model {
+        model.save(dir)?;
+    }
+    Ok(JobReport {
+        class_names: data.class_names,
+        train_counts,
+        test_counts,
+        other_files: data.other_files,
+        invalid: data.invalid,
+        model,
+        metrics,
+        tuning,
+        fit_seconds,
+        evaluate_seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = "
+data:
+  path: flowers
+  classes: [daisy, tulips]
+split: {weights: [0.8, 0.2], seed: 7}
+stages:
+  - {type: DeepImageFeaturizer, modelName: efficientnet_lite0}
+  - {type: LogisticRegression, maxIter: 20, regParam: 0.05, elasticNetParam: 0.3}
+tuning:
+  numFolds: 3
+  grid: {regParam: [0.01, 0.1], elasticNetParam: [0.0, 0.5, 1.0]}
+";
+
+    #[test]
+    fn spec_parses_with_spark_names() {
+        let spec: JobSpec = serde_yaml::from_str(SPEC).unwrap();
+        assert_eq!(spec.split.seed, 7);
+        let PipelineStage::LogisticRegression(p) = &spec.stages[1] else {
+            panic!("{:?}", spec.stages[1]);
+        };
+        assert_eq!((p.max_iter, p.reg_param, p.elastic_net_param), (20, 0.05, 0.3));
+        assert_eq!(spec.evaluation.metric_name, "f1");
+        let t = spec.tuning.unwrap();
+        assert_eq!(t.validation().unwrap(), Validation::CrossValidator { num_folds: 3 });
+        let mut grid = ParamGridBuilder::new();
+        for (name, values) in &t.grid {
+            grid = grid.add_grid(name.clone(), values.clone());
+        }
+        assert_eq!(grid.build().len(), 6);
+    }
+
+    #[test]
+    fn unknown_parameters_are_named() {
+        let bad = SPEC.replace("regParam: 0.05", "regparam: 0.05");
+        let err = serde_yaml::from_str::<JobSpec>(&bad).unwrap_err().to_string();
+        assert!(err.contains("regparam"), "{err}");
+        let bad = SPEC.replace("DeepImageFeaturizer", "DeepImageFeaturiser");
+        let err = serde_yaml::from_str::<JobSpec>(&bad).unwrap_err().to_string();
+        assert!(err.contains("DeepImageFeaturiser"), "{err}");
+    }
+
+    #[test]
+    fn grid_names_must_be_parameters() {
+        let spec: JobSpec = serde_yaml::from_str(SPEC).unwrap();
+        let pipeline = Pipeline::new(spec.stages);
+        let mut m = super::super::ParamMap::new();
+        m.insert("regParm".into(), Value::from(0.1));
+        let err = super::super::tuning::with_params(&pipeline, &m).unwrap_err().to_string();
+        assert!(err.contains("'regParm' is not a parameter"), "{err}");
+        m.clear();
+        m.insert("regParam".into(), Value::from(0.1));
+        let p = super::super::tuning::with_params(&pipeline, &m).unwrap();
+        let PipelineStage::LogisticRegression(lr) = &p.stages[1] else { panic!() };
+        assert_eq!(lr.reg_param, 0.1);
+    }
+}

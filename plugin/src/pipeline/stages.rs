@@ -1,0 +1,324 @@
+//! Spark ML's `Pipeline` / `PipelineModel` over the plugin's stages, and the saved form of
+//! a fitted pipeline: a directory with `pipeline.yaml` (format version, stages, class
+//! names) and one sub-directory of weights per fitted estimator.
+
+use std::path::{Path, PathBuf};
+
+use datafusion::common::{Result, exec_datafusion_err, plan_err};
+use datafusion::dataframe::DataFrame;
+use serde::{Deserialize, Serialize};
+
+use crate::ml::{LogisticRegression, LogisticRegressionModel, LogisticRegressionParams};
+use crate::torch::{DeepImageFeaturizer, DeepImagePredictor, ProcessTorchConfig};
+
+/// A stage of a [`Pipeline`], written in specs as `{type: <Stage>, <param>: <value>, ...}`
+/// with Spark ML / sparkdl parameter names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum PipelineStage {
+    /// sparkdl's `DeepImageFeaturizer` (a transformer).
+    DeepImageFeaturizer(DeepImageFeaturizer),
+    /// sparkdl's `DeepImagePredictor` (a transformer).
+    DeepImagePredictor(DeepImagePredictor),
+    /// MLlib's `LogisticRegression` (an estimator).
+    LogisticRegression(LogisticRegressionParams),
+}
+
+impl PipelineStage {
+    /// Whether fitting the stage learns something (an estimator).
+    pub fn is_estimator(&self) -> bool {
+        matches!(self, Self::LogisticRegression(_))
+    }
+
+    /// The stage's type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::DeepImageFeaturizer(_) => "DeepImageFeaturizer",
+            Self::DeepImagePredictor(_) => "DeepImagePredictor",
+            Self::LogisticRegression(_) => "LogisticRegression",
+        }
+    }
+}
+
+/// A fitted stage of a [`PipelineModel`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum FittedStage {
+    DeepImageFeaturizer(DeepImageFeaturizer),
+    DeepImagePredictor(DeepImagePredictor),
+    LogisticRegressionModel(Box<LogisticRegressionModel>),
+}
+
+impl FittedStage {
+    /// Applies the stage.
+    pub fn transform(&self, df: DataFrame) -> Result<DataFrame> {
+        match self {
+            Self::DeepImageFeaturizer(t) => t.transform(df),
+            Self::DeepImagePredictor(t) => t.transform(df),
+            Self::LogisticRegressionModel(m) => m.transform(df),
+        }
+    }
+
+    /// The stage's type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::DeepImageFeaturizer(_) => "DeepImageFeaturizer",
+            Self::DeepImagePredictor(_) => "DeepImagePredictor",
+            Self::LogisticRegressionModel(_) => "LogisticRegressionModel",
+        }
+    }
+}
+
+/// Spark ML's `Pipeline`: stages applied in order; `fit` fits each estimator on the output
+/// of the stages before it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    pub stages: Vec<PipelineStage>,
+}
+
+impl Pipeline {
+    /// A pipeline of these stages.
+    pub fn new(stages: Vec<PipelineStage>) -> Self {
+        Self { stages }
+    }
+
+    /// Checks each stage's parameters (model names against the model directory).
+    pub fn validate(&self) -> Result<()> {
+        if self.stages.is_empty() {
+            return plan_err!("the pipeline has no stages");
+        }
+        let zoo = ProcessTorchConfig::get().zoo();
+        for (i, s) in self.stages.iter().enumerate() {
+            let checked = match s {
+                PipelineStage::DeepImageFeaturizer(t) => zoo.get(&t.model_name).map(|_| ()),
+                PipelineStage::DeepImagePredictor(t) => zoo.get(&t.model_name).map(|_| ()),
+                PipelineStage::LogisticRegression(p) => p.validate(),
+            };
+            checked.map_err(|e| {
+                exec_datafusion_err!("stage {i} ({}): {}", s.type_name(), e.strip_backtrace())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Fits the pipeline on `df`: transformers are kept as they are, each estimator is fitted
+    /// on what the stages before it produce (Spark's `Pipeline.fit`).
+    pub async fn fit(&self, df: DataFrame) -> Result<PipelineModel> {
+        self.validate()?;
+        let last_estimator = self.stages.iter().rposition(PipelineStage::is_estimator);
+        let mut df = df;
+        let mut fitted = Vec::with_capacity(self.stages.len());
+        for (i, stage) in self.stages.iter().enumerate() {
+            let f = match stage {
+                PipelineStage::DeepImageFeaturizer(t) => FittedStage::DeepImageFeaturizer(t.clone()),
+                PipelineStage::DeepImagePredictor(t) => FittedStage::DeepImagePredictor(t.clone()),
+                PipelineStage::LogisticRegression(p) => {
+                    let m = LogisticRegression::new(p.clone())
+                        .fit(df.clone())
+                        .await
+                        .map_err(|e| {
+                            exec_datafusion_err!("stage {i} (LogisticRegression): {}", e.strip_backtrace())
+                        })?;
+                    FittedStage::LogisticRegressionModel(Box::new(m))
+                }
+            };
+            if last_estimator.is_some_and(|l| i < l) {
+                df = f.transform(df)?;
+            }
+            fitted.push(f);
+        }
+        Ok(PipelineModel {
+            stages: fitted,
+            class_names: vec![],
+        })
+    }
+}
+
+/// A fitted pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineModel {
+    pub stages: Vec<FittedStage>,
+    /// Name of each class index (from the training folders), saved with the model so that
+    /// predictions can be reported by name.
+    pub class_names: Vec<String>,
+}
+
+/// Version of the saved layout that this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the manifest in a saved pipeline directory.
+pub const MANIFEST_FILE: &str = "pipeline.yaml";
+const FORMAT: &str = "ballista-dlp/pipeline-model";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    format: String,
+    format_version: u32,
+    dlp_version: String,
+    #[serde(default)]
+    class_names: Vec<String>,
+    stages: Vec<SavedStage>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum SavedStage {
+    DeepImageFeaturizer {
+        #[serde(flatten)]
+        params: DeepImageFeaturizer,
+        /// sha256 of the TorchScript file the pipeline was fitted with.
+        #[serde(rename = "modelSha256")]
+        model_sha256: String,
+    },
+    DeepImagePredictor {
+        #[serde(flatten)]
+        params: DeepImagePredictor,
+        #[serde(rename = "modelSha256")]
+        model_sha256: String,
+    },
+    LogisticRegressionModel {
+        /// Directory of the weights, relative to the pipeline directory.
+        path: String,
+    },
+}
+
+impl PipelineModel {
+    /// Applies every stage in order.
+    pub fn transform(&self, df: DataFrame) -> Result<DataFrame> {
+        let mut df = df;
+        for s in &self.stages {
+            df = s.transform(df)?;
+        }
+        Ok(df)
+    }
+
+    /// The last logistic regression model, if any.
+    pub fn classifier(&self) -> Option<&LogisticRegressionModel> {
+        self.stages.iter().rev().find_map(|s| match s {
+            FittedStage::LogisticRegressionModel(m) => Some(m.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// Saves to `dir` (created; files of an earlier save there are replaced).
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", dir.display()))?;
+        let zoo = ProcessTorchConfig::get().zoo();
+        let mut stages = vec![];
+        for (i, s) in self.stages.iter().enumerate() {
+            stages.push(match s {
+                FittedStage::DeepImageFeaturizer(t) => SavedStage::DeepImageFeaturizer {
+                    params: t.clone(),
+                    model_sha256: zoo.get(&t.model_name)?.manifest.sha256,
+                },
+                FittedStage::DeepImagePredictor(t) => SavedStage::DeepImagePredictor {
+                    params: t.clone(),
+                    model_sha256: zoo.get(&t.model_name)?.manifest.sha256,
+                },
+                FittedStage::LogisticRegressionModel(m) => {
+                    let rel = format!("stages/{i}-LogisticRegressionModel");
+                    m.save(dir.join(&rel))?;
+                    SavedStage::LogisticRegressionModel { path: rel }
+                }
+            });
+        }
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            dlp_version: env!("CARGO_PKG_VERSION").into(),
+            class_names: self.class_names.clone(),
+            stages,
+        };
+        let text = serde_yaml::to_string(&manifest)
+            .map_err(|e| exec_datafusion_err!("cannot encode the pipeline manifest: {e}"))?;
+        let path = dir.join(MANIFEST_FILE);
+        std::fs::write(&path, text)
+            .map_err(|e| exec_datafusion_err!("cannot write {}: {e}", path.display()))
+    }
+
+    /// Loads a pipeline saved by [`save`](Self::save). Fails, naming the file, when the
+    /// manifest or a weights file is missing, when the format version differs from this
+    /// build's, or when a model in the model directory is not the one the pipeline was
+    /// fitted with.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            exec_datafusion_err!(
+                "{} is not a saved pipeline: cannot read {}: {e}",
+                dir.display(),
+                path.display()
+            )
+        })?;
+        let head: serde_yaml::Value = serde_yaml::from_str(&text)
+            .map_err(|e| exec_datafusion_err!("{}: not YAML: {e}", path.display()))?;
+        let format = head.get("format").and_then(|v| v.as_str()).unwrap_or("");
+        if format != FORMAT {
+            return plan_err!(
+                "{}: format is '{format}', expected '{FORMAT}'",
+                path.display()
+            );
+        }
+        let version = head.get("formatVersion").and_then(|v| v.as_u64());
+        if version != Some(u64::from(FORMAT_VERSION)) {
+            let by = head.get("dlpVersion").and_then(|v| v.as_str()).unwrap_or("?");
+            return plan_err!(
+                "{}: saved with pipeline format version {} (dlp {by}); this dlp {} reads version {FORMAT_VERSION}",
+                path.display(),
+                version.map_or("?".to_string(), |v| v.to_string()),
+                env!("CARGO_PKG_VERSION")
+            );
+        }
+        let manifest: Manifest = serde_yaml::from_str(&text)
+            .map_err(|e| exec_datafusion_err!("{}: {e}", path.display()))?;
+        let zoo = ProcessTorchConfig::get().zoo();
+        let check_model = |name: &str, sha: &str| -> Result<()> {
+            let entry = zoo.get(name)?;
+            if entry.manifest.sha256 != sha {
+                return plan_err!(
+                    "{}: the pipeline was fitted with model '{name}' of sha256 {sha}, but {} holds sha256 {}",
+                    path.display(),
+                    entry.dir.display(),
+                    entry.manifest.sha256
+                );
+            }
+            Ok(())
+        };
+        let mut stages = vec![];
+        for s in manifest.stages {
+            stages.push(match s {
+                SavedStage::DeepImageFeaturizer {
+                    params,
+                    model_sha256,
+                } => {
+                    check_model(&params.model_name, &model_sha256)?;
+                    FittedStage::DeepImageFeaturizer(params)
+                }
+                SavedStage::DeepImagePredictor {
+                    params,
+                    model_sha256,
+                } => {
+                    check_model(&params.model_name, &model_sha256)?;
+                    FittedStage::DeepImagePredictor(params)
+                }
+                SavedStage::LogisticRegressionModel { path: rel } => {
+                    let sub: PathBuf = dir.join(&rel);
+                    FittedStage::LogisticRegressionModel(Box::new(
+                        LogisticRegressionModel::load(&sub).map_err(|e| {
+                            exec_datafusion_err!(
+                                "{}: stage weights missing or unreadable: {}",
+                                path.display(),
+                                e.strip_backtrace()
+                            )
+                        })?,
+                    ))
+                }
+            });
+        }
+        Ok(Self {
+            stages,
+            class_names: manifest.class_names,
+        })
+    }
+}

@@ -1,0 +1,375 @@
+//! Hyperparameter tuning (what sparkdl only planned): `ParamGridBuilder`, `CrossValidator`
+//! and `TrainValidationSplit`, with candidate fits running `parallelism` at a time on the
+//! cluster.
+//!
+//! The stages before the first estimator (the featurizer: the expensive part) run once:
+//! their output is written to Parquet under the work dir by the executors and every fold
+//! and candidate reads it from there. Folds come from the hash of each row's key and the
+//! seed, so they do not depend on partitioning or on where tasks ran.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::common::{Result, exec_datafusion_err, plan_err};
+use datafusion::dataframe::{DataFrame, DataFrameWriteOptions};
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::{ParquetReadOptions, SessionContext, col};
+use futures::StreamExt;
+use serde_json::Value;
+
+use super::evaluation::MulticlassClassificationEvaluator;
+use super::split::{fold_filter, key_expr, unit_expr};
+use super::stages::{FittedStage, Pipeline, PipelineModel, PipelineStage};
+
+/// Values for named estimator parameters (MLlib names, e.g. `regParam`).
+pub type ParamMap = BTreeMap<String, Value>;
+
+/// Spark's `ParamGridBuilder`: the cartesian product of the values given per parameter.
+#[derive(Debug, Clone, Default)]
+pub struct ParamGridBuilder {
+    grid: Vec<(String, Vec<Value>)>,
+}
+
+impl ParamGridBuilder {
+    /// An empty grid (one empty parameter map).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the values of one parameter.
+    pub fn add_grid<V: Into<Value>>(mut self, param: impl Into<String>, values: Vec<V>) -> Self {
+        self.grid
+            .push((param.into(), values.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// The parameter maps, the first parameter varying slowest.
+    pub fn build(&self) -> Vec<ParamMap> {
+        let mut maps = vec![ParamMap::new()];
+        for (name, values) in &self.grid {
+            maps = maps
+                .into_iter()
+                .flat_map(|m| {
+                    values.iter().map(move |v| {
+                        let mut m = m.clone();
+                        m.insert(name.clone(), v.clone());
+                        m
+                    })
+                })
+                .collect();
+        }
+        maps
+    }
+}
+
+/// `pipeline` with `params` set on each of its estimator stages. Parameter names are the
+/// estimator's (MLlib's); an unknown name is an error that lists the valid ones.
+pub fn with_params(pipeline: &Pipeline, params: &ParamMap) -> Result<Pipeline> {
+    let mut out = pipeline.clone();
+    for stage in &mut out.stages {
+        if let PipelineStage::LogisticRegression(p) = stage {
+            let mut v = serde_json::to_value(&*p)
+                .map_err(|e| exec_datafusion_err!("cannot encode parameters: {e}"))?;
+            let obj = v.as_object_mut().expect("parameters are an object");
+            for (name, value) in params {
+                if !obj.contains_key(name) {
+                    let names: Vec<&str> = obj.keys().map(String::as_str).collect();
+                    return plan_err!(
+                        "param grid: '{name}' is not a parameter of LogisticRegression ({})",
+                        names.join(", ")
+                    );
+                }
+                obj.insert(name.clone(), value.clone());
+            }
+            *p = serde_json::from_value(v)
+                .map_err(|e| exec_datafusion_err!("param grid {params:?}: {e}"))?;
+            p.validate()?;
+        }
+    }
+    Ok(out)
+}
+
+/// Progress of a tuning run, for progress bars.
+#[derive(Debug, Clone)]
+pub enum TuningEvent {
+    /// The shared stages (featurization) are being computed once.
+    Preparing,
+    /// `done` of `total` candidate fits (parameter map x fold) finished.
+    FitDone {
+        done: usize,
+        total: usize,
+        candidate: usize,
+        metric: f64,
+    },
+    /// The best parameters are refitted on all the data.
+    Refitting,
+}
+
+/// Callback receiving [`TuningEvent`]s.
+pub type TuningProgress = Arc<dyn Fn(TuningEvent) + Send + Sync>;
+
+/// How the candidates are validated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Validation {
+    /// `numFolds`-fold cross-validation (Spark's `CrossValidator`).
+    CrossValidator { num_folds: usize },
+    /// One split (Spark's `TrainValidationSplit`).
+    TrainValidationSplit { train_ratio: f64 },
+}
+
+/// Spark's `CrossValidator` / `TrainValidationSplit` over a [`Pipeline`].
+#[derive(Clone)]
+pub struct Tuner {
+    pub estimator: Pipeline,
+    pub estimator_param_maps: Vec<ParamMap>,
+    pub evaluator: MulticlassClassificationEvaluator,
+    pub validation: Validation,
+    pub seed: u64,
+    /// Candidate fits running at once.
+    pub parallelism: usize,
+    /// Row key of the folds (default: the image origin, see `randomSplit`).
+    pub key_col: Option<String>,
+    /// Where the shared stages' output is written (storage every executor sees); default
+    /// `$DLP_WORK_DIR`, else the temp dir.
+    pub work_dir: Option<PathBuf>,
+    pub progress: Option<TuningProgress>,
+}
+
+/// The outcome of tuning.
+#[derive(Debug, Clone)]
+pub struct TuningModel {
+    /// The best parameters refitted on all the data.
+    pub best_model: PipelineModel,
+    pub best_index: usize,
+    pub param_maps: Vec<ParamMap>,
+    /// Mean (cross-validation) or only (train-validation) metric per parameter map.
+    pub avg_metrics: Vec<f64>,
+    /// Standard deviation over folds per parameter map (0 for one split).
+    pub std_metrics: Vec<f64>,
+    /// `fold_metrics[map][fold]`.
+    pub fold_metrics: Vec<Vec<f64>>,
+    pub metric_name: String,
+    pub seconds: f64,
+}
+
+impl TuningModel {
+    /// The best parameter map.
+    pub fn best_params(&self) -> &ParamMap {
+        &self.param_maps[self.best_index]
+    }
+}
+
+/// Removes the run's work dir when tuning ends.
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if std::env::var_os("DLP_KEEP_WORK").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+const KEY: &str = "__dlp_key";
+
+impl Tuner {
+    /// 3-fold cross-validation of `estimator` over `param_maps`, judged by `evaluator`.
+    pub fn cross_validator(
+        estimator: Pipeline,
+        param_maps: Vec<ParamMap>,
+        evaluator: MulticlassClassificationEvaluator,
+        num_folds: usize,
+    ) -> Self {
+        Self {
+            estimator,
+            estimator_param_maps: param_maps,
+            evaluator,
+            validation: Validation::CrossValidator { num_folds },
+            seed: 0,
+            parallelism: 1,
+            key_col: None,
+            work_dir: None,
+            progress: None,
+        }
+    }
+
+    fn emit(&self, e: TuningEvent) {
+        if let Some(p) = &self.progress {
+            p(e);
+        }
+    }
+
+    /// Runs every candidate, picks the best by the evaluator's metric (ties: the first) and
+    /// refits it on all of `df`.
+    pub async fn fit(&self, ctx: &SessionContext, df: DataFrame) -> Result<TuningModel> {
+        let started = Instant::now();
+        self.evaluator.validate()?;
+        self.estimator.validate()?;
+        if self.estimator_param_maps.is_empty() {
+            return plan_err!("estimatorParamMaps is empty");
+        }
+        let folds = match self.validation {
+            Validation::CrossValidator { num_folds } if num_folds < 2 => {
+                return plan_err!("numFolds must be at least 2, found {num_folds}");
+            }
+            Validation::CrossValidator { num_folds } => num_folds,
+            Validation::TrainValidationSplit { train_ratio }
+                if !(train_ratio > 0.0 && train_ratio < 1.0) =>
+            {
+                return plan_err!("trainRatio must be in (0, 1), found {train_ratio}");
+            }
+            Validation::TrainValidationSplit { .. } => 1,
+        };
+        let candidates: Vec<Pipeline> = self
+            .estimator_param_maps
+            .iter()
+            .map(|m| with_params(&self.estimator, m))
+            .collect::<Result<_>>()?;
+        let parallelism = self.parallelism.max(1);
+
+        // The shared prefix (transformers before the first estimator) runs once.
+        let first_est = self
+            .estimator
+            .stages
+            .iter()
+            .position(PipelineStage::is_estimator)
+            .unwrap_or(self.estimator.stages.len());
+        let prefix = Pipeline::new(self.estimator.stages[..first_est].to_vec());
+        let key = key_expr(df.schema(), self.key_col.as_deref())?;
+        let mut prepared = df.with_column(KEY, key)?;
+        let run_dir = self
+            .work_dir
+            .clone()
+            .or_else(|| std::env::var_os("DLP_WORK_DIR").map(PathBuf::from))
+            .unwrap_or_else(std::env::temp_dir)
+            .join(format!("tune-{:016x}", rand::random::<u64>()));
+        let _cleanup = Cleanup(run_dir.clone());
+        if !prefix.stages.is_empty() {
+            self.emit(TuningEvent::Preparing);
+            let prefix_model = prefix.fit(prepared.clone()).await?;
+            prepared = prefix_model.transform(prepared)?;
+            // Image bytes are not needed after featurization.
+            let keep: Vec<Expr> = prepared
+                .schema()
+                .fields()
+                .iter()
+                .filter(|f| !crate::image::schema::is_image_type(f.data_type()))
+                .map(|f| col(datafusion::common::Column::from_name(f.name())))
+                .collect();
+            let dir = run_dir.join("features");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", dir.display()))?;
+            let dir_s = dir.to_string_lossy().into_owned();
+            prepared
+                .select(keep)?
+                .write_parquet(&dir_s, DataFrameWriteOptions::new(), None)
+                .await?;
+            prepared = ctx
+                .read_parquet(&dir_s, ParquetReadOptions::default())
+                .await?;
+        }
+        let key = col(KEY);
+        let seed = self.seed;
+        let validation = self.validation;
+        let split = |fold: usize| -> Result<(DataFrame, DataFrame)> {
+            Ok(match validation {
+                Validation::CrossValidator { num_folds } => (
+                    fold_filter(&prepared, key.clone(), seed, num_folds, fold, false)?,
+                    fold_filter(&prepared, key.clone(), seed, num_folds, fold, true)?,
+                ),
+                Validation::TrainValidationSplit { train_ratio } => {
+                    let u = unit_expr(key.clone(), seed);
+                    (
+                        prepared.clone().filter(u.clone().lt(datafusion::prelude::lit(train_ratio)))?,
+                        prepared.clone().filter(u.gt_eq(datafusion::prelude::lit(train_ratio)))?,
+                    )
+                }
+            })
+        };
+        let mut jobs = vec![];
+        for (m, cand) in candidates.iter().enumerate() {
+            for fold in 0..folds {
+                let (train, valid) = split(fold)?;
+                let cand_rest = Pipeline::new(cand.stages[first_est..].to_vec());
+                jobs.push((m, fold, cand_rest, train, valid));
+            }
+        }
+        let total = jobs.len();
+        let evaluator = &self.evaluator;
+        let mut results = futures::stream::iter(jobs.into_iter().map(
+            |(m, fold, cand, train, valid)| async move {
+                let model = cand.fit(train).await?;
+                let metric = evaluator.evaluate(model.transform(valid)?).await?;
+                Ok::<_, datafusion::error::DataFusionError>((m, fold, metric))
+            },
+        ))
+        .buffer_unordered(parallelism);
+        let mut fold_metrics = vec![vec![f64::NAN; folds]; candidates.len()];
+        let mut done = 0;
+        while let Some(r) = results.next().await {
+            let (m, fold, metric) = r?;
+            fold_metrics[m][fold] = metric;
+            done += 1;
+            self.emit(TuningEvent::FitDone {
+                done,
+                total,
+                candidate: m,
+                metric,
+            });
+        }
+        drop(results);
+        let avg_metrics: Vec<f64> = fold_metrics
+            .iter()
+            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+            .collect();
+        let std_metrics: Vec<f64> = fold_metrics
+            .iter()
+            .zip(&avg_metrics)
+            .map(|(v, a)| {
+                if v.len() < 2 {
+                    0.0
+                } else {
+                    (v.iter().map(|x| (x - a).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+                }
+            })
+            .collect();
+        let larger = self.evaluator.is_larger_better();
+        let mut best = 0;
+        for (i, a) in avg_metrics.iter().enumerate() {
+            let better = if larger {
+                *a > avg_metrics[best]
+            } else {
+                *a < avg_metrics[best]
+            };
+            if better {
+                best = i;
+            }
+        }
+        self.emit(TuningEvent::Refitting);
+        let best_rest = Pipeline::new(candidates[best].stages[first_est..].to_vec());
+        let fitted_rest = best_rest.fit(prepared.clone()).await?;
+        let mut stages: Vec<FittedStage> = self.estimator.stages[..first_est]
+            .iter()
+            .map(|s| match s {
+                PipelineStage::DeepImageFeaturizer(t) => FittedStage::DeepImageFeaturizer(t.clone()),
+                PipelineStage::DeepImagePredictor(t) => FittedStage::DeepImagePredictor(t.clone()),
+                PipelineStage::LogisticRegression(_) => unreachable!("prefix has no estimator"),
+            })
+            .collect();
+        stages.extend(fitted_rest.stages);
+        Ok(TuningModel {
+            best_model: PipelineModel {
+                stages,
+                class_names: vec![],
+            },
+            best_index: best,
+            param_maps: self.estimator_param_maps.clone(),
+            avg_metrics,
+            std_metrics,
+            fold_metrics,
+            metric_name: self.evaluator.metric_name.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
