@@ -69,3 +69,12 @@ if [ ! -f "$DLP_MODEL_DIR/efficientnet_lite0.yaml" ] || [ ! -f "$DLP_MODEL_DIR/e
   "$DLP_PYTHON" "$DLP_ROOT/models/export.py" --out "$DLP_MODEL_DIR" \
     --models efficientnet_lite0,efficientnet_lite1,efficientnet_lite2
 fi
+
+# Data of the main job (`make run`): scikit-learn's handwritten digits, which ship inside
+# its wheel, written as one PNG folder per class (100 per class).
+if [ ! -f "$DLP_CACHE/data/digits/.complete" ]; then
+  echo "setup: writing scikit-learn's digits to $DLP_CACHE/data/digits"
+  rm -rf "$DLP_CACHE/data/digits"
+  "$DLP_PYTHON" "$DLP_ROOT/scripts/digits.py" "$DLP_CACHE/data/digits" --per-class 100
+  touch "$DLP_CACHE/data/digits/.complete"
+fi

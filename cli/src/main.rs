@@ -4,6 +4,8 @@
 mod images;
 mod models;
 mod output;
+mod pipeline;
+mod plot;
 
 use std::io::Write;
 
@@ -59,6 +61,18 @@ enum Command {
     /// Manage the model directory: list, verify, export pretrained models.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Fit the pipeline of a YAML job spec on its training split, evaluate it on the test
+    /// split, save the PipelineModel and write the report (text, JSON, confusion matrix PNG
+    /// and SVG). Example: dlp fit examples/flowers.yaml
+    Fit(pipeline::JobArgs),
+    /// Like fit, but first pick the estimator's parameters with the spec's tuning section
+    /// (cross-validation or a train-validation split over a parameter grid), running
+    /// `parallelism` candidate fits at once. Example: dlp tune examples/flowers-tune.yaml
+    Tune(pipeline::JobArgs),
+    /// Evaluate a saved PipelineModel on a labelled image folder (one sub-folder per class).
+    Evaluate(pipeline::EvaluateArgs),
+    /// Apply a saved PipelineModel to images: predicted class and probability per image.
+    Predict(pipeline::PredictArgs),
 }
 
 #[tokio::main]
@@ -94,6 +108,10 @@ async fn main() -> anyhow::Result<()> {
             Command::Models(_) => unreachable!("handled above"),
             Command::Sql { query, format } => run_sql(&ctx, &query, format).await,
             Command::Images(args) => images::run(&ctx, &args, cli.scheduler.as_deref()).await,
+            Command::Fit(args) => pipeline::run_job_command(&ctx, &args, false).await,
+            Command::Tune(args) => pipeline::run_job_command(&ctx, &args, true).await,
+            Command::Evaluate(args) => pipeline::evaluate(&ctx, &args).await,
+            Command::Predict(args) => pipeline::predict(&ctx, &args).await,
         }
     };
     // The embedded executor listens for Ctrl-C to shut itself down, which takes the

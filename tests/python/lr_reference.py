@@ -3,7 +3,7 @@
   lr_reference.py data    --out DIR --rows N --test-rows M --dim D --classes K
                           [--center-std S] [--seed 42] [--float32] [--files F]
       Gaussian blobs (class centres ~ N(0, S^2) per feature, unit noise) written as
-      DIR/train.parquet and DIR/test.parquet: features list<double|float>, label double.
+      DIR/train.parquet and DIR/test.parquet: features list<double|float>, label double, id.
   lr_reference.py spark   --jobs JSON [--warm]
       Spark MLlib LogisticRegression in local[2] for each job {"train", "test", "params"}
       (MLlib param names); prints one JSON object per job: objective, iterations,
@@ -38,6 +38,8 @@ def blobs(args):
         table = pa.table({
             "features": features.cast(pa.list_(item)),
             "label": pa.array(y.astype(np.float64)),
+            # A row key for folds and splits (`keyCol`).
+            "id": pa.array(np.arange(n, dtype=np.int64) + (0 if name == "train" else args.rows)),
         })
         if name == "train" and args.files > 1:
             # A directory of files: one scan partition per file on every engine.

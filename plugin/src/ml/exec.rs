@@ -309,7 +309,7 @@ impl ExtensionPlanner for MlExtensionPlanner {
         node: &dyn UserDefinedLogicalNode,
         _logical_inputs: &[&LogicalPlan],
         physical_inputs: &[Arc<dyn ExecutionPlan>],
-        _session: &dyn Session,
+        session: &dyn Session,
         _planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let Some(node) = node.as_any().downcast_ref::<MlNode>() else {
@@ -321,18 +321,25 @@ impl ExtensionPlanner for MlExtensionPlanner {
                 node.step.clone(),
             )?),
             MlStep::Gradient(s) => {
-                // One single-row batch per part: a built-in leaf that Ballista slices.
+                // Parts grouped into at most `target_partitions` tasks (inputs with many
+                // small partitions would otherwise cost a task per part in every job),
+                // one row per part, in a built-in leaf that Ballista slices.
                 let schema = parts_schema();
+                let tasks = session.config().target_partitions().max(1);
+                let per_task = s.parts.len().div_ceil(tasks).max(1);
                 let partitions = s
                     .parts
-                    .iter()
+                    .chunks(per_task)
                     .enumerate()
-                    .map(|(i, path)| {
+                    .map(|(t, paths)| {
+                        let first = (t * per_task) as u32;
                         Ok(vec![RecordBatch::try_new(
                             schema.clone(),
                             vec![
-                                Arc::new(UInt32Array::from(vec![i as u32])),
-                                Arc::new(StringArray::from(vec![path.as_str()])),
+                                Arc::new(UInt32Array::from_iter_values(
+                                    (0..paths.len() as u32).map(|i| first + i),
+                                )),
+                                Arc::new(StringArray::from_iter_values(paths)),
                             ],
                         )?])
                     })

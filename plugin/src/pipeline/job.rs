@@ -27,7 +27,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::common::{Result, exec_datafusion_err, plan_err};
 use datafusion::dataframe::DataFrame;
 use datafusion::functions::core::expr_fn::get_field;
-use datafusion::logical_expr::{Expr, lit, when};
+use datafusion::logical_expr::lit;
 use datafusion::prelude::{SessionContext, col};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -174,6 +174,14 @@ impl JobSpec {
     }
 }
 
+/// `~/x` as `$HOME/x`, as a shell would.
+pub fn expand_home(path: &str) -> String {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest).to_string_lossy().into_owned(),
+        _ => path.to_string(),
+    }
+}
+
 /// A labelled image DataFrame and what was left out of it.
 pub struct LabelledImages {
     /// Valid images of the chosen classes: `image`, `label` (0..n-1), `label_name`.
@@ -204,7 +212,8 @@ pub async fn read_labelled(
         .collect();
     pairs.push(("withLabel", "true"));
     let options = ImageReadOptions::from_pairs(pairs)?;
-    let listing = list_images(&data.path, &options)?;
+    let path = expand_home(&data.path);
+    let listing = list_images(&path, &options)?;
     let class_names: Vec<String> = match classes.or(data.classes.as_deref()) {
         Some(c) => {
             for name in c {
@@ -228,20 +237,40 @@ pub async fn read_labelled(
             class_names.join(", ")
         );
     }
-    let other_files = listing
-        .files
-        .iter()
-        .filter(|f| f.label.as_ref().is_none_or(|(_, n)| !class_names.contains(n)))
-        .count();
-    let provider = ImageTableProvider::try_new(&data.path, options)?;
-    let df = ctx.read_table(Arc::new(provider))?;
-    let names: Vec<Expr> = class_names.iter().map(|c| lit(c.as_str())).collect();
-    let df = df.filter(col(LABEL_NAME_COLUMN).in_list(names, false))?;
-    let mut label = when(col(LABEL_NAME_COLUMN).eq(lit(class_names[0].as_str())), lit(0i32));
-    for (i, c) in class_names.iter().enumerate().skip(1) {
-        label = label.when(col(LABEL_NAME_COLUMN).eq(lit(c.as_str())), lit(i as i32));
+    // One read per class folder, labelled by position in `class_names`, then a union (as
+    // sparkdl's tutorials did): folders of other classes are never read.
+    // Partitions are shared out by file count (unless numPartitions is given), so that the
+    // union has about `target_partitions` of them, not that many per class.
+    let mut class_options = options.clone();
+    class_options.with_label = false;
+    let target = ctx.state().config().target_partitions().max(1);
+    let mut parts: Vec<DataFrame> = vec![];
+    let mut member_files: Vec<(String, usize)> = vec![];
+    let mut listings = vec![];
+    for name in &class_names {
+        let folder = Path::new(&path).join(name).to_string_lossy().into_owned();
+        let files = list_images(&folder, &class_options)?;
+        listings.push((folder, files.files.len()));
+        member_files.extend(files.files.iter().map(|f| (origin_uri(&f.path), listings.len() - 1)));
     }
-    let df = df.with_column(LABEL_COLUMN, label.end()?)?;
+    let total_files = member_files.len().max(1);
+    for (i, (name, (folder, n))) in class_names.iter().zip(listings).enumerate() {
+        let mut class_options = class_options.clone();
+        if options.num_partitions.is_none() {
+            class_options.num_partitions = Some((target * n).div_ceil(total_files).max(1));
+        }
+        let provider = ImageTableProvider::try_new(&folder, class_options)?;
+        parts.push(
+            ctx.read_table(Arc::new(provider))?
+                .with_column(LABEL_COLUMN, lit(i as i32))?
+                .with_column(LABEL_NAME_COLUMN, lit(name.as_str()))?,
+        );
+    }
+    let other_files = listing.files.len().saturating_sub(member_files.len());
+    let mut df = parts.remove(0);
+    for p in parts {
+        df = df.union(p)?;
+    }
     let valid = get_field(col(IMAGE_COLUMN), "nChannels").gt(lit(0i32));
 
     // One pass over the files counts the invalid ones, so that none vanishes unreported.
@@ -257,15 +286,9 @@ pub async fn read_labelled(
         invalid.extend((0..o.len()).filter(|&i| o.is_valid(i)).map(|i| o.value(i).to_string()));
     }
     invalid.sort();
-    let members = listing
-        .files
-        .iter()
-        .filter_map(|f| {
-            let (_, name) = f.label.as_ref()?;
-            let label = class_names.iter().position(|c| c == name)?;
-            let origin = origin_uri(&f.path);
-            invalid.binary_search(&origin).is_err().then_some((origin, label))
-        })
+    let members = member_files
+        .into_iter()
+        .filter(|(origin, _)| invalid.binary_search(origin).is_err())
         .collect();
     Ok(LabelledImages {
         df: df.filter(valid)?,

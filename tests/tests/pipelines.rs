@@ -1,0 +1,329 @@
+//! Pipelines end to end: sparkdl's two tutorials reproduced, the evaluator against
+//! scikit-learn, saved pipelines in a new process and on a cluster, and cross-validation
+//! on a two-executor cluster.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use datafusion::arrow::array::{Array, AsArray, FixedSizeListArray};
+use datafusion::arrow::datatypes::Float64Type;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::functions::core::expr_fn::get_field;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col};
+use dlp_plugin::image::{ImageReadOptions, ImageTableProvider};
+use dlp_plugin::ml::{LogisticRegression, LogisticRegressionParams};
+use dlp_plugin::pipeline::job::run_job;
+use dlp_plugin::pipeline::{
+    JobSpec, MulticlassClassificationEvaluator, ParamGridBuilder, Pipeline, PipelineModel,
+    PipelineStage, Tuner, random_split,
+};
+use dlp_plugin::torch::DeepImageFeaturizer;
+use dlp_tests::{Cluster, binary, lr_reference, python, shared_data};
+use serde_json::{Value, json};
+
+async fn context() -> SessionContext {
+    dlp_plugin::session::standalone_context(Some(2))
+        .await
+        .expect("embedded cluster")
+}
+
+fn example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `(origin, class, probability of the class)` per image of `folder`.
+async fn predictions(
+    ctx: &SessionContext,
+    model: &PipelineModel,
+    folder: &str,
+) -> BTreeMap<String, (f64, f64)> {
+    let options = ImageReadOptions::from_pairs([("recursiveFileLookup", "true")]).unwrap();
+    let df = ctx
+        .read_table(std::sync::Arc::new(ImageTableProvider::try_new(folder, options).unwrap()))
+        .unwrap()
+        .with_column("origin", get_field(col("image"), "origin"))
+        .unwrap();
+    let out = model
+        .transform(df)
+        .unwrap()
+        .select(vec![col("origin"), col("prediction"), col("probability")])
+        .unwrap();
+    let mut rows = BTreeMap::new();
+    for b in out.collect().await.unwrap() {
+        let o = b.column(0).as_string::<i32>();
+        let p = b.column(1).as_primitive::<Float64Type>();
+        let prob = b.column(2).as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+        for i in 0..b.num_rows() {
+            let c = p.value(i);
+            let pc = prob.value(i).as_primitive::<Float64Type>().value(c as usize);
+            rows.insert(o.value(i).to_string(), (c, pc));
+        }
+    }
+    rows
+}
+
+fn assert_same_predictions(
+    what: &str,
+    a: &BTreeMap<String, (f64, f64)>,
+    b: &BTreeMap<String, (f64, f64)>,
+    tol: f64,
+) {
+    assert_eq!(a.len(), b.len(), "{what}: row counts");
+    for (origin, (class, p)) in a {
+        let (c2, p2) = b.get(origin).unwrap_or_else(|| panic!("{what}: {origin} missing"));
+        assert_eq!(class, c2, "{what}: class of {origin}");
+        assert!((p - p2).abs() <= tol, "{what}: probability of {origin}: {p} vs {p2}");
+    }
+}
+
+/// sparkdl tutorial 2: tulips vs daisy, EfficientNet-Lite0 features, logistic regression
+/// (maxIter 20, regParam 0.05, elasticNetParam 0.3) on an 80/20 split with a fixed seed.
+/// The saved pipeline then predicts the same in a new process (`dlp predict`) and on a
+/// two-executor cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tutorial_2_flowers_and_saved_pipeline() {
+    let flowers = shared_data().join("flowers");
+    let out = tempfile::tempdir().unwrap();
+    let model_dir = out.path().join("model");
+    let mut spec = JobSpec::from_yaml(&example("flowers.yaml"), "examples/flowers.yaml").unwrap();
+    spec.data.path = flowers.to_string_lossy().into_owned();
+    spec.output.model = Some(model_dir.clone());
+    let ctx = context().await;
+    let report = run_job(&ctx, &spec, false, None).await.unwrap();
+    let m = &report.metrics;
+    println!(
+        "tutorial 2: train {:?} test {:?}, accuracy {:.4}, f1 {:.4}, rocAuc {:?}\n{}",
+        report.train_counts,
+        report.test_counts,
+        m.accuracy,
+        m.weighted_f1,
+        m.roc_auc,
+        m.report(&report.class_names)
+    );
+    assert_eq!(report.class_names, ["daisy", "tulips"]);
+    assert_eq!(
+        report.train_counts.iter().sum::<u64>() + report.test_counts.iter().sum::<u64>(),
+        289 + 99
+    );
+    let test_share = report.test_counts.iter().sum::<u64>() as f64 / 388.0;
+    assert!((0.12..0.28).contains(&test_share), "test share {test_share}");
+    assert!(m.accuracy >= 0.97, "accuracy {} < 0.97", m.accuracy);
+
+    // Saved and loaded: identical predictions in this process.
+    let loaded = PipelineModel::load(&model_dir).unwrap();
+    assert_eq!(loaded, report.model);
+    let tulips = flowers.join("tulips").to_string_lossy().into_owned();
+    let here = predictions(&ctx, &report.model, &tulips).await;
+    assert_eq!(here.len(), 99);
+
+    // A new process: `dlp predict --model DIR` as JSON.
+    let run = Command::new(binary("dlp").unwrap())
+        .args(["predict", "--format", "json", "--model"])
+        .arg(&model_dir)
+        .arg(&tulips)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let rows: Vec<Value> = serde_json::from_slice(&run.stdout).unwrap();
+    let other: BTreeMap<String, (f64, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["origin"].as_str().unwrap().to_string(),
+                (r["prediction"].as_f64().unwrap(), r["probability"].as_f64().unwrap()),
+            )
+        })
+        .collect();
+    assert!(rows.iter().all(|r| r["class"] == "tulips" || r["class"] == "daisy"));
+    // Same host, same libtorch: the features are bit-identical, so are the predictions.
+    assert_same_predictions("dlp predict", &here, &other, 1e-12);
+
+    // A cluster: scheduler + two executors load the saved pipeline's model by name.
+    let cluster = Cluster::start(2, 2).unwrap();
+    let remote = dlp_plugin::session::remote_context(&cluster.url()).await.unwrap();
+    let on_cluster = predictions(&remote, &loaded, &tulips).await;
+    // Other batch compositions change the CNN's float sums in the last bits (features
+    // within 1e-4, see torch_models): same classes, probabilities within 1e-4.
+    assert_same_predictions("cluster", &here, &on_cluster, 1e-4);
+
+    // A saved pipeline with a weights file missing fails, naming the file.
+    std::fs::remove_file(model_dir.join("stages/1-LogisticRegressionModel/model.json")).unwrap();
+    let err = PipelineModel::load(&model_dir).unwrap_err().to_string();
+    assert!(err.contains("model.json"), "{err}");
+    // And one saved by another format version.
+    std::fs::write(
+        out.path().join("pipeline.yaml"),
+        "format: ballista-dlp/pipeline-model\nformatVersion: 99\ndlpVersion: 9.9.9\nstages: []\n",
+    )
+    .unwrap();
+    let err = PipelineModel::load(out.path()).unwrap_err().to_string();
+    assert!(err.contains("format version 99") && err.contains("9.9.9"), "{err}");
+}
+
+/// Features of a labelled folder written once to Parquet (origin, label, features).
+async fn featurized(ctx: &SessionContext, folder: &Path, dir: &Path) -> DataFrame {
+    let options = ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")])
+        .unwrap();
+    let df = ctx
+        .read_table(std::sync::Arc::new(
+            ImageTableProvider::try_new(folder.to_str().unwrap(), options).unwrap(),
+        ))
+        .unwrap()
+        .with_column("origin", get_field(col("image"), "origin"))
+        .unwrap();
+    let df = DeepImageFeaturizer::new("efficientnet_lite0")
+        .transform(df)
+        .unwrap()
+        .select(vec![col("origin"), col("label"), col("features")])
+        .unwrap();
+    let path = dir.to_str().unwrap();
+    df.write_parquet(path, DataFrameWriteOptions::new(), None).await.unwrap();
+    ctx.read_parquet(path, ParquetReadOptions::default()).await.unwrap()
+}
+
+/// sparkdl tutorial 1: Bengali digits (numta-50, 10 classes), 8:2 split, logistic
+/// regression with maxIter 5 and 100 (regParam 0.03, elasticNetParam 0.5) on features
+/// computed once; weighted F1 reported, at least 0.85 with maxIter 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tutorial_1_numta_digits() {
+    let ctx = context().await;
+    let dir = tempfile::tempdir().unwrap();
+    let features = featurized(&ctx, &shared_data().join("numta-50"), dir.path()).await;
+    let split = random_split(&features, &[0.8, 0.2], 42, Some("origin")).unwrap();
+    let evaluator = MulticlassClassificationEvaluator::new("f1");
+    let mut f1 = vec![];
+    for max_iter in [5, 100] {
+        let params: LogisticRegressionParams = serde_json::from_value(json!({
+            "maxIter": max_iter, "regParam": 0.03, "elasticNetParam": 0.5
+        }))
+        .unwrap();
+        let model = LogisticRegression::new(params).fit(split[0].clone()).await.unwrap();
+        let m = evaluator.metrics(model.transform(split[1].clone()).unwrap()).await.unwrap();
+        println!(
+            "tutorial 1, maxIter {max_iter}: weighted F1 {:.4}, accuracy {:.4} on {} test images \
+             ({} iterations, {} training rows)",
+            m.weighted_f1, m.accuracy, m.total, model.summary.total_iterations, model.summary.rows
+        );
+        assert_eq!(m.labels.len(), 10);
+        f1.push(m.weighted_f1);
+    }
+    assert!(f1[1] >= 0.85, "weighted F1 with maxIter 100: {}", f1[1]);
+}
+
+/// The evaluator's metrics equal scikit-learn's on the same predictions (within 1e-9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evaluator_matches_scikit_learn() {
+    let dir = tempfile::tempdir().unwrap();
+    lr_reference(&[
+        "data", "--out", dir.path().to_str().unwrap(), "--rows", "1500", "--test-rows", "600",
+        "--dim", "20", "--classes", "4", "--center-std", "0.35",
+    ]);
+    let ctx = context().await;
+    let read = |name: &str| {
+        let p = dir.path().join(name).to_string_lossy().into_owned();
+        let ctx = ctx.clone();
+        async move { ctx.read_parquet(&p, ParquetReadOptions::default()).await.unwrap() }
+    };
+    let params: LogisticRegressionParams =
+        serde_json::from_value(json!({"maxIter": 30, "regParam": 0.01})).unwrap();
+    let model = LogisticRegression::new(params).fit(read("train.parquet").await).await.unwrap();
+    let evaluator = MulticlassClassificationEvaluator::default();
+    let scored = model.transform(read("test.parquet").await).unwrap();
+    let m = evaluator.metrics(scored.clone()).await.unwrap();
+    let p = m.predictions();
+    assert!((0.5..0.98).contains(&m.accuracy), "accuracy {}: pick harder data", m.accuracy);
+    let file = dir.path().join("predictions.json");
+    std::fs::write(
+        &file,
+        serde_json::to_string(&json!({
+            "labels": p.labels, "predictions": p.predictions, "probabilities": p.probabilities
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/metrics_reference.py");
+    let out = Command::new(python().unwrap()).arg(script).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sk: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let close = |name: &str, ours: f64| {
+        let theirs = sk[name].as_f64().unwrap();
+        assert!((ours - theirs).abs() <= 1e-9, "{name}: ours {ours}, scikit-learn {theirs}");
+    };
+    close("accuracy", m.accuracy);
+    close("f1", m.weighted_f1);
+    close("weightedPrecision", m.weighted_precision);
+    close("weightedRecall", m.weighted_recall);
+    close("macroF1", m.macro_f1);
+    close("rocAuc", m.roc_auc.unwrap());
+    close("logLoss", m.log_loss.unwrap());
+    let confusion: Vec<Vec<f64>> = serde_json::from_value(sk["confusion"].clone()).unwrap();
+    assert_eq!(m.confusion, confusion);
+    for (i, c) in m.classes.iter().enumerate() {
+        assert!((c.precision - sk["precision"][i].as_f64().unwrap()).abs() <= 1e-9);
+        assert!((c.recall - sk["recall"][i].as_f64().unwrap()).abs() <= 1e-9);
+        assert!((c.f1 - sk["f1ByLabel"][i].as_f64().unwrap()).abs() <= 1e-9);
+    }
+    // The evaluator's own entry point and MLlib metric names.
+    for name in ["accuracy", "f1", "weightedPrecision", "weightedRecall", "rocAuc"] {
+        let v = MulticlassClassificationEvaluator::new(name)
+            .evaluate(scored.clone())
+            .await
+            .unwrap();
+        assert_eq!(v, m.metric(name, 0.0, 1.0).unwrap(), "{name}");
+    }
+    let err = MulticlassClassificationEvaluator::new("auc").evaluate(scored).await.unwrap_err();
+    assert!(err.to_string().contains("metricName: 'auc'"), "{err}");
+}
+
+/// CrossValidator over a 2 x 3 grid with 3 folds on a two-executor cluster: 2 candidate
+/// fits at a time pick the same parameters, with the same metrics, as one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cross_validator_parallel_on_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    lr_reference(&[
+        "data", "--out", dir.path().to_str().unwrap(), "--rows", "1200", "--test-rows", "10",
+        "--dim", "30", "--classes", "3", "--center-std", "0.3", "--files", "4",
+    ]);
+    let train = dir.path().join("train.parquet").to_string_lossy().into_owned();
+    let cluster = Cluster::start(2, 2).unwrap();
+    let ctx = dlp_plugin::session::remote_context(&cluster.url()).await.unwrap();
+    let lr: LogisticRegressionParams = serde_json::from_value(json!({"maxIter": 15})).unwrap();
+    let grid = ParamGridBuilder::new()
+        .add_grid("regParam", vec![0.001, 0.3])
+        .add_grid("elasticNetParam", vec![0.0, 0.5, 1.0])
+        .build();
+    assert_eq!(grid.len(), 6);
+    let mut runs = vec![];
+    for parallelism in [2, 1] {
+        let mut cv = Tuner::cross_validator(
+            Pipeline::new(vec![PipelineStage::LogisticRegression(lr.clone())]),
+            grid.clone(),
+            MulticlassClassificationEvaluator::new("f1"),
+            3,
+        );
+        cv.seed = 11;
+        cv.parallelism = parallelism;
+        cv.key_col = Some("id".into());
+        let df = ctx.read_parquet(&train, ParquetReadOptions::default()).await.unwrap();
+        let started = std::time::Instant::now();
+        let t = cv.fit(&ctx, df).await.unwrap();
+        println!(
+            "parallelism {parallelism}: best {:?}, metrics {:?} ({:.1} s)",
+            t.best_params(),
+            t.avg_metrics,
+            started.elapsed().as_secs_f64()
+        );
+        assert!(t.fold_metrics.iter().flatten().all(|v| v.is_finite()));
+        runs.push(t);
+    }
+    assert_eq!(runs[0].best_index, runs[1].best_index);
+    assert_eq!(runs[0].best_params(), runs[1].best_params());
+    // Fits do not depend on task layout: the same metrics, fold by fold.
+    assert_eq!(runs[0].fold_metrics, runs[1].fold_metrics);
+    // The strong L1 candidates are worse than the weak ones on these blobs.
+    assert_eq!(runs[0].best_params()["regParam"], json!(0.001));
+    let best = runs[0].best_model.classifier().unwrap();
+    assert_eq!(best.params.reg_param, 0.001);
+}
