@@ -1,7 +1,7 @@
 # Ballista DLP: the README's two commands are `make run` and `make test`.
 .PHONY: run test bench bench-lr lint setup
 
-run:        ## the main job on the embedded cluster (flowers: images per class, invalid images)
+run:        ## the main job on the embedded cluster (transfer learning on digits: fit, evaluate, report, plot)
 	scripts/run.sh
 
 test:       ## set-up, build and every test (what CI runs)

@@ -15,7 +15,9 @@ use datafusion::functions::core::expr_fn::get_field;
 use datafusion::prelude::{SessionContext, col};
 use dlp_plugin::image::{ImageReadOptions, ImageTableProvider};
 use dlp_plugin::pipeline::job::{DataSpec, JobEvent, JobReport, read_labelled, run_job};
-use dlp_plugin::pipeline::{JobSpec, MulticlassClassificationEvaluator, MulticlassMetrics, PipelineModel, TuningEvent};
+use dlp_plugin::pipeline::{
+    JobSpec, MulticlassClassificationEvaluator, MulticlassMetrics, PipelineModel, TuningEvent,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output::{self, Format};
@@ -82,7 +84,11 @@ fn default_out(spec: &Path, what: &str) -> PathBuf {
 }
 
 /// Runs `dlp fit` (`tune = false`) or `dlp tune`.
-pub async fn run_job_command(ctx: &SessionContext, args: &JobArgs, tune: bool) -> anyhow::Result<()> {
+pub async fn run_job_command(
+    ctx: &SessionContext,
+    args: &JobArgs,
+    tune: bool,
+) -> anyhow::Result<()> {
     let mut spec = JobSpec::from_file(&args.spec)?;
     if let Some(d) = &args.data {
         spec.data.path = d.clone();
@@ -112,7 +118,12 @@ pub async fn run_job_command(ctx: &SessionContext, args: &JobArgs, tune: bool) -
         JobEvent::Tuning(TuningEvent::Preparing) => {
             bar.set_message("featurizing once for all folds and candidates".to_string())
         }
-        JobEvent::Tuning(TuningEvent::FitDone { done, total, candidate, metric }) => bar.set_message(format!(
+        JobEvent::Tuning(TuningEvent::FitDone {
+            done,
+            total,
+            candidate,
+            metric,
+        }) => bar.set_message(format!(
             "candidate fits {done}/{total} (last: candidate {candidate}, metric {metric:.4})"
         )),
         JobEvent::Tuning(TuningEvent::Refitting) => {
@@ -149,7 +160,10 @@ fn print_job(spec: &JobSpec, r: &JobReport) {
         spec.split.weights, spec.split.seed
     );
     for (i, name) in r.class_names.iter().enumerate() {
-        println!("  {name:<16} train {:>5}  test {:>5}", r.train_counts[i], r.test_counts[i]);
+        println!(
+            "  {name:<16} train {:>5}  test {:>5}",
+            r.train_counts[i], r.test_counts[i]
+        );
     }
     for o in r.invalid.iter().take(10) {
         println!("  invalid: {o}");
@@ -178,7 +192,11 @@ fn print_job(spec: &JobSpec, r: &JobReport) {
             "\nfitted in {:.1} s: LogisticRegression {} iterations ({}), objective {:.6}, {} non-zero coefficients",
             r.fit_seconds,
             s.total_iterations,
-            if s.converged { "converged" } else { "maxIter reached" },
+            if s.converged {
+                "converged"
+            } else {
+                "maxIter reached"
+            },
             s.objective(),
             lr.non_zero_coefficients()
         );
@@ -220,7 +238,10 @@ fn write_report(dir: &Path, names: &[String], m: &MulticlassMetrics) -> anyhow::
 pub async fn evaluate(ctx: &SessionContext, args: &EvaluateArgs) -> anyhow::Result<()> {
     let model = PipelineModel::load(&args.model)?;
     if model.class_names.is_empty() {
-        anyhow::bail!("{}: the saved pipeline has no class names", args.model.display());
+        anyhow::bail!(
+            "{}: the saved pipeline has no class names",
+            args.model.display()
+        );
     }
     let pb = spinner(&format!("evaluating on {}", args.data));
     let result = async {
@@ -250,7 +271,10 @@ pub async fn evaluate(ctx: &SessionContext, args: &EvaluateArgs) -> anyhow::Resu
         invalid.len()
     );
     print_metrics(&model.class_names, &metrics);
-    let dir = args.report.clone().unwrap_or_else(|| PathBuf::from("dlp-out/evaluate"));
+    let dir = args
+        .report
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("dlp-out/evaluate"));
     write_report(&dir, &model.class_names, &metrics)?;
     println!("\nreport: {}", dir.display());
     Ok(())
@@ -261,7 +285,10 @@ pub async fn evaluate(ctx: &SessionContext, args: &EvaluateArgs) -> anyhow::Resu
 pub async fn predict(ctx: &SessionContext, args: &PredictArgs) -> anyhow::Result<()> {
     let model = PipelineModel::load(&args.model)?;
     let Some(lr) = model.classifier() else {
-        anyhow::bail!("{}: the pipeline has no classifier stage", args.model.display());
+        anyhow::bail!(
+            "{}: the pipeline has no classifier stage",
+            args.model.display()
+        );
     };
     let options = ImageReadOptions::from_pairs([("recursiveFileLookup", "true")])?;
     let path = dlp_plugin::pipeline::job::expand_home(&args.data);
@@ -291,7 +318,13 @@ pub async fn predict(ctx: &SessionContext, args: &PredictArgs) -> anyhow::Result
         }
     }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let name = |c: usize| model.class_names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let name = |c: usize| {
+        model
+            .class_names
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| c.to_string())
+    };
     let schema = Arc::new(Schema::new(vec![
         Field::new("origin", DataType::Utf8, false),
         Field::new("prediction", DataType::Float64, true),
@@ -299,8 +332,12 @@ pub async fn predict(ctx: &SessionContext, args: &PredictArgs) -> anyhow::Result
         Field::new("probability", DataType::Float64, true),
     ]));
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0.as_str()))),
-        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.1.map(|c| c as f64)))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.0.as_str()),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| r.1.map(|c| c as f64)),
+        )),
         Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1.map(name)))),
         Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.2))),
     ];

@@ -40,7 +40,10 @@ fn layout(names: &[String]) -> Layout {
 fn shade(share: f64) -> ([u8; 3], bool) {
     let s = share.clamp(0.0, 1.0);
     let mix = |a: f64, b: f64| (a + (b - a) * s).round() as u8;
-    ([mix(247.0, 8.0), mix(251.0, 48.0), mix(255.0, 107.0)], s > 0.5)
+    (
+        [mix(247.0, 8.0), mix(251.0, 48.0), mix(255.0, 107.0)],
+        s > 0.5,
+    )
 }
 
 fn shares(confusion: &[Vec<f64>]) -> Vec<Vec<f64>> {
@@ -74,7 +77,9 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The SVG text of the plot.
@@ -135,7 +140,11 @@ pub fn confusion_svg(names: &[String], confusion: &[Vec<f64>]) -> String {
 
 fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, color: [u8; 3]) {
     for (n, ch) in text.chars().enumerate() {
-        let glyph = BASIC_LEGACY[if (ch as usize) < 128 { ch as usize } else { b'?' as usize }];
+        let glyph = BASIC_LEGACY[if (ch as usize) < 128 {
+            ch as usize
+        } else {
+            b'?' as usize
+        }];
         for (row, bits) in glyph.iter().enumerate() {
             for col in 0..8 {
                 if bits & (1 << col) != 0 {

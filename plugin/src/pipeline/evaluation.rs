@@ -90,7 +90,7 @@ impl MulticlassClassificationEvaluator {
                 METRIC_NAMES.join(", ")
             );
         }
-        if !(self.beta > 0.0) {
+        if self.beta.is_nan() || self.beta <= 0.0 {
             return plan_err!("beta must be > 0, found {}", self.beta);
         }
         Ok(())
@@ -166,7 +166,11 @@ impl MulticlassClassificationEvaluator {
                 if label.is_null(i) || pred.is_null(i) {
                     return Err(exec_datafusion_err!(
                         "null {} in row {} of the evaluated data: every row needs a label and a prediction",
-                        if label.is_null(i) { format!("labelCol '{}'", self.label_col) } else { format!("predictionCol '{}'", self.prediction_col) },
+                        if label.is_null(i) {
+                            format!("labelCol '{}'", self.label_col)
+                        } else {
+                            format!("predictionCol '{}'", self.prediction_col)
+                        },
                         p.labels.len()
                     ));
                 }
@@ -272,7 +276,11 @@ pub fn roc_auc(scores: &[f64], positive: &[bool], weights: &[f64]) -> Option<f64
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     let (pos, neg) = order.iter().fold((0.0, 0.0), |(p, n), &i| {
-        if positive[i] { (p + weights[i], n) } else { (p, n + weights[i]) }
+        if positive[i] {
+            (p + weights[i], n)
+        } else {
+            (p, n + weights[i])
+        }
     });
     if pos == 0.0 || neg == 0.0 {
         return None;
@@ -317,7 +325,9 @@ impl MulticlassMetrics {
         }
         let total: f64 = p.weights.iter().sum();
         let support: Vec<f64> = confusion.iter().map(|r| r.iter().sum()).collect();
-        let predicted: Vec<f64> = (0..k).map(|j| (0..k).map(|i| confusion[i][j]).sum()).collect();
+        let predicted: Vec<f64> = (0..k)
+            .map(|j| (0..k).map(|i| confusion[i][j]).sum())
+            .collect();
         let correct: f64 = (0..k).map(|i| confusion[i][i]).sum();
 
         let aucs: Option<Vec<Option<f64>>> = match &p.probabilities {
@@ -432,9 +442,9 @@ impl MulticlassMetrics {
                 f_beta(c.precision, c.recall, beta)
             }
             "hammingLoss" => self.hamming_loss,
-            "logLoss" => self.log_loss.ok_or_else(|| {
-                exec_datafusion_err!("logLoss needs the probability column")
-            })?,
+            "logLoss" => self
+                .log_loss
+                .ok_or_else(|| exec_datafusion_err!("logLoss needs the probability column"))?,
             "rocAuc" => self.roc_auc.ok_or_else(|| {
                 exec_datafusion_err!(
                     "rocAuc needs the probability column and at least two classes among the labels"
@@ -488,10 +498,7 @@ impl MulticlassMetrics {
             let _ = writeln!(
                 s,
                 "{name:>width$} {:>9.2} {:>9.2} {:>9.2} {:>9}",
-                c.precision,
-                c.recall,
-                c.f1,
-                c.support
+                c.precision, c.recall, c.f1, c.support
             );
         }
         let _ = writeln!(s);
@@ -572,11 +579,14 @@ mod tests {
             &[0.0, 0.0, 1.0, 1.0, 2.0, 2.0],
         ))
         .unwrap();
-        assert_eq!(m.confusion, vec![
-            vec![2.0, 1.0, 0.0],
-            vec![0.0, 1.0, 1.0],
-            vec![0.0, 0.0, 1.0]
-        ]);
+        assert_eq!(
+            m.confusion,
+            vec![
+                vec![2.0, 1.0, 0.0],
+                vec![0.0, 1.0, 1.0],
+                vec![0.0, 0.0, 1.0]
+            ]
+        );
         assert!((m.accuracy - 4.0 / 6.0).abs() < 1e-15);
         // precision: 1, 1/2, 1/2; recall: 2/3, 1/2, 1; support 3, 2, 1.
         let wp = (3.0 * 1.0 + 2.0 * 0.5 + 0.5) / 6.0;
@@ -588,7 +598,12 @@ mod tests {
 
     #[test]
     fn auc_counts_ties_as_half() {
-        let auc = roc_auc(&[0.9, 0.5, 0.5, 0.1], &[true, true, false, false], &[1.0; 4]).unwrap();
+        let auc = roc_auc(
+            &[0.9, 0.5, 0.5, 0.1],
+            &[true, true, false, false],
+            &[1.0; 4],
+        )
+        .unwrap();
         assert!((auc - 0.875).abs() < 1e-15, "{auc}");
         assert_eq!(roc_auc(&[0.1, 0.2], &[true, true], &[1.0; 2]), None);
     }

@@ -129,9 +129,9 @@ impl TuningSpec {
                     train_ratio: self.train_ratio,
                 })
             }
-            other => plan_err!(
-                "tuning.method: '{other}' is not crossValidator or trainValidationSplit"
-            ),
+            other => {
+                plan_err!("tuning.method: '{other}' is not crossValidator or trainValidationSplit")
+            }
         }
     }
 }
@@ -208,7 +208,9 @@ pub async fn read_labelled(
         .options
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("withLabel") && !k.eq_ignore_ascii_case("dropInvalid"))
+        .filter(|(k, _)| {
+            !k.eq_ignore_ascii_case("withLabel") && !k.eq_ignore_ascii_case("dropInvalid")
+        })
         .collect();
     pairs.push(("withLabel", "true"));
     let options = ImageReadOptions::from_pairs(pairs)?;
@@ -251,7 +253,12 @@ pub async fn read_labelled(
         let folder = Path::new(&path).join(name).to_string_lossy().into_owned();
         let files = list_images(&folder, &class_options)?;
         listings.push((folder, files.files.len()));
-        member_files.extend(files.files.iter().map(|f| (origin_uri(&f.path), listings.len() - 1)));
+        member_files.extend(
+            files
+                .files
+                .iter()
+                .map(|f| (origin_uri(&f.path), listings.len() - 1)),
+        );
     }
     let total_files = member_files.len().max(1);
     for (i, (name, (folder, n))) in class_names.iter().zip(listings).enumerate() {
@@ -283,7 +290,11 @@ pub async fn read_labelled(
         .await?;
     for b in &bad {
         let o = b.column(0).as_string::<i32>();
-        invalid.extend((0..o.len()).filter(|&i| o.is_valid(i)).map(|i| o.value(i).to_string()));
+        invalid.extend(
+            (0..o.len())
+                .filter(|&i| o.is_valid(i))
+                .map(|i| o.value(i).to_string()),
+        );
     }
     invalid.sort();
     let members = member_files
@@ -326,7 +337,12 @@ pub enum JobEvent {
 }
 
 /// Images per class in split `which` of `weights` (the same rule as `random_split`).
-fn split_counts(members: &[(String, usize)], k: usize, weights: &[f64], seed: u64) -> [Vec<u64>; 2] {
+fn split_counts(
+    members: &[(String, usize)],
+    k: usize,
+    weights: &[f64],
+    seed: u64,
+) -> [Vec<u64>; 2] {
     let cut = weights[0] / weights.iter().sum::<f64>();
     let mut counts = [vec![0u64; k], vec![0u64; k]];
     for (origin, label) in members {
@@ -376,9 +392,9 @@ pub async fn run_job(
                 parallelism: t.parallelism,
                 key_col: None,
                 work_dir: None,
-                progress: progress.clone().map(|p| {
-                    Arc::new(move |e: TuningEvent| p(JobEvent::Tuning(e))) as _
-                }),
+                progress: progress
+                    .clone()
+                    .map(|p| Arc::new(move |e: TuningEvent| p(JobEvent::Tuning(e))) as _),
             };
             say(JobEvent::Phase("tuning".into()));
             let tuned = tuner.fit(ctx, train).await?;
@@ -437,10 +453,16 @@ tuning:
         let PipelineStage::LogisticRegression(p) = &spec.stages[1] else {
             panic!("{:?}", spec.stages[1]);
         };
-        assert_eq!((p.max_iter, p.reg_param, p.elastic_net_param), (20, 0.05, 0.3));
+        assert_eq!(
+            (p.max_iter, p.reg_param, p.elastic_net_param),
+            (20, 0.05, 0.3)
+        );
         assert_eq!(spec.evaluation.metric_name, "f1");
         let t = spec.tuning.unwrap();
-        assert_eq!(t.validation().unwrap(), Validation::CrossValidator { num_folds: 3 });
+        assert_eq!(
+            t.validation().unwrap(),
+            Validation::CrossValidator { num_folds: 3 }
+        );
         let mut grid = ParamGridBuilder::new();
         for (name, values) in &t.grid {
             grid = grid.add_grid(name.clone(), values.clone());
@@ -451,10 +473,14 @@ tuning:
     #[test]
     fn unknown_parameters_are_named() {
         let bad = SPEC.replace("regParam: 0.05", "regparam: 0.05");
-        let err = serde_yaml::from_str::<JobSpec>(&bad).unwrap_err().to_string();
+        let err = serde_yaml::from_str::<JobSpec>(&bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("regparam"), "{err}");
         let bad = SPEC.replace("DeepImageFeaturizer", "DeepImageFeaturiser");
-        let err = serde_yaml::from_str::<JobSpec>(&bad).unwrap_err().to_string();
+        let err = serde_yaml::from_str::<JobSpec>(&bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("DeepImageFeaturiser"), "{err}");
     }
 
@@ -464,12 +490,16 @@ tuning:
         let pipeline = Pipeline::new(spec.stages);
         let mut m = super::super::ParamMap::new();
         m.insert("regParm".into(), Value::from(0.1));
-        let err = super::super::tuning::with_params(&pipeline, &m).unwrap_err().to_string();
+        let err = super::super::tuning::with_params(&pipeline, &m)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("'regParm' is not a parameter"), "{err}");
         m.clear();
         m.insert("regParam".into(), Value::from(0.1));
         let p = super::super::tuning::with_params(&pipeline, &m).unwrap();
-        let PipelineStage::LogisticRegression(lr) = &p.stages[1] else { panic!() };
+        let PipelineStage::LogisticRegression(lr) = &p.stages[1] else {
+            panic!()
+        };
         assert_eq!(lr.reg_param, 0.1);
     }
 }

@@ -12,8 +12,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{DFSchema, Result, ScalarValue, exec_err, plan_err};
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-    lit,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, lit,
 };
 use datafusion::prelude::{cast, col};
 
@@ -44,7 +43,9 @@ impl ScalarUDFImpl for HashUnit {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let seed = match &args.args[1] {
             ColumnarValue::Scalar(ScalarValue::Int64(Some(s))) => *s as u64,
-            other => return exec_err!("{HASH_UNIT}: seed must be a BIGINT literal, found {other:?}"),
+            other => {
+                return exec_err!("{HASH_UNIT}: seed must be a BIGINT literal, found {other:?}");
+            }
         };
         let keys: ArrayRef = args.args[0].to_array(args.number_rows)?;
         let keys = datafusion::arrow::compute::cast(&keys, &DataType::Utf8)?;

@@ -109,14 +109,19 @@ impl Pipeline {
         let mut fitted = Vec::with_capacity(self.stages.len());
         for (i, stage) in self.stages.iter().enumerate() {
             let f = match stage {
-                PipelineStage::DeepImageFeaturizer(t) => FittedStage::DeepImageFeaturizer(t.clone()),
+                PipelineStage::DeepImageFeaturizer(t) => {
+                    FittedStage::DeepImageFeaturizer(t.clone())
+                }
                 PipelineStage::DeepImagePredictor(t) => FittedStage::DeepImagePredictor(t.clone()),
                 PipelineStage::LogisticRegression(p) => {
                     let m = LogisticRegression::new(p.clone())
                         .fit(df.clone())
                         .await
                         .map_err(|e| {
-                            exec_datafusion_err!("stage {i} (LogisticRegression): {}", e.strip_backtrace())
+                            exec_datafusion_err!(
+                                "stage {i} (LogisticRegression): {}",
+                                e.strip_backtrace()
+                            )
                         })?;
                     FittedStage::LogisticRegressionModel(Box::new(m))
                 }
@@ -262,7 +267,10 @@ impl PipelineModel {
         }
         let version = head.get("formatVersion").and_then(|v| v.as_u64());
         if version != Some(u64::from(FORMAT_VERSION)) {
-            let by = head.get("dlpVersion").and_then(|v| v.as_str()).unwrap_or("?");
+            let by = head
+                .get("dlpVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
             return plan_err!(
                 "{}: saved with pipeline format version {} (dlp {by}); this dlp {} reads version {FORMAT_VERSION}",
                 path.display(),

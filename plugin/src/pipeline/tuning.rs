@@ -281,8 +281,12 @@ impl Tuner {
                 Validation::TrainValidationSplit { train_ratio } => {
                     let u = unit_expr(key.clone(), seed);
                     (
-                        prepared.clone().filter(u.clone().lt(datafusion::prelude::lit(train_ratio)))?,
-                        prepared.clone().filter(u.gt_eq(datafusion::prelude::lit(train_ratio)))?,
+                        prepared
+                            .clone()
+                            .filter(u.clone().lt(datafusion::prelude::lit(train_ratio)))?,
+                        prepared
+                            .clone()
+                            .filter(u.gt_eq(datafusion::prelude::lit(train_ratio)))?,
                     )
                 }
             })
@@ -352,7 +356,9 @@ impl Tuner {
         let mut stages: Vec<FittedStage> = self.estimator.stages[..first_est]
             .iter()
             .map(|s| match s {
-                PipelineStage::DeepImageFeaturizer(t) => FittedStage::DeepImageFeaturizer(t.clone()),
+                PipelineStage::DeepImageFeaturizer(t) => {
+                    FittedStage::DeepImageFeaturizer(t.clone())
+                }
                 PipelineStage::DeepImagePredictor(t) => FittedStage::DeepImagePredictor(t.clone()),
                 PipelineStage::LogisticRegression(_) => unreachable!("prefix has no estimator"),
             })
