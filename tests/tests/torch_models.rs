@@ -219,6 +219,146 @@ async fn models_are_sql_functions_with_the_operators_results() {
     }
 }
 
+/// sparkdl's `KerasImageFileTransformer`: a column of file URIs through a model. The same
+/// vectors as reading the folder with `read_images` and `DeepImageFeaturizer`; unreadable,
+/// non-image and null URIs give null outputs; a non-string column is a plan-time error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_uri_transformer_matches_the_featurizer() {
+    use datafusion::arrow::array::StringArray;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use dlp_plugin::image::origin_uri;
+    use dlp_plugin::torch::ImageFileTransformer;
+    use std::sync::Arc;
+
+    let ctx = context().await;
+    let dir = shared_data().join("imagenet-sanity/toaster");
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2);
+    let license = std::fs::canonicalize(shared_data().join("flowers/LICENSE.txt")).unwrap();
+    // A file URI, a plain path, a text file, a missing file, a remote URI and a null.
+    let uris = StringArray::from(vec![
+        Some(origin_uri(&files[0])),
+        Some(files[1].clone()),
+        Some(license.to_string_lossy().into_owned()),
+        Some("/no/such/file.jpg".to_string()),
+        Some("s3://bucket/x.jpg".to_string()),
+        None,
+    ]);
+    let schema = Arc::new(Schema::new(vec![Field::new("uri", DataType::Utf8, true)]));
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(uris)]).unwrap();
+    // Tables reach the executors as files (an in-memory table cannot be shipped).
+    let tmp = tempfile::tempdir().unwrap();
+    let parquet = tmp.path().join("files.parquet");
+    let local = SessionContext::new();
+    local
+        .read_batch(batch)
+        .unwrap()
+        .write_parquet(
+            parquet.to_str().unwrap(),
+            datafusion::dataframe::DataFrameWriteOptions::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    ctx.register_parquet("files", parquet.to_str().unwrap(), Default::default())
+        .await
+        .unwrap();
+
+    let df = ctx.table("files").await.unwrap();
+    let out = ImageFileTransformer::new("uri", MODEL)
+        .with_output_col("f")
+        .transform(df)
+        .unwrap();
+    let names: Vec<&str> = out
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(names, vec!["uri", "f"]);
+    let batches = out.collect().await.unwrap();
+    let mut got = BTreeMap::new();
+    for b in &batches {
+        let uri = b.column_by_name("uri").unwrap().as_string::<i32>().clone();
+        for (i, v) in vectors(b.column_by_name("f").unwrap().as_ref())
+            .into_iter()
+            .enumerate()
+        {
+            let key = if uri.is_null(i) {
+                "<null>".to_string()
+            } else {
+                uri.value(i).to_string()
+            };
+            got.insert(key, v);
+        }
+    }
+    assert_eq!(got.len(), 6);
+    for bad in [
+        license.to_str().unwrap(),
+        "/no/such/file.jpg",
+        "s3://bucket/x.jpg",
+        "<null>",
+    ] {
+        assert!(got[bad].is_none(), "{bad} should give a null output");
+    }
+
+    let df = ctx
+        .read_images(&dir.to_string_lossy(), ImageReadOptions::default())
+        .await
+        .unwrap();
+    let df = DeepImageFeaturizer::new(MODEL)
+        .with_output_col("f")
+        .transform(df)
+        .unwrap()
+        .select(vec![
+            datafusion::functions::core::expr_fn::get_field(col("image"), "origin").alias("origin"),
+            col("f"),
+        ])
+        .unwrap();
+    let op = origin_vectors(&df.collect().await.unwrap(), "f");
+    let expected = [(origin_uri(&files[0]), &op[0]), (files[1].clone(), &op[1])];
+    for (key, (origin, v)) in expected {
+        assert_eq!(path_of(origin), path_of(&key));
+        let d = max_abs_diff(got[&key].as_ref().unwrap(), v.as_ref().unwrap());
+        assert!(d < 1e-5, "{key}: max abs diff {d}");
+    }
+
+    // The same through SQL: read_image(uri) feeds any model function.
+    let q = format!(
+        "SELECT uri, featurize('{MODEL}', read_image(uri)) AS f FROM files WHERE uri LIKE '%toaster%'"
+    );
+    let sql = ctx.sql(&q).await.unwrap().collect().await.unwrap();
+    let n: usize = sql.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(n, 2);
+    for b in &sql {
+        let uri = b.column_by_name("uri").unwrap().as_string::<i32>().clone();
+        for (i, v) in vectors(b.column_by_name("f").unwrap().as_ref())
+            .into_iter()
+            .enumerate()
+        {
+            let d = max_abs_diff(v.as_ref().unwrap(), got[uri.value(i)].as_ref().unwrap());
+            assert!(d < 1e-4, "{}: {d}", uri.value(i));
+        }
+    }
+
+    let err = ImageFileTransformer::new("missing", MODEL)
+        .transform(ctx.table("files").await.unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("inputCol 'missing' is not a column"), "{err}");
+    let ints = ctx.sql("SELECT 1 AS uri").await.unwrap();
+    let err = ImageFileTransformer::new("uri", MODEL)
+        .transform(ints)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must hold file URIs"), "{err}");
+}
+
 #[tokio::test]
 async fn bad_model_parameters_fail_at_plan_time() {
     let ctx = context().await;

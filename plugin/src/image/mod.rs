@@ -8,6 +8,7 @@ pub mod options;
 pub mod provider;
 pub mod resize;
 pub mod schema;
+pub mod udf;
 
 pub use decode::{DecodeOptions, InvalidImage, decode_image};
 pub use exec::ImageDecodeExec;
@@ -15,3 +16,4 @@ pub use listing::{ImageListing, list_images, origin_uri};
 pub use options::ImageReadOptions;
 pub use provider::{ImageScanSpec, ImageTableFactory, ImageTableProvider, ReadImagesFunction};
 pub use schema::{ImageRow, image_data_type, image_field};
+pub use udf::read_image_udf;

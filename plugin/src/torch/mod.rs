@@ -17,7 +17,9 @@ pub use device::DeviceSpec;
 pub use exec::{PluginQueryPlanner, TorchInferenceExec, TorchInferenceNode};
 pub use manifest::{ModelManifest, ModelZoo, ResizePolicy};
 pub use spec::{TorchSpec, TorchTask};
-pub use transformers::{DeepImageFeaturizer, DeepImagePredictor};
+pub use transformers::{
+    DeepImageFeaturizer, DeepImagePredictor, FileOutputMode, ImageFileTransformer,
+};
 
 /// Per-process torch settings (executor flags; environment or defaults elsewhere).
 #[derive(Debug, Clone)]

@@ -193,3 +193,108 @@ impl DeepImagePredictor {
         apply(df, spec)
     }
 }
+
+/// What [`ImageFileTransformer`] outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FileOutputMode {
+    /// The model's feature vector (as `DeepImageFeaturizer`).
+    #[default]
+    Vector,
+    /// The class probability vector (as `DeepImagePredictor(decodePredictions=false)`).
+    Probabilities,
+}
+
+/// A column of image file URIs (`file:///...` or local paths) -> the model's output, like
+/// sparkdl's `KerasImageFileTransformer(inputCol, outputCol, modelFile, imageLoader)`: the
+/// files are read and decoded by `read_image` on the executors (the image loader), then the
+/// model runs as in the other transformers. Files that cannot be read or decoded give null
+/// outputs and are logged, never a failed task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageFileTransformer {
+    /// Column of file URIs or paths (strings).
+    pub input_col: String,
+    /// Output column (default `features`).
+    #[serde(default = "features_col")]
+    pub output_col: String,
+    /// Model name in the model directory.
+    pub model_name: String,
+    /// `vector` (features, default) or `probabilities`.
+    #[serde(default)]
+    pub output_mode: FileOutputMode,
+    /// Images per forward pass.
+    #[serde(default = "batch_size")]
+    pub batch_size: usize,
+    /// Resize policy override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizePolicy>,
+}
+
+impl ImageFileTransformer {
+    /// A transformer of the file URIs in `input_col` with `model_name`'s feature vector.
+    pub fn new(input_col: impl Into<String>, model_name: impl Into<String>) -> Self {
+        Self {
+            input_col: input_col.into(),
+            output_col: "features".into(),
+            model_name: model_name.into(),
+            output_mode: FileOutputMode::Vector,
+            batch_size: super::spec::DEFAULT_BATCH_SIZE,
+            resize: None,
+        }
+    }
+
+    /// Sets `outputMode`.
+    pub fn with_output_mode(mut self, mode: FileOutputMode) -> Self {
+        self.output_mode = mode;
+        self
+    }
+
+    /// Sets `outputCol`.
+    pub fn with_output_col(mut self, c: impl Into<String>) -> Self {
+        self.output_col = c.into();
+        self
+    }
+
+    /// Adds the output column to `df` (the decoded images are not kept).
+    pub fn transform(&self, df: DataFrame) -> Result<DataFrame> {
+        use datafusion::arrow::datatypes::DataType;
+        use datafusion::common::plan_err;
+        use datafusion::prelude::col;
+
+        let field = df
+            .schema()
+            .field_with_unqualified_name(&self.input_col)
+            .map_err(|_| {
+                datafusion::common::plan_datafusion_err!(
+                    "ImageFileTransformer: inputCol '{}' is not a column; columns: {}",
+                    self.input_col,
+                    df.schema().field_names().join(", ")
+                )
+            })?;
+        if !matches!(
+            field.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ) {
+            return plan_err!(
+                "ImageFileTransformer: inputCol '{}' must hold file URIs (strings), found {}",
+                self.input_col,
+                field.data_type()
+            );
+        }
+        let tmp = format!("__dlp_image_of_{}", self.input_col);
+        let task = match self.output_mode {
+            FileOutputMode::Vector => TorchTask::Features,
+            FileOutputMode::Probabilities => TorchTask::Probabilities,
+        };
+        let zoo = ProcessTorchConfig::get().zoo();
+        let mut spec = TorchSpec::try_new(&zoo, &self.model_name, &tmp, &self.output_col, task)?;
+        spec.batch_size = self.batch_size.max(1);
+        spec.resize = self.resize;
+        let df = df.with_column(
+            &tmp,
+            crate::image::read_image_udf().call(vec![col(&self.input_col)]),
+        )?;
+        apply(df, spec)?.drop_columns(&[tmp.as_str()])
+    }
+}

@@ -152,7 +152,7 @@ impl ScalarUDFImpl for ModelFunction {
 }
 
 /// Runs CPU-heavy work without stalling the async runtime's other tasks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
