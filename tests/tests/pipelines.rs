@@ -35,6 +35,28 @@ fn example(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Runs a command that must succeed and parses its standard output as JSON.
+fn json_stdout(cmd: &mut Command) -> Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The images of `folder` with their `origin` as a top-level column.
+fn images_with_origin(ctx: &SessionContext, folder: &str, options: ImageReadOptions) -> DataFrame {
+    ctx.read_table(std::sync::Arc::new(
+        ImageTableProvider::try_new(folder, options).unwrap(),
+    ))
+    .unwrap()
+    .with_column("origin", get_field(col("image"), "origin"))
+    .unwrap()
+}
+
 /// `(origin, class, probability of the class)` per image of `folder`.
 async fn predictions(
     ctx: &SessionContext,
@@ -42,13 +64,7 @@ async fn predictions(
     folder: &str,
 ) -> BTreeMap<String, (f64, f64)> {
     let options = ImageReadOptions::from_pairs([("recursiveFileLookup", "true")]).unwrap();
-    let df = ctx
-        .read_table(std::sync::Arc::new(
-            ImageTableProvider::try_new(folder, options).unwrap(),
-        ))
-        .unwrap()
-        .with_column("origin", get_field(col("image"), "origin"))
-        .unwrap();
+    let df = images_with_origin(ctx, folder, options);
     let out = model
         .transform(df)
         .unwrap()
@@ -138,18 +154,12 @@ async fn tutorial_2_flowers_and_saved_pipeline() {
     assert_eq!(here.len(), 99);
 
     // A new process: `dlp predict --model DIR` as JSON.
-    let run = Command::new(binary("dlp").unwrap())
+    let mut predict = Command::new(binary("dlp").unwrap());
+    predict
         .args(["predict", "--format", "json", "--model"])
         .arg(&model_dir)
-        .arg(&tulips)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let rows: Vec<Value> = serde_json::from_slice(&run.stdout).unwrap();
+        .arg(&tulips);
+    let rows: Vec<Value> = serde_json::from_value(json_stdout(&mut predict)).unwrap();
     let other: BTreeMap<String, (f64, f64)> = rows
         .iter()
         .map(|r| {
@@ -205,13 +215,7 @@ async fn featurized(
 ) -> DataFrame {
     let options =
         ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
-    let df = ctx
-        .read_table(std::sync::Arc::new(
-            ImageTableProvider::try_new(folder.to_str().unwrap(), options).unwrap(),
-        ))
-        .unwrap()
-        .with_column("origin", get_field(col("image"), "origin"))
-        .unwrap();
+    let df = images_with_origin(ctx, folder.to_str().unwrap(), options);
     let df = featurizer
         .transform(df)
         .unwrap()
@@ -343,17 +347,7 @@ async fn evaluator_matches_scikit_learn() {
     )
     .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/metrics_reference.py");
-    let out = Command::new(python().unwrap())
-        .arg(script)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sk: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sk = json_stdout(Command::new(python().unwrap()).arg(script).arg(&file));
     let close = |name: &str, ours: f64| {
         let theirs = sk[name].as_f64().unwrap();
         assert!(

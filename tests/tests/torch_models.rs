@@ -49,6 +49,27 @@ fn origin_vectors(batches: &[RecordBatch], column: &str) -> Vec<(String, Option<
     out
 }
 
+/// `(origin, features)` of a folder through `read_images` and `DeepImageFeaturizer`.
+async fn operator_features(
+    ctx: &SessionContext,
+    dir: &std::path::Path,
+) -> Vec<(String, Option<Vec<f32>>)> {
+    let df = ctx
+        .read_images(&dir.to_string_lossy(), ImageReadOptions::default())
+        .await
+        .unwrap();
+    let df = DeepImageFeaturizer::new(MODEL)
+        .with_output_col("f")
+        .transform(df)
+        .unwrap()
+        .select(vec![
+            datafusion::functions::core::expr_fn::get_field(col("image"), "origin").alias("origin"),
+            col("f"),
+        ])
+        .unwrap();
+    origin_vectors(&df.collect().await.unwrap(), "f")
+}
+
 fn reference(files: &[String], output: &str, batch: usize) -> Vec<Vec<f32>> {
     let entry = zoo().get(MODEL).unwrap();
     let m = &entry.manifest;
@@ -198,21 +219,7 @@ async fn models_are_sql_functions_with_the_operators_results() {
     }
     assert!(top1.iter().any(|d| d == "toaster"), "{top1:?}");
 
-    let df = ctx
-        .read_images(&dir.to_string_lossy(), ImageReadOptions::default())
-        .await
-        .unwrap();
-    let df = DeepImageFeaturizer::new(MODEL)
-        .with_output_col("f")
-        .transform(df)
-        .unwrap();
-    let df = df
-        .select(vec![
-            datafusion::functions::core::expr_fn::get_field(col("image"), "origin").alias("origin"),
-            col("f"),
-        ])
-        .unwrap();
-    let op = origin_vectors(&df.collect().await.unwrap(), "f");
+    let op = operator_features(&ctx, &dir).await;
     for ((o1, a), (o2, b)) in sql.iter().zip(&op) {
         assert_eq!(o1, o2);
         assert!(max_abs_diff(a.as_ref().unwrap(), b.as_ref().unwrap()) < 1e-4);
@@ -307,20 +314,7 @@ async fn file_uri_transformer_matches_the_featurizer() {
         assert!(got[bad].is_none(), "{bad} should give a null output");
     }
 
-    let df = ctx
-        .read_images(&dir.to_string_lossy(), ImageReadOptions::default())
-        .await
-        .unwrap();
-    let df = DeepImageFeaturizer::new(MODEL)
-        .with_output_col("f")
-        .transform(df)
-        .unwrap()
-        .select(vec![
-            datafusion::functions::core::expr_fn::get_field(col("image"), "origin").alias("origin"),
-            col("f"),
-        ])
-        .unwrap();
-    let op = origin_vectors(&df.collect().await.unwrap(), "f");
+    let op = operator_features(&ctx, &dir).await;
     let expected = [(origin_uri(&files[0]), &op[0]), (files[1].clone(), &op[1])];
     for (key, (origin, v)) in expected {
         assert_eq!(path_of(origin), path_of(&key));
