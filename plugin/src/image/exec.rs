@@ -270,7 +270,8 @@ impl DecodeJob {
                 continue;
             }
             let timer = metrics.decode_time.timer();
-            let row = read_and_decode(path, &self.options, metrics);
+            let (row, bytes) = read_and_decode(path, &self.options);
+            metrics.bytes_read.add(bytes);
             timer.done();
             let row = match row {
                 Ok(r) => {
@@ -354,30 +355,33 @@ fn split_by_bytes(batch: RecordBatch, row_bytes: &[usize]) -> Vec<RecordBatch> {
     out
 }
 
-/// Reads a file and decodes it. Unknown formats are recognized from the first bytes without
-/// reading the rest of the file.
-fn read_and_decode(
+/// Reads a file and decodes it; also gives the bytes read. Unknown formats are recognized
+/// from the first bytes without reading the rest of the file.
+pub(crate) fn read_and_decode(
     path: &str,
     options: &DecodeOptions,
-    metrics: &DecodeMetrics,
-) -> std::result::Result<ImageRow, InvalidImage> {
+) -> (std::result::Result<ImageRow, InvalidImage>, usize) {
     let unreadable = |e: std::io::Error| InvalidImage::Unreadable(e.to_string());
-    let mut file = std::fs::File::open(path).map_err(unreadable)?;
-    let mut bytes = Vec::new();
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return (Err(unreadable(e)), 0),
+    };
     let mut head = [0u8; 16];
     let mut got = 0;
     while got < head.len() {
-        match file.read(&mut head[got..]).map_err(unreadable)? {
-            0 => break,
-            k => got += k,
+        match file.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) => return (Err(unreadable(e)), 0),
         }
     }
     if sniff_format(&head[..got]).is_none() {
-        metrics.bytes_read.add(got);
-        return Err(InvalidImage::UnknownFormat);
+        return (Err(InvalidImage::UnknownFormat), got);
     }
-    bytes.extend_from_slice(&head[..got]);
-    file.read_to_end(&mut bytes).map_err(unreadable)?;
-    metrics.bytes_read.add(bytes.len());
-    decode_image(&bytes, options)
+    let mut bytes = head[..got].to_vec();
+    if let Err(e) = file.read_to_end(&mut bytes) {
+        return (Err(unreadable(e)), 0);
+    }
+    let n = bytes.len();
+    (decode_image(&bytes, options), n)
 }

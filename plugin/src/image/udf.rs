@@ -13,7 +13,8 @@ use datafusion::logical_expr::{
 };
 use percent_encoding::percent_decode_str;
 
-use super::decode::{DecodeOptions, InvalidImage, decode_image, sniff_format};
+use super::decode::{DecodeOptions, InvalidImage};
+use super::exec::read_and_decode;
 use super::listing::origin_uri;
 use super::schema::{ImageColumnBuilder, ImageRow, image_data_type};
 
@@ -73,14 +74,7 @@ pub fn load_image(uri: &str, options: &DecodeOptions) -> (String, Result<ImageRo
     };
     let abs = std::path::absolute(&path).unwrap_or_else(|_| path.clone().into());
     let origin = origin_uri(&abs.to_string_lossy());
-    let row = std::fs::read(&abs)
-        .map_err(|e| InvalidImage::Unreadable(e.to_string()))
-        .and_then(|bytes| {
-            if sniff_format(&bytes).is_none() {
-                return Err(InvalidImage::UnknownFormat);
-            }
-            decode_image(&bytes, options)
-        });
+    let (row, _) = read_and_decode(&abs.to_string_lossy(), options);
     (origin, row)
 }
 
