@@ -24,6 +24,38 @@ struct Cli {
     /// Directory of TorchScript models and their manifests (shared with the scheduler).
     #[arg(long, env = "DLP_MODEL_DIR")]
     model_dir: Option<std::path::PathBuf>,
+    /// Device class announced to the scheduler's placement and autoscaler (the executor id
+    /// is prefixed with it): cpu or gpu. Default: gpu when the resolved device is CUDA.
+    #[arg(long, env = "DLP_DEVICE_CLASS")]
+    device_class: Option<DeviceClassArg>,
+}
+
+/// `--device-class`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceClassArg {
+    Cpu,
+    Gpu,
+}
+
+/// The id the scheduler sees: `<class>-<id>` (the class prefix is how executors announce
+/// their device class; Ballista's registration carries no labels).
+fn executor_id(class: DeviceClassArg, id: Option<&str>) -> String {
+    let prefix = match class {
+        DeviceClassArg::Cpu => "cpu-",
+        DeviceClassArg::Gpu => "gpu-",
+    };
+    let id = id.map_or_else(new_uuid, str::to_string);
+    let id = id
+        .strip_prefix("cpu-")
+        .or_else(|| id.strip_prefix("gpu-"))
+        .unwrap_or(&id);
+    format!("{prefix}{id}")
+}
+
+fn new_uuid() -> String {
+    // Ballista's own default id is a random UUID: keep its shape.
+    let config: ExecutorProcessConfig = ExecutorProcessConfig::default();
+    config.executor_id
 }
 
 #[tokio::main]
@@ -51,6 +83,14 @@ async fn main() -> anyhow::Result<()> {
         threads: vcores,
     }
     .install();
+    let class = cli.device_class.unwrap_or(if chosen.is_cuda() {
+        DeviceClassArg::Gpu
+    } else {
+        DeviceClassArg::Cpu
+    });
+    let mut upstream = cli.upstream;
+    upstream.executor_id = Some(executor_id(class, upstream.executor_id.as_deref()));
+    let cli = Cli { upstream, ..cli };
     let bind_host = cli.upstream.bind_host.clone();
     let health_port = cli.upstream.bind_health_port;
     let config: ExecutorProcessConfig = cli
@@ -77,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         id = %config.executor_id,
         vcores = config.vcores,
         device = ?chosen,
+        class = ?class,
         model_dir = %dlp_plugin::torch::ProcessTorchConfig::get().model_dir.display(),
         "starting dlp-executor"
     );
@@ -97,5 +138,19 @@ mod tests {
                 .unwrap();
         assert_eq!(cli.upstream.scheduler_port, 50123);
         assert_eq!(cli.upstream.vcores, 3);
+        let cli =
+            Cli::try_parse_from(["dlp-executor", "--device-class", "gpu", "--id", "a"]).unwrap();
+        assert_eq!(cli.device_class, Some(DeviceClassArg::Gpu));
+    }
+
+    #[test]
+    fn executor_ids_carry_the_device_class() {
+        assert_eq!(executor_id(DeviceClassArg::Gpu, Some("pod-1")), "gpu-pod-1");
+        assert_eq!(
+            executor_id(DeviceClassArg::Cpu, Some("gpu-pod-1")),
+            "cpu-pod-1"
+        );
+        let id = executor_id(DeviceClassArg::Cpu, None);
+        assert!(id.starts_with("cpu-") && id.len() > 30, "{id}");
     }
 }

@@ -1,14 +1,21 @@
 //! `dlp-scheduler`: the Ballista scheduler with the Deep Learning Pipelines plugin and
 //! Arrow Flight SQL. Every upstream `ballista-scheduler` flag keeps working.
 
+mod auth;
+mod autoscaler;
+mod config;
+mod placement;
+
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use ballista_scheduler::cluster::BallistaCluster;
-use ballista_scheduler::config::{Config, SchedulerConfig};
-use ballista_scheduler::scheduler_process::start_server;
+use ballista_scheduler::config::{Config, SchedulerConfig, TaskDistributionPolicy};
+use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service};
 use clap::Parser;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use tracing_subscriber::EnvFilter;
 
 /// Ballista scheduler with the Deep Learning Pipelines plugin.
@@ -23,7 +30,23 @@ struct Cli {
     /// Directory of model manifests, to check model names when planning (shared with the
     /// executors).
     #[arg(long, env = "DLP_MODEL_DIR")]
-    model_dir: Option<std::path::PathBuf>,
+    model_dir: Option<PathBuf>,
+    /// The plugin's configuration file (YAML; `autoscaler:` section), e.g. from a
+    /// Kubernetes ConfigMap.
+    #[arg(long, env = "DLP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Flight SQL users file: one `user:password` per line (e.g. a mounted Secret). Clients
+    /// authenticate with HTTP Basic in the Flight handshake.
+    #[arg(long, env = "DLP_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+    /// Serve Flight SQL without authentication (only on a trusted network). Without it, a
+    /// scheduler serving Flight SQL needs --auth-file.
+    #[arg(long, env = "DLP_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
+    /// Ballista's own task distribution (--task-distribution) instead of the GPU-aware
+    /// placement.
+    #[arg(long)]
+    no_device_placement: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +79,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &prefix,
     );
 
+    let dlp_config = match &cli.config {
+        Some(path) => config::DlpConfig::load(path)?,
+        None => config::DlpConfig::default(),
+    };
+    let authenticator = match (&cli.auth_file, cli.allow_anonymous) {
+        (Some(path), _) => Some(Arc::new(auth::BasicAuthenticator::from_file(path)?)),
+        (None, true) => None,
+        (None, false) if cli.no_flight_sql => None,
+        (None, false) => anyhow::bail!(
+            "Flight SQL needs credentials: pass --auth-file (user:password lines, env \
+             DLP_AUTH_FILE), or --allow-anonymous on a trusted network, or --no-flight-sql"
+        ),
+    };
+    let device_placement = !cli.no_device_placement;
+
     let addr: SocketAddr = format!("{}:{}", cli.upstream.bind_host, cli.upstream.bind_port)
         .parse()
         .context("invalid --bind-host/--bind-port")?;
@@ -64,12 +102,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .try_into()
         .map_err(|e| anyhow::anyhow!("invalid scheduler configuration: {e}"))?;
     config.flight_sql = config.flight_sql || !cli.no_flight_sql;
-    let config = dlp_plugin::session::scheduler_config(config);
-    tracing::info!(%addr, flight_sql = config.flight_sql, "starting dlp-scheduler");
+    let mut config = dlp_plugin::session::scheduler_config(config);
+    if let Some(a) = authenticator {
+        config = config.with_flight_sql_authenticator(a);
+    }
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the cluster state: {e}"))?;
-    start_server(cluster, addr, Arc::new(config))
+    if device_placement {
+        config = config.with_task_distribution(TaskDistributionPolicy::Custom(Arc::new(
+            placement::DevicePlacement::new(cluster.cluster_state()),
+        )));
+    }
+    tracing::info!(
+        %addr,
+        flight_sql = config.flight_sql,
+        auth = if config.override_flight_sql_authenticator.is_some() { "basic" } else { "anonymous" },
+        device_placement,
+        autoscaler = dlp_config.autoscaler.enabled,
+        "starting dlp-scheduler"
+    );
+    let config = Arc::new(config);
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid scheduler configuration: {e}"))?;
+    let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the scheduler: {e}"))?;
+    if dlp_config.autoscaler.enabled {
+        autoscaler::spawn(dlp_config.autoscaler.clone(), scheduler.state.clone());
+    }
+    start_grpc_service(addr, scheduler)
         .await
         .map_err(|e| anyhow::anyhow!("scheduler failed: {e}"))
 }
@@ -85,5 +148,18 @@ mod tests {
         assert!(!cli.no_flight_sql);
         let cli = Cli::try_parse_from(["dlp-scheduler", "--no-flight-sql"]).unwrap();
         assert!(cli.no_flight_sql);
+        let cli = Cli::try_parse_from([
+            "dlp-scheduler",
+            "--config",
+            "/etc/dlp/dlp.yaml",
+            "--auth-file",
+            "/etc/dlp/auth/users",
+            "--namespace",
+            "ballista",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.unwrap(), PathBuf::from("/etc/dlp/dlp.yaml"));
+        assert_eq!(cli.auth_file.unwrap(), PathBuf::from("/etc/dlp/auth/users"));
+        assert!(!cli.allow_anonymous);
     }
 }

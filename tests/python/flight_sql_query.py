@@ -1,6 +1,9 @@
 """Runs one SQL query against a Flight SQL endpoint with the ADBC driver and prints the
-rows as JSON (binary values as hex). Used by the Rust integration tests as a real client."""
+rows as JSON (binary values as hex). Used by the Rust integration tests as a real client.
+Credentials, when set: DLP_FLIGHT_USER and DLP_FLIGHT_PASSWORD (HTTP Basic in the Flight
+handshake, as ADBC does with username/password)."""
 import json
+import os
 import sys
 
 import adbc_driver_flightsql.dbapi as flight_sql
@@ -8,7 +11,11 @@ import adbc_driver_flightsql.dbapi as flight_sql
 
 def main() -> None:
     uri, query = sys.argv[1], sys.argv[2]
-    with flight_sql.connect(uri) as conn, conn.cursor() as cur:
+    db_kwargs = {}
+    if "DLP_FLIGHT_USER" in os.environ:
+        db_kwargs["username"] = os.environ["DLP_FLIGHT_USER"]
+        db_kwargs["password"] = os.environ.get("DLP_FLIGHT_PASSWORD", "")
+    with flight_sql.connect(uri, db_kwargs=db_kwargs) as conn, conn.cursor() as cur:
         cur.execute(query)
         table = cur.fetch_arrow_table()
     rows = []

@@ -163,8 +163,19 @@ impl Cluster {
         scheduler_args: &[&str],
         executor_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_each(vcores, scheduler_args, &vec![executor_args; executors])
+    }
+
+    /// A scheduler and one executor per entry of `executors`, each with its own extra
+    /// flags (`--vcores` there overrides `vcores`). Flight SQL is anonymous unless `scheduler_args` has `--auth-file`.
+    pub fn start_each(
+        vcores: usize,
+        scheduler_args: &[&str],
+        executors: &[&[&str]],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
+        let anonymous = (!scheduler_args.contains(&"--auth-file")).then_some("--allow-anonymous");
         let scheduler = Process::spawn(
             "scheduler",
             &binary("dlp-scheduler")?,
@@ -177,7 +188,12 @@ impl Cluster {
                 port.to_string(),
             ]
             .into_iter()
-            .chain(scheduler_args.iter().map(|s| s.to_string()))
+            .chain(
+                scheduler_args
+                    .iter()
+                    .chain(&anonymous)
+                    .map(|s| s.to_string()),
+            )
             .collect::<Vec<String>>(),
             dir.path().join("scheduler.log"),
         )?;
@@ -192,7 +208,7 @@ impl Cluster {
             "scheduler /healthz",
         )?;
         let mut health_ports = Vec::new();
-        for i in 0..executors {
+        for (i, executor_args) in executors.iter().enumerate() {
             let health = free_port();
             let work = cluster._dir.path().join(format!("executor-{i}"));
             std::fs::create_dir_all(&work)?;
@@ -215,13 +231,18 @@ impl Cluster {
                 free_port().to_string(),
                 "--bind-health-port".into(),
                 health.to_string(),
-                "--vcores".into(),
-                vcores.to_string(),
                 "--id".into(),
                 format!("executor-{i}"),
                 "--work-dir".into(),
                 work.to_string_lossy().into_owned(),
             ])
+            .chain(
+                // --vcores in an executor's own flags wins
+                (!executor_args.contains(&"--vcores"))
+                    .then(|| ["--vcores".to_string(), vcores.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .chain(executor_args.iter().map(|s| s.to_string()))
             .collect();
             let log = cluster._dir.path().join(format!("executor-{i}.log"));

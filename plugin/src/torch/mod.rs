@@ -6,6 +6,7 @@ pub mod exec;
 pub mod infer;
 pub mod manifest;
 pub mod model;
+pub mod placement;
 pub mod spec;
 pub mod transformers;
 pub mod udf;
@@ -16,6 +17,7 @@ use std::sync::OnceLock;
 pub use device::DeviceSpec;
 pub use exec::{PluginQueryPlanner, TorchInferenceExec, TorchInferenceNode};
 pub use manifest::{ModelManifest, ModelZoo, ResizePolicy};
+pub use placement::plan_runs_torch;
 pub use spec::{TorchSpec, TorchTask};
 pub use transformers::{
     DeepImageFeaturizer, DeepImagePredictor, FileOutputMode, ImageFileTransformer,
