@@ -1,0 +1,620 @@
+//! The Kubernetes deployment (`deploy/`, `helm/dlp`, `deploy/docker`): the kustomize
+//! overlays and the Helm chart render, pass strict schema validation (Kubernetes 1.33) and
+//! `helm lint --strict`, describe the same objects field by field, hang together
+//! (selectors, ports, volumes, the autoscaler's config and RBAC), and are accepted by a real
+//! kube-apiserver (v1.20, `scripts/kube-apiserver.sh`). The Dockerfile is linted (images
+//! cannot be built here). Tools come from `scripts/setup.sh` (kubectl from the machine
+//! image); a missing one fails the test with that hint.
+
+use std::collections::BTreeSet;
+
+use serde_yaml::Value;
+
+use apiserver::ApiServer;
+use compare::compare;
+use consistency::{Expect, assert_no_problems, consistency};
+use objects::{
+    Objects, args_of, at, container, decode_base64, get, ids, key, names, objects, seq_at, show,
+    str_at,
+};
+use tools::{helm_template, helm_template_err, kustomize, repo, run_ok, tool, validate_strictly};
+
+mod apiserver;
+mod compare;
+mod consistency;
+mod objects;
+mod tools;
+
+fn kustomize_ids(gpu: bool) -> BTreeSet<String> {
+    let mut ids: BTreeSet<String> = [
+        "Namespace/dlp",
+        "ServiceAccount/dlp-scheduler",
+        "ServiceAccount/dlp-executor",
+        "Role/dlp-scheduler-autoscaler",
+        "RoleBinding/dlp-scheduler-autoscaler",
+        "ConfigMap/dlp-config",
+        "Secret/dlp-auth",
+        "Service/dlp-scheduler",
+        "Service/dlp-scheduler-registration",
+        "PersistentVolumeClaim/dlp-data",
+        "PersistentVolumeClaim/dlp-models",
+        "Deployment/dlp-scheduler",
+        "Deployment/dlp-executor-cpu",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    if gpu {
+        ids.insert("Deployment/dlp-executor-gpu".into());
+    }
+    ids
+}
+
+/// The chart's objects: the overlay's, less the Namespace (Helm installs into one), plus
+/// the `helm test` pod.
+fn helm_ids(gpu: bool) -> BTreeSet<String> {
+    let mut ids = kustomize_ids(gpu);
+    ids.remove("Namespace/dlp");
+    ids.insert("Pod/dlp-test-sql".into());
+    ids
+}
+
+fn id_set(objs: &Objects) -> BTreeSet<String> {
+    ids(objs).into_iter().collect()
+}
+
+#[test]
+fn kustomize_overlays_render_validate_strictly_and_hang_together() {
+    for (overlay, gpu) in [("cpu", false), ("gpu", true)] {
+        let label = format!("deploy/overlays/{overlay}");
+        let yaml = kustomize(overlay);
+        validate_strictly(&label, &yaml);
+        let objs = objects(&label, &yaml);
+        assert_eq!(id_set(&objs), kustomize_ids(gpu), "{label}: objects");
+        let expect = Expect {
+            prefix: "dlp",
+            external: &[],
+        };
+        assert_no_problems(consistency(&label, &objs, &expect));
+    }
+}
+
+#[test]
+fn helm_chart_lints_strictly() {
+    for values in [None, Some("helm/dlp/ci/gpu-values.yaml")] {
+        let mut args = vec!["lint", "--strict", "helm/dlp"];
+        if let Some(v) = values {
+            args.extend(["-f", v]);
+        }
+        let out = run_ok(&tool("helm"), &args, None, &[]);
+        assert!(
+            out.contains("0 chart(s) failed")
+                && !out.contains("[WARNING]")
+                && !out.contains("[ERROR]"),
+            "helm {}:\n{out}",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn helm_chart_renders_validates_strictly_and_hangs_together() {
+    for (values, gpu) in [
+        (&[][..], false),
+        (&["helm/dlp/ci/gpu-values.yaml"][..], true),
+    ] {
+        let label = format!("helm template {values:?}");
+        let yaml = helm_template("dlp", values, &[]);
+        validate_strictly(&label, &yaml);
+        let objs = objects(&label, &yaml);
+        assert_eq!(id_set(&objs), helm_ids(gpu), "{label}: objects");
+        let expect = Expect {
+            prefix: "dlp",
+            external: &[],
+        };
+        assert_no_problems(consistency(&label, &objs, &expect));
+        // The test hook runs a query with the scheduler image's dlp client.
+        let test = get(&objs, "Pod", "dlp-test-sql");
+        assert_eq!(
+            key(test, "metadata.annotations", "helm.sh/hook").as_str(),
+            Some("test")
+        );
+        let c = &seq_at(test, "spec.containers")[0];
+        let scheduler_image = str_at(
+            container(get(&objs, "Deployment", "dlp-scheduler")),
+            "image",
+        );
+        assert_eq!(str_at(c, "image"), scheduler_image, "{label}: test image");
+        let command: Vec<&str> = seq_at(c, "command")
+            .iter()
+            .chain(seq_at(c, "args"))
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            command,
+            [
+                "dlp",
+                "--scheduler=df://dlp-scheduler:50050",
+                "sql",
+                "--format=csv",
+                "SELECT 1 AS one"
+            ],
+            "{label}: test command"
+        );
+    }
+}
+
+#[test]
+fn chart_and_overlays_describe_the_same_objects() {
+    let mut problems = vec![];
+    for (overlay, values) in [
+        ("cpu", &[][..]),
+        ("gpu", &["helm/dlp/ci/gpu-values.yaml"][..]),
+    ] {
+        let label = format!("deploy/overlays/{overlay} vs helm template {values:?}");
+        let k = objects(&label, &kustomize(overlay));
+        let h = objects(&label, &helm_template("dlp", values, &[]));
+        problems.extend(compare(&label, &k, &h));
+    }
+    assert_no_problems(problems);
+}
+
+/// The field-by-field comparison itself finds differences (and names them).
+#[test]
+fn comparison_reports_field_differences() {
+    let k = objects("k", &kustomize("gpu"));
+    let h = objects(
+        "h",
+        &helm_template(
+            "dlp",
+            &["helm/dlp/ci/gpu-values.yaml"],
+            &[
+                "executors.gpu.vcores=2",
+                "executors.cpu.resources.limits.memory=9Gi",
+            ],
+        ),
+    );
+    let problems = compare("x", &k, &h).join("\n");
+    assert!(
+        problems.contains(
+            "Deployment/dlp-executor-gpu: spec.template.spec.containers[executor].args[7]: kustomize \"--vcores=1\", helm \"--vcores=2\""
+        ),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("ConfigMap/dlp-config: data.dlp.yaml.autoscaler.gpu.tasksPerExecutor: kustomize 1, helm 2"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(
+            "containers[executor].resources.limits.memory: kustomize \"8Gi\", helm \"9Gi\""
+        ),
+        "{problems}"
+    );
+}
+
+#[test]
+fn chart_options_render_valid_manifests() {
+    let render = |label: &str, sets: &[&str], release: &str| -> Objects {
+        let yaml = helm_template(release, &["helm/dlp/ci/gpu-values.yaml"], sets);
+        validate_strictly(label, &yaml);
+        objects(label, &yaml)
+    };
+    let scheduler_of = |objs: &Objects, prefix: &str| -> Value {
+        container(get(objs, "Deployment", &format!("{prefix}-scheduler"))).clone()
+    };
+
+    // Users from values: the Secret holds them, the scheduler rolls when they change.
+    let label = "auth.users";
+    let objs = render(
+        label,
+        &[
+            "auth.users[0].name=alice",
+            "auth.users[0].password=pw1",
+            "auth.users[1].name=bob",
+            "auth.users[1].password=p:w2",
+        ],
+        "dlp",
+    );
+    let users = decode_base64(
+        label,
+        str_at(get(&objs, "Secret", "dlp-auth"), "data.users"),
+    );
+    assert_eq!(users, "alice:pw1\nbob:p:w2\n");
+    let scheduler = get(&objs, "Deployment", "dlp-scheduler");
+    assert!(
+        !key(
+            scheduler,
+            "spec.template.metadata.annotations",
+            "checksum/auth"
+        )
+        .is_null(),
+        "{label}: checksum/auth"
+    );
+    let expect = Expect {
+        prefix: "dlp",
+        external: &[],
+    };
+    assert_no_problems(consistency(label, &objs, &expect));
+
+    // An existing Secret: the chart makes none and mounts that one.
+    let label = "auth.existingSecret";
+    let objs = render(label, &["auth.existingSecret=my-users"], "dlp");
+    assert!(!names(&objs, "Secret").contains("dlp-auth"), "{label}");
+    let volumes = seq_at(
+        get(&objs, "Deployment", "dlp-scheduler"),
+        "spec.template.spec.volumes",
+    );
+    assert!(
+        volumes
+            .iter()
+            .any(|v| str_at(v, "secret.secretName") == "my-users"),
+        "{label}: {}",
+        show(&Value::Sequence(volumes.to_vec()))
+    );
+    let expect = Expect {
+        prefix: "dlp",
+        external: &["my-users"],
+    };
+    assert_no_problems(consistency(label, &objs, &expect));
+
+    // Anonymous Flight SQL: no Secret, no --auth-file.
+    let label = "auth.allowAnonymous";
+    let objs = render(label, &["auth.allowAnonymous=true"], "dlp");
+    assert!(names(&objs, "Secret").is_empty(), "{label}");
+    let args = args_of(&scheduler_of(&objs, "dlp"));
+    assert!(
+        args.contains_key("allow-anonymous") && !args.contains_key("auth-file"),
+        "{label}: {args:?}"
+    );
+    let expect = Expect {
+        prefix: "dlp",
+        external: &[],
+    };
+    assert_no_problems(consistency(label, &objs, &expect));
+
+    // Without the autoscaler: fixed replicas, autoscaler off in dlp.yaml.
+    let label = "autoscaling.enabled=false";
+    let objs = render(
+        label,
+        &["autoscaling.enabled=false", "executors.cpu.replicas=3"],
+        "dlp",
+    );
+    assert_eq!(
+        at(
+            get(&objs, "Deployment", "dlp-executor-cpu"),
+            "spec.replicas"
+        )
+        .as_i64(),
+        Some(3)
+    );
+    let config = key(get(&objs, "ConfigMap", "dlp-config"), "data", "dlp.yaml");
+    let config: Value = serde_yaml::from_str(config.as_str().unwrap_or("")).expect("dlp.yaml");
+    assert_eq!(at(&config, "autoscaler.enabled").as_bool(), Some(false));
+    assert_no_problems(consistency(label, &objs, &expect));
+
+    // Another release name, a registry, existing and unprovisioned claims, the
+    // ServiceMonitor (which must pick the client Service only).
+    let label = "release ml + options";
+    let objs = render(
+        label,
+        &[
+            "image.registry=registry.example.com/team/",
+            "persistence.data.existingClaim=shared-data",
+            "persistence.models.storageClass=-",
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.labels.release=prometheus",
+        ],
+        "ml",
+    );
+    let expect = Expect {
+        prefix: "ml-dlp",
+        external: &["shared-data"],
+    };
+    assert_no_problems(consistency(label, &objs, &expect));
+    assert_eq!(
+        names(&objs, "PersistentVolumeClaim"),
+        BTreeSet::from(["ml-dlp-models".to_string()])
+    );
+    assert_eq!(
+        at(
+            get(&objs, "PersistentVolumeClaim", "ml-dlp-models"),
+            "spec.storageClassName"
+        ),
+        &Value::from("")
+    );
+    assert_eq!(
+        str_at(&scheduler_of(&objs, "ml-dlp"), "image"),
+        "registry.example.com/team/ballista-dlp/dlp-scheduler:0.1.0"
+    );
+    assert_eq!(
+        str_at(
+            container(get(&objs, "Deployment", "ml-dlp-executor-gpu")),
+            "image"
+        ),
+        "registry.example.com/team/ballista-dlp/dlp-executor:0.1.0-cuda"
+    );
+    let monitor = get(&objs, "ServiceMonitor", "ml-dlp-scheduler");
+    assert_eq!(str_at(monitor, "metadata.labels.release"), "prometheus");
+    let selector = at(monitor, "spec.selector.matchLabels");
+    for (svc, picked) in [
+        ("ml-dlp-scheduler", true),
+        ("ml-dlp-scheduler-registration", false),
+    ] {
+        let labels = at(get(&objs, "Service", svc), "metadata.labels");
+        let matches = selector
+            .as_mapping()
+            .is_some_and(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+        assert_eq!(
+            matches, picked,
+            "{label}: ServiceMonitor picks Service/{svc}"
+        );
+    }
+    assert_eq!(
+        str_at(&seq_at(monitor, "spec.endpoints")[0], "path"),
+        "/api/metrics"
+    );
+
+    // Values that cannot work are refused with a message.
+    let err = helm_template_err(&["executors.cpu.minReplicas=5"]);
+    assert!(
+        err.contains("executors.cpu.minReplicas (5) is above maxReplicas (4)"),
+        "{err}"
+    );
+    let err = helm_template_err(&["executors.cpu.minReplicas=0"]);
+    assert!(
+        err.contains("scheduler.minReadyExecutors (1) is above"),
+        "{err}"
+    );
+    let err = helm_template_err(&["executors.gpu.vcores=0"]);
+    assert!(err.contains("executors.gpu.vcores"), "{err}");
+    let err = helm_template_err(&["executors.cpu.device=tpu"]);
+    assert!(err.contains("executors.cpu.device"), "{err}");
+    let err = helm_template_err(&["schedulr.logLevel=debug"]);
+    assert!(err.contains("schedulr"), "{err}");
+}
+
+#[test]
+fn dockerfile_lints_clean_and_agrees_with_setup_and_manifests() {
+    let dockerfile = "deploy/docker/Dockerfile";
+    run_ok(&tool("hadolint"), &[dockerfile], None, &[]);
+    let text = std::fs::read_to_string(repo().join(dockerfile)).expect("Dockerfile");
+    // The same torch wheel as development (scripts/setup.sh), so libtorch matches tch.
+    let setup = std::fs::read_to_string(repo().join("scripts/setup.sh")).expect("setup.sh");
+    let pin = |t: &str| {
+        t.match_indices("torch==")
+            .filter(|(i, _)| {
+                !t[..*i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            })
+            .map(|(i, m)| {
+                let version: String = t[i + m.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.')
+                    .collect();
+                format!("torch=={version}")
+            })
+            .next()
+    };
+    assert_eq!(
+        pin(&text),
+        pin(&setup),
+        "torch pin of the Dockerfile and setup.sh"
+    );
+    assert!(pin(&text).is_some(), "the Dockerfile pins torch");
+    for target in ["AS build", "AS runtime", "AS scheduler", "AS executor"] {
+        assert!(text.contains(target), "Dockerfile: no stage `{target}`");
+    }
+    // Ports and user of the images are those of the manifests.
+    let objs = objects("gpu", &kustomize("gpu"));
+    let mut ports = BTreeSet::new();
+    for d in ["dlp-scheduler", "dlp-executor-cpu", "dlp-executor-gpu"] {
+        let dep = get(&objs, "Deployment", d);
+        for p in seq_at(container(dep), "ports") {
+            ports.insert(at(p, "containerPort").as_i64().expect("port").to_string());
+        }
+        assert_eq!(
+            at(dep, "spec.template.spec.securityContext.runAsUser").as_i64(),
+            Some(10001),
+            "{d}: the images' user is 10001"
+        );
+    }
+    let exposed: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(|l| l.split_whitespace().map(String::from))
+        .collect();
+    assert_eq!(
+        exposed, ports,
+        "EXPOSEd ports vs the manifests' container ports"
+    );
+    assert!(
+        text.contains("USER 10001:10001"),
+        "Dockerfile: USER 10001:10001"
+    );
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).expect(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target"),
+        ".dockerignore must leave out target/"
+    );
+}
+
+/// The gpu overlay (kubectl, server-side apply) and the chart (helm) are accepted by a real
+/// kube-apiserver (v1.20, RBAC on): server-side dry runs, then real installs into separate
+/// namespaces; the autoscaler's account can read and scale the executor pools and nothing
+/// else; `helm upgrade` keeps the generated password and a scaled-up pool.
+#[test]
+fn kube_apiserver_accepts_the_overlay_and_the_chart() {
+    let server = ApiServer::start("RBAC");
+    let executors: BTreeSet<String> = ["dlp-executor-cpu", "dlp-executor-gpu", "dlp-scheduler"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+
+    // kubectl: the namespace first (a dry run creates nothing), then everything.
+    let yaml = kustomize("gpu");
+    let (namespace, rest): (Vec<&str>, Vec<&str>) = yaml
+        .split("\n---\n")
+        .partition(|doc| doc.contains("kind: Namespace\n"));
+    assert_eq!(namespace.len(), 1, "one Namespace in the overlay");
+    server.run(
+        "kubectl",
+        &["apply", "--server-side", "-f", "-"],
+        Some(namespace[0]),
+    );
+    let rest = rest.join("\n---\n");
+    let out = server.run(
+        "kubectl",
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&rest),
+    );
+    assert!(
+        out.contains("deployment.apps/dlp-executor-gpu serverside-applied (server dry run)"),
+        "{out}"
+    );
+    server.run(
+        "kubectl",
+        &["apply", "--server-side", "-f", "-"],
+        Some(&yaml),
+    );
+    assert_eq!(server.deployments("dlp"), executors, "Deployments in dlp");
+    let registration = server.run(
+        "kubectl",
+        &[
+            "-n",
+            "dlp",
+            "get",
+            "service",
+            "dlp-scheduler-registration",
+            "-o",
+            "jsonpath={.spec.publishNotReadyAddresses}",
+        ],
+        None,
+    );
+    assert_eq!(registration, "true");
+
+    // RBAC: the scheduler's account reads and scales the executor pools, nothing else.
+    let scheduler_sa = "--as=system:serviceaccount:dlp:dlp-scheduler";
+    let as_scheduler = |args: &[&str]| {
+        let mut all = vec![scheduler_sa, "-n", "dlp"];
+        all.extend(args);
+        server.try_run("kubectl", &all, None)
+    };
+    let (ok, _, err) = as_scheduler(&["get", "deployment", "dlp-executor-gpu"]);
+    assert!(ok, "the autoscaler cannot read the GPU pool: {err}");
+    let (ok, _, err) = as_scheduler(&["scale", "deployment", "dlp-executor-gpu", "--replicas=1"]);
+    assert!(ok, "the autoscaler cannot scale the GPU pool: {err}");
+    assert_eq!(server.replicas("dlp", "dlp-executor-gpu"), "1");
+    for forbidden in [
+        &["scale", "deployment", "dlp-scheduler", "--replicas=2"][..],
+        &["delete", "deployment", "dlp-executor-cpu"][..],
+        &["get", "secret", "dlp-auth"][..],
+        &["-n", "default", "get", "deployments"][..],
+    ] {
+        let (ok, _, err) = as_scheduler(forbidden);
+        assert!(
+            !ok && err.contains("forbidden"),
+            "the autoscaler may {forbidden:?}: {err}"
+        );
+    }
+    let (ok, _, err) = server.try_run(
+        "kubectl",
+        &[
+            "--as=system:serviceaccount:dlp:dlp-executor",
+            "-n",
+            "dlp",
+            "get",
+            "deployment",
+            "dlp-executor-cpu",
+        ],
+        None,
+    );
+    assert!(
+        !ok && err.contains("forbidden"),
+        "executors may read Deployments: {err}"
+    );
+    // Re-applying the overlay resets the pools to their minimum (README, "Deployment").
+    server.run(
+        "kubectl",
+        &["apply", "--server-side", "-f", "-"],
+        Some(&yaml),
+    );
+    assert_eq!(server.replicas("dlp", "dlp-executor-gpu"), "0");
+
+    // helm: a server-side dry run, then an install into its own namespace.
+    server.run("kubectl", &["create", "namespace", "dlp-helm"], None);
+    let chart = [
+        "helm/dlp",
+        "-n",
+        "dlp-helm",
+        "-f",
+        "helm/dlp/ci/gpu-values.yaml",
+    ];
+    let mut dry = vec!["install", "dlp"];
+    dry.extend(chart);
+    dry.push("--dry-run=server");
+    server.run("helm", &dry, None);
+    assert!(
+        server.deployments("dlp-helm").is_empty(),
+        "a dry run installs nothing"
+    );
+    let mut install = vec!["install", "dlp"];
+    install.extend(chart);
+    let notes = server.run("helm", &install, None);
+    assert!(
+        notes.contains("kubectl -n dlp-helm port-forward svc/dlp-scheduler 50050:50050"),
+        "NOTES: {notes}"
+    );
+    assert_eq!(
+        server.deployments("dlp-helm"),
+        executors,
+        "Deployments in dlp-helm"
+    );
+    let password = || {
+        server.run(
+            "kubectl",
+            &[
+                "-n",
+                "dlp-helm",
+                "get",
+                "secret",
+                "dlp-auth",
+                "-o",
+                "jsonpath={.data.users}",
+            ],
+            None,
+        )
+    };
+    let first = password();
+    assert!(!first.is_empty(), "a generated password");
+    // The autoscaler scaled up; an upgrade keeps that and the password.
+    server.run(
+        "kubectl",
+        &[
+            "-n",
+            "dlp-helm",
+            "scale",
+            "deployment",
+            "dlp-executor-cpu",
+            "--replicas=3",
+        ],
+        None,
+    );
+    let mut upgrade = vec!["upgrade", "--install", "dlp"];
+    upgrade.extend(chart);
+    server.run("helm", &upgrade, None);
+    assert_eq!(
+        password(),
+        first,
+        "helm upgrade changed the generated password"
+    );
+    assert_eq!(server.replicas("dlp-helm", "dlp-executor-cpu"), "3");
+    assert_eq!(server.replicas("dlp-helm", "dlp-executor-gpu"), "0");
+    let revision = server.run(
+        "helm",
+        &["-n", "dlp-helm", "status", "dlp", "-o", "json"],
+        None,
+    );
+    let status: serde_json::Value = serde_json::from_str(&revision).expect("helm status JSON");
+    assert_eq!(status["info"]["status"], "deployed");
+    assert_eq!(status["version"], 2);
+}
