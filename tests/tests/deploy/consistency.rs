@@ -312,6 +312,7 @@ pub fn consistency(label: &str, objs: &Objects, expect: &Expect) -> Vec<String> 
     .unwrap_or("");
     let config: Value = serde_yaml::from_str(config_text)
         .unwrap_or_else(|e| panic!("{label}: dlp.yaml is not YAML: {e}"));
+    // The keys of scheduler/src/config.rs (DlpConfig), which rejects unknown ones.
     let allowed: BTreeMap<&str, &[&str]> = [
         ("", &["autoscaler"][..]),
         (
@@ -319,6 +320,7 @@ pub fn consistency(label: &str, objs: &Objects, expect: &Expect) -> Vec<String> 
             &[
                 "enabled",
                 "namespace",
+                "kubeconfig",
                 "intervalSeconds",
                 "cooldownSeconds",
                 "cpu",

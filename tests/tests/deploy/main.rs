@@ -79,6 +79,80 @@ fn kustomize_overlays_render_validate_strictly_and_hang_together() {
     }
 }
 
+/// The README's own overlay (images from a registry, Flight SQL users from a file)
+/// renders over the gpu overlay: the images and the `dlp-auth` Secret are replaced.
+#[test]
+fn the_readme_overlay_sets_images_and_users() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let start = readme
+        .find("```yaml\n# my-dlp/kustomization.yaml\n")
+        .expect("README: the my-dlp/kustomization.yaml example");
+    let block = &readme[start + "```yaml\n".len()..];
+    let block = &block[..block.find("```").expect("end of the example")];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mine = dir.path().join("my-dlp");
+    // kustomize wants a relative path to the overlay (from my-dlp/ up to /).
+    let ups = mine.components().count() - 1;
+    let overlay = format!(
+        "{}{}",
+        "../".repeat(ups),
+        repo()
+            .join("deploy/overlays/gpu")
+            .to_string_lossy()
+            .trim_start_matches('/')
+    );
+    assert!(
+        block.contains("resources: [../deploy/overlays/gpu]"),
+        "README example: {block}"
+    );
+    let kustomization = block.replace("../deploy/overlays/gpu", &overlay);
+    std::fs::create_dir(&mine).expect("my-dlp");
+    std::fs::write(mine.join("kustomization.yaml"), kustomization).expect("kustomization");
+    std::fs::write(mine.join("users"), "alice:0123456789abcdef\n").expect("users");
+    let yaml = run_ok(
+        &tool("kubectl"),
+        &["kustomize", &mine.to_string_lossy()],
+        None,
+        &[],
+    );
+    validate_strictly("README overlay", &yaml);
+    let objs = objects("README overlay", &yaml);
+    assert_eq!(
+        id_set(&objs),
+        kustomize_ids(true),
+        "README overlay: objects"
+    );
+    let users = decode_base64(
+        "README overlay",
+        str_at(get(&objs, "Secret", "dlp-auth"), "data.users"),
+    );
+    assert_eq!(users, "alice:0123456789abcdef\n");
+    for (deployment, image) in [
+        (
+            "dlp-scheduler",
+            "registry.example.com/dlp/dlp-scheduler:0.1.0",
+        ),
+        (
+            "dlp-executor-cpu",
+            "registry.example.com/dlp/dlp-executor:0.1.0",
+        ),
+        (
+            "dlp-executor-gpu",
+            "registry.example.com/dlp/dlp-executor:0.1.0-cuda",
+        ),
+    ] {
+        assert_eq!(
+            str_at(container(get(&objs, "Deployment", deployment)), "image"),
+            image
+        );
+    }
+    let expect = Expect {
+        prefix: "dlp",
+        external: &[],
+    };
+    assert_no_problems(consistency("README overlay", &objs, &expect));
+}
+
 #[test]
 fn helm_chart_lints_strictly() {
     for values in [None, Some("helm/dlp/ci/gpu-values.yaml")] {
