@@ -24,6 +24,9 @@ pub struct AutoscalerConfig {
     /// Namespace of the Deployments; empty: `POD_NAMESPACE`, then the service account's
     /// namespace, then the kubeconfig's.
     pub namespace: String,
+    /// A kubeconfig file; empty: in-cluster service account, then `KUBECONFIG` /
+    /// `~/.kube/config`.
+    pub kubeconfig: String,
     /// Seconds between two looks at the work.
     pub interval_seconds: u64,
     /// Minimum seconds between two changes of one pool's replicas (against flapping).
@@ -39,6 +42,7 @@ impl Default for AutoscalerConfig {
         Self {
             enabled: false,
             namespace: String::new(),
+            kubeconfig: String::new(),
             interval_seconds: 5,
             cooldown_seconds: 30,
             cpu: PoolConfig {

@@ -2,6 +2,7 @@
 //! binaries, and a real Ballista DLP cluster (scheduler + executors as separate processes)
 //! on loopback.
 
+pub mod k8s;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -104,7 +105,11 @@ impl Process {
         let out = std::fs::File::create(&log)?;
         let child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "info,dlp_plugin::torch=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("DLP_TEST_RUST_LOG")
+                    .unwrap_or_else(|_| "info,dlp_plugin::torch=debug".into()),
+            )
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
             .spawn()
@@ -119,6 +124,18 @@ impl Process {
     /// The process's output so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the process with SIGTERM (an executor deregisters and drains) and waits.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
     }
 
     /// Kills the process (SIGKILL).
@@ -208,51 +225,8 @@ impl Cluster {
             "scheduler /healthz",
         )?;
         let mut health_ports = Vec::new();
-        for (i, executor_args) in executors.iter().enumerate() {
-            let health = free_port();
-            let work = cluster._dir.path().join(format!("executor-{i}"));
-            std::fs::create_dir_all(&work)?;
-            let args: Vec<String> = [
-                "--bind-host",
-                "127.0.0.1",
-                "--external-host",
-                "127.0.0.1",
-                "--scheduler-host",
-                "127.0.0.1",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([
-                "--scheduler-port".into(),
-                port.to_string(),
-                "--bind-port".into(),
-                free_port().to_string(),
-                "--bind-grpc-port".into(),
-                free_port().to_string(),
-                "--bind-health-port".into(),
-                health.to_string(),
-                "--id".into(),
-                format!("executor-{i}"),
-                "--work-dir".into(),
-                work.to_string_lossy().into_owned(),
-            ])
-            .chain(
-                // --vcores in an executor's own flags wins
-                (!executor_args.contains(&"--vcores"))
-                    .then(|| ["--vcores".to_string(), vcores.to_string()])
-                    .into_iter()
-                    .flatten(),
-            )
-            .chain(executor_args.iter().map(|s| s.to_string()))
-            .collect();
-            let log = cluster._dir.path().join(format!("executor-{i}.log"));
-            cluster.executors.push(Process::spawn(
-                &format!("executor-{i}"),
-                &binary("dlp-executor")?,
-                &args,
-                log,
-            )?);
-            health_ports.push(health);
+        for executor_args in executors {
+            health_ports.push(cluster.spawn_executor(vcores, executor_args)?);
         }
         for port in health_ports {
             cluster.wait_for(
@@ -261,6 +235,64 @@ impl Cluster {
             )?;
         }
         Ok(cluster)
+    }
+
+    /// Starts one more executor (`executor-<n>`) and waits until it is ready.
+    pub fn add_executor(&mut self, vcores: usize, args: &[&str]) -> anyhow::Result<()> {
+        let health = self.spawn_executor(vcores, args)?;
+        self.wait_for(
+            |_| http_status(health, "/readyz") == Some(200),
+            "executor /readyz",
+        )
+    }
+
+    /// Spawns an executor; returns its health port.
+    fn spawn_executor(&mut self, vcores: usize, executor_args: &[&str]) -> anyhow::Result<u16> {
+        let i = self.executors.len();
+        let health = free_port();
+        let work = self._dir.path().join(format!("executor-{i}"));
+        std::fs::create_dir_all(&work)?;
+        let args: Vec<String> = [
+            "--bind-host",
+            "127.0.0.1",
+            "--external-host",
+            "127.0.0.1",
+            "--scheduler-host",
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--scheduler-port".into(),
+            self.port.to_string(),
+            "--bind-port".into(),
+            free_port().to_string(),
+            "--bind-grpc-port".into(),
+            free_port().to_string(),
+            "--bind-health-port".into(),
+            health.to_string(),
+            "--id".into(),
+            format!("executor-{i}"),
+            "--work-dir".into(),
+            work.to_string_lossy().into_owned(),
+        ])
+        .chain(
+            // --vcores in an executor's own flags wins
+            (!executor_args.contains(&"--vcores"))
+                .then(|| ["--vcores".to_string(), vcores.to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .chain(executor_args.iter().map(|s| s.to_string()))
+        .collect();
+        let log = self._dir.path().join(format!("executor-{i}.log"));
+        self.executors.push(Process::spawn(
+            &format!("executor-{i}"),
+            &binary("dlp-executor")?,
+            &args,
+            log,
+        )?);
+        Ok(health)
     }
 
     /// `df://127.0.0.1:<port>`.

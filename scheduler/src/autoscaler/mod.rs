@@ -80,12 +80,26 @@ pub fn spawn(config: AutoscalerConfig, state: Arc<State>) -> tokio::task::JoinHa
 }
 
 async fn client_and_namespace(config: &AutoscalerConfig) -> anyhow::Result<(kube::Client, String)> {
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!(
-            "no Kubernetes API client ({e}); the autoscaler needs an in-cluster service \
-             account or KUBECONFIG"
-        )
-    })?;
+    let client = if config.kubeconfig.is_empty() {
+        kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!(
+                "no Kubernetes API client ({e}); the autoscaler needs an in-cluster service \
+                 account, KUBECONFIG or autoscaler.kubeconfig"
+            )
+        })?
+    } else {
+        let file = kube::config::Kubeconfig::read_from(&config.kubeconfig).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read autoscaler.kubeconfig {}: {e}",
+                config.kubeconfig
+            )
+        })?;
+        let options = kube::config::KubeConfigOptions::default();
+        let kc = kube::Config::from_custom_kubeconfig(file, &options)
+            .await
+            .map_err(|e| anyhow::anyhow!("invalid kubeconfig {}: {e}", config.kubeconfig))?;
+        kube::Client::try_from(kc)?
+    };
     let namespace = if !config.namespace.is_empty() {
         config.namespace.clone()
     } else if let Ok(ns) = std::env::var("POD_NAMESPACE")
@@ -135,11 +149,16 @@ async fn run(config: AutoscalerConfig, state: Arc<State>) {
             p.config.min_replicas, p.config.max_replicas)).collect::<Vec<_>>(),
         "autoscaler started"
     );
+    let mut last_obs = [Observation::default(); 2];
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let obs = observe(&state).await;
+        if obs != last_obs {
+            tracing::debug!(cpu = ?obs[0], gpu = ?obs[1], "autoscaler: work");
+            last_obs = obs;
+        }
         let now = Instant::now();
         for pool in &mut pools {
             let o = obs[pool.class as usize];
