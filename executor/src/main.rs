@@ -3,6 +3,7 @@
 //! `--bind-health-port`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -24,6 +25,12 @@ struct Cli {
     /// Directory of TorchScript models and their manifests (shared with the scheduler).
     #[arg(long, env = "DLP_MODEL_DIR")]
     model_dir: Option<std::path::PathBuf>,
+    /// Directories clients may read data from (repeatable, or ':'-separated in
+    /// DLP_DATA_ROOTS): read_images, read_image and CREATE EXTERNAL TABLE locations must
+    /// resolve under one, after '..' and symlinks; relative paths are taken from the first.
+    /// Unset: no restriction.
+    #[arg(long = "data-root", env = "DLP_DATA_ROOTS", value_delimiter = ':')]
+    data_roots: Vec<PathBuf>,
     /// Device class announced to the scheduler's placement and autoscaler (the executor id
     /// is prefixed with it): cpu or gpu. Default: gpu when the resolved device is CUDA.
     #[arg(long, env = "DLP_DEVICE_CLASS")]
@@ -61,6 +68,11 @@ fn new_uuid() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !cli.data_roots.is_empty() {
+        dlp_plugin::access::DataRoots::new(&cli.data_roots)
+            .map_err(|e| anyhow::anyhow!("--data-root: {e}"))?
+            .install();
+    }
     let device: dlp_plugin::torch::DeviceSpec = cli
         .device
         .parse()

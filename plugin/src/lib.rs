@@ -4,6 +4,7 @@
 //! sessions through [`session`], which installs the same codecs ([`codec`]), functions and
 //! table factories everywhere.
 
+pub mod access;
 pub mod batches;
 pub mod codec;
 pub mod embedded;

@@ -59,6 +59,12 @@ fn register_plugin(state: &mut SessionState) {
     state
         .table_factories_mut()
         .insert(IMAGE_FORMAT.to_string(), Arc::new(ImageTableFactory));
+    if crate::access::DataRoots::get().is_some() {
+        // CREATE EXTERNAL TABLE reads only under the data roots.
+        for factory in state.table_factories_mut().values_mut() {
+            *factory = Arc::new(crate::access::CheckedTableFactory::new(factory.clone()));
+        }
+    }
     for udf in plugin_udfs() {
         // Registering replaces nothing of DataFusion's: the names are the plugin's own.
         let _ = state.register_udf(Arc::new(udf));

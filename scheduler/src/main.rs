@@ -43,6 +43,12 @@ struct Cli {
     /// scheduler serving Flight SQL needs --auth-file.
     #[arg(long, env = "DLP_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
+    /// Directories clients may read data from (repeatable, or ':'-separated in
+    /// DLP_DATA_ROOTS): read_images, read_image and CREATE EXTERNAL TABLE locations must
+    /// resolve under one, after '..' and symlinks; relative paths are taken from the first.
+    /// Unset: no restriction.
+    #[arg(long = "data-root", env = "DLP_DATA_ROOTS", value_delimiter = ':')]
+    data_roots: Vec<PathBuf>,
     /// Ballista's own task distribution (--task-distribution) instead of the GPU-aware
     /// placement.
     #[arg(long)]
@@ -79,6 +85,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &prefix,
     );
 
+    if !cli.data_roots.is_empty() {
+        dlp_plugin::access::DataRoots::new(&cli.data_roots)
+            .map_err(|e| anyhow::anyhow!("--data-root: {e}"))?
+            .install();
+    }
     let dlp_config = match &cli.config {
         Some(path) => config::DlpConfig::load(path)?,
         None => config::DlpConfig::default(),

@@ -211,3 +211,96 @@ async fn torch_stages_go_to_the_gpu_class_executor() {
         "{on_cluster:?} sampled flowers"
     );
 }
+
+#[test]
+fn paths_outside_the_data_roots_are_rejected() {
+    // root/flowers: three real photos; root/escape -> secret (outside); secret: a photo.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let secret = dir.path().join("secret");
+    let daisy = shared_data().join("flowers/daisy");
+    let mut photos: Vec<_> = std::fs::read_dir(&daisy)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.sort();
+    std::fs::create_dir_all(root.join("flowers/daisy")).unwrap();
+    std::fs::create_dir_all(&secret).unwrap();
+    for p in &photos[..3] {
+        std::fs::copy(p, root.join("flowers/daisy").join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(&photos[3], secret.join("private.jpg")).unwrap();
+    std::os::unix::fs::symlink(&secret, root.join("escape")).unwrap();
+    std::fs::create_dir_all(root.join("flowers/planted")).unwrap();
+    std::os::unix::fs::symlink(
+        secret.join("private.jpg"),
+        root.join("flowers/planted/link.jpg"),
+    )
+    .unwrap();
+    let root_arg = root.to_string_lossy().into_owned();
+    let flags = ["--data-root", root_arg.as_str()];
+    let cluster = Cluster::start_each(2, &flags, &[&flags]).expect("cluster");
+
+    // Inside the root, relative to it: fine.
+    let ok = adbc(
+        cluster.port,
+        "SELECT image['origin'] AS origin FROM read_images('flowers/daisy')",
+        None,
+    );
+    let ok = ok.unwrap_or_else(|e| panic!("{e}\n{}", cluster.scheduler.output()));
+    let json: serde_json::Value = serde_json::from_str(&ok).unwrap();
+    assert_eq!(json["rows"].as_array().unwrap().len(), 3, "{json}");
+
+    let secret_path = secret.to_string_lossy();
+    let cases = [
+        (
+            "read_images('../secret')".to_string(),
+            "outside the data roots",
+        ),
+        ("read_images('/etc')".to_string(), "outside the data roots"),
+        (
+            format!("read_images('{secret_path}')"),
+            "outside the data roots",
+        ),
+        (
+            "read_images('file:///etc/ssl')".to_string(),
+            "outside the data roots",
+        ),
+        ("read_images('escape')".to_string(), "through a symlink"),
+        (
+            "read_images('flowers', 'recursiveFileLookup=true')".to_string(),
+            "through a symlink",
+        ),
+        (
+            "read_images('http://127.0.0.1/x')".to_string(),
+            "only local paths",
+        ),
+    ];
+    for (from, expected) in cases {
+        let query = format!("SELECT count(*) FROM {from}");
+        let err = adbc(cluster.port, &query, None).expect_err(&query);
+        assert!(
+            err.contains(expected),
+            "{query}: expected '{expected}' in:\n{err}"
+        );
+        assert!(
+            !err.contains("private.jpg"),
+            "{query}: leaks a file name:\n{err}"
+        );
+    }
+    for location in [
+        "/etc/passwd",
+        "file:///etc/passwd",
+        "escape/private.jpg",
+        "../secret",
+    ] {
+        let ddl = format!("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{location}'");
+        let err = adbc(cluster.port, &ddl, None).expect_err(&ddl);
+        assert!(
+            err.contains("outside the data roots")
+                || err.contains("through a symlink")
+                || err.contains("'..' is not allowed"),
+            "{ddl}:\n{err}"
+        );
+    }
+}

@@ -362,6 +362,10 @@ pub(crate) fn read_and_decode(
     options: &DecodeOptions,
 ) -> (std::result::Result<ImageRow, InvalidImage>, usize) {
     let unreadable = |e: std::io::Error| InvalidImage::Unreadable(e.to_string());
+    // Executors enforce the data roots too: a plan can name any file.
+    if let Err(e) = crate::access::check_path(std::path::Path::new(path)) {
+        return (Err(InvalidImage::Unreadable(e)), 0);
+    }
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => return (Err(unreadable(e)), 0),

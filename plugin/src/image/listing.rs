@@ -55,9 +55,17 @@ pub fn resolve_root(root: &str) -> Result<PathBuf> {
     } else {
         trimmed.to_string()
     };
+    let roots = crate::access::DataRoots::get();
+    let local = match roots {
+        // With data roots, relative paths are taken from the first one.
+        Some(r) if Path::new(&local).is_relative() => r.base().join(&local),
+        _ => PathBuf::from(local),
+    };
     let absolute = std::path::absolute(&local)
         .map_err(|e| plan_datafusion_err!("read_images: cannot resolve path '{trimmed}': {e}"))?;
-    Ok(normalize(&absolute))
+    let path = normalize(&absolute);
+    crate::access::check_path(&path).map_err(|e| plan_datafusion_err!("read_images: {e}"))?;
+    Ok(path)
 }
 
 /// Removes `.` and `..` segments without touching the file system (as `java.net.URI`
@@ -219,6 +227,8 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
             let idx = classes.binary_search(&name).unwrap_or(0) as i32;
             (idx, name)
         });
+        // A symlink under the root may point elsewhere: every file is checked.
+        crate::access::check_path(&path).map_err(|e| plan_datafusion_err!("read_images: {e}"))?;
         files.push(ImageFile {
             path: path.to_string_lossy().into_owned(),
             size,

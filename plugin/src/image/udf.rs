@@ -72,7 +72,11 @@ pub fn load_image(uri: &str, options: &DecodeOptions) -> (String, Result<ImageRo
         Ok(p) => p,
         Err(e) => return (uri.to_string(), Err(e)),
     };
-    let abs = std::path::absolute(&path).unwrap_or_else(|_| path.clone().into());
+    let path = match crate::access::DataRoots::get() {
+        Some(r) if std::path::Path::new(&path).is_relative() => r.base().join(&path),
+        _ => std::path::PathBuf::from(&path),
+    };
+    let abs = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
     let origin = origin_uri(&abs.to_string_lossy());
     let (row, _) = read_and_decode(&abs.to_string_lossy(), options);
     (origin, row)

@@ -86,6 +86,18 @@ impl ModelManifest {
                 self.channel_order
             );
         }
+        // Files named by a manifest stay in the model directory.
+        for f in std::iter::once(&self.file).chain(&self.classes_file) {
+            if !std::path::Path::new(f)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return plan_err!(
+                    "model {}: file '{f}' must be a relative path inside the model directory",
+                    self.name
+                );
+            }
+        }
         if self.input.height == 0 || self.input.width == 0 || self.feature_dim == 0 {
             return plan_err!(
                 "model {}: input size and feature_dim must be positive",
