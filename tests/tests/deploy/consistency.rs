@@ -146,7 +146,7 @@ pub fn consistency(label: &str, objs: &Objects, expect: &Expect) -> Vec<String> 
                     .find(|m| str_at(m, "mountPath") == path)
             };
             let args = args_of(c);
-            for flag in ["model-dir", "work-dir"] {
+            for flag in ["model-dir", "work-dir", "data-root"] {
                 if let Some(dir) = args.get(flag)
                     && mounted(dir).is_none()
                 {
