@@ -117,3 +117,8 @@ PY
   "$DLP_CACHE/bin/helm" version --short
   printf '%s' "$helm_wheel" > "$helm_stamp"
 fi
+
+# A real Kubernetes API server (v1.20.2, built from Debian's `kubernetes` source package
+# with Debian's Go) and etcd, for the tests against Kubernetes: built once (about 10 min on
+# 2 cores), cached in $DLP_CACHE/k8s/bin; later runs return at once.
+"$DLP_ROOT/scripts/kube-apiserver.sh" build
