@@ -191,10 +191,16 @@ impl LogicalExtensionCodec for PluginLogicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-        self.inner.try_decode_udf(name, buf)
+        match decode_model_udf(name, buf) {
+            Some(udf) => udf,
+            None => self.inner.try_decode_udf(name, buf),
+        }
     }
 
     fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        if encode_model_udf(node, buf)? {
+            return Ok(());
+        }
         self.inner.try_encode_udf(node, buf)
     }
 
@@ -287,10 +293,16 @@ impl PhysicalExtensionCodec for PluginPhysicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-        self.inner.try_decode_udf(name, buf)
+        match decode_model_udf(name, buf) {
+            Some(udf) => udf,
+            None => self.inner.try_decode_udf(name, buf),
+        }
     }
 
     fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        if encode_model_udf(node, buf)? {
+            return Ok(());
+        }
         self.inner.try_encode_udf(node, buf)
     }
 
@@ -384,4 +396,49 @@ mod tests {
         assert!(split(&[TAG_PLUGIN, 99]).is_err());
         assert!(matches!(split(&[TAG_BALLISTA, 7]), Ok(Err(&[7]))));
     }
+}
+
+/// Tag of a registered model function's definition (see `pipeline::functions`).
+const MODEL_UDF_TAG: &[u8] = b"DLPMODELFN1";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ModelUdfDefinition {
+    name: String,
+    source: crate::pipeline::functions::FunctionSource,
+}
+
+/// Writes a registered model function's definition; false for other functions.
+fn encode_model_udf(node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<bool> {
+    let Some(f) = node
+        .inner()
+        .downcast_ref::<crate::pipeline::functions::ModelUdf>()
+    else {
+        return Ok(false);
+    };
+    buf.extend_from_slice(MODEL_UDF_TAG);
+    serde_json::to_writer(
+        &mut *buf,
+        &ModelUdfDefinition {
+            name: node.name().to_string(),
+            source: f.source().clone(),
+        },
+    )
+    .map_err(|e| {
+        datafusion::common::DataFusionError::Internal(format!("encode {}: {e}", node.name()))
+    })?;
+    Ok(true)
+}
+
+/// Rebuilds a registered model function from its definition; None for other functions.
+fn decode_model_udf(name: &str, buf: &[u8]) -> Option<Result<Arc<ScalarUDF>>> {
+    let json = buf.strip_prefix(MODEL_UDF_TAG)?;
+    Some(
+        serde_json::from_slice::<ModelUdfDefinition>(json)
+            .map_err(|e| {
+                datafusion::common::DataFusionError::Internal(format!(
+                    "decode function {name}: {e}"
+                ))
+            })
+            .and_then(|d| crate::pipeline::functions::decode(&d.name, d.source)),
+    )
 }

@@ -49,6 +49,9 @@ pub fn session_state(config: SessionConfig) -> Result<SessionState> {
     let state = ballista_core::utils::default_session_builder(config)?;
     let mut state = SessionStateBuilder::new_from_existing(state)
         .with_query_planner(Arc::new(PluginQueryPlanner))
+        .with_function_factory(Some(Arc::new(
+            crate::pipeline::functions::ModelFunctionFactory,
+        )))
         .build();
     register_plugin(&mut state);
     Ok(state)
@@ -68,6 +71,10 @@ fn register_plugin(state: &mut SessionState) {
     for udf in plugin_udfs() {
         // Registering replaces nothing of DataFusion's: the names are the plugin's own.
         let _ = state.register_udf(Arc::new(udf));
+    }
+    // Model functions registered in this process (config at start-up, CREATE FUNCTION).
+    for udf in crate::pipeline::functions::registered() {
+        let _ = state.register_udf(udf);
     }
 }
 
@@ -144,6 +151,9 @@ pub fn local_context() -> Result<SessionContext> {
         .with_default_features()
         .with_config(config)
         .with_query_planner(Arc::new(PluginQueryPlanner))
+        .with_function_factory(Some(Arc::new(
+            crate::pipeline::functions::ModelFunctionFactory,
+        )))
         .build();
     register_plugin(&mut state);
     Ok(SessionContext::new_with_state(state))

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 pub struct DlpConfig {
     /// The executor autoscaler.
     pub autoscaler: AutoscalerConfig,
+    /// Model SQL functions registered at start-up, by name: `{kind: pipeline, dir: ...}`
+    /// (a saved PipelineModel) or `{kind: model, model: ..., topK: 5}`.
+    pub functions:
+        std::collections::BTreeMap<String, dlp_plugin::pipeline::functions::FunctionSource>,
 }
 
 /// `autoscaler:`: scales the CPU and GPU executor Deployments from the scheduler's own
@@ -147,6 +151,11 @@ mod tests {
         assert_eq!(c.autoscaler.gpu.min_replicas, 0);
         assert_eq!(c.autoscaler.gpu.tasks_per_executor, 1);
         assert_eq!(c.autoscaler.cpu, AutoscalerConfig::default().cpu);
+        let c = DlpConfig::parse(
+            "functions:\n  top3: {kind: model, model: efficientnet_lite0, topK: 3}\n  flowers: {kind: pipeline, dir: /data/m}\n",
+        )
+        .unwrap();
+        assert_eq!(c.functions.len(), 2);
     }
 
     #[test]

@@ -94,6 +94,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => config::DlpConfig::load(path)?,
         None => config::DlpConfig::default(),
     };
+    for (name, source) in &dlp_config.functions {
+        dlp_plugin::pipeline::functions::register(name, source.clone())
+            .map_err(|e| anyhow::anyhow!("config functions.{name}: {e}"))?;
+    }
     let authenticator = match (&cli.auth_file, cli.allow_anonymous) {
         (Some(path), _) => Some(Arc::new(auth::BasicAuthenticator::from_file(path)?)),
         (None, true) => None,

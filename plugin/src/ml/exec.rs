@@ -131,7 +131,7 @@ fn vector_type(n: usize) -> DataType {
 }
 
 impl PredictSpec {
-    fn output_fields(&self) -> Vec<Field> {
+    pub(crate) fn output_fields(&self) -> Vec<Field> {
         vec![
             Field::new(
                 &self.raw_prediction_col,
@@ -645,7 +645,11 @@ fn outputs(spec: &PredictSpec, margins: &[f64]) -> (Vec<f64>, Vec<f64>, f64) {
     (margins.to_vec(), probs, best as f64)
 }
 
-fn predict(spec: &PredictSpec, batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn predict(
+    spec: &PredictSpec,
+    batch: &RecordBatch,
+    schema: SchemaRef,
+) -> Result<RecordBatch> {
     let idx = batch.schema().index_of(&spec.features_col)?;
     let col = batch.column(idx);
     let k = spec.num_classes;

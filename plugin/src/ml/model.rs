@@ -83,7 +83,7 @@ impl LogisticRegressionModel {
         self.coefficients.iter().filter(|v| **v != 0.0).count()
     }
 
-    fn predict_spec(&self) -> PredictSpec {
+    pub(crate) fn predict_spec(&self) -> PredictSpec {
         PredictSpec {
             num_classes: self.num_classes,
             multinomial: self.multinomial,

@@ -3,6 +3,7 @@
 //! `TrainValidationSplit`, and YAML job specs that run all of it.
 
 pub mod evaluation;
+pub mod functions;
 pub mod job;
 pub mod split;
 pub mod stages;

@@ -1,0 +1,337 @@
+//! Models as SQL functions (sparkdl's `registerKerasImageUDF`): a saved PipelineModel
+//! (DeepImageFeaturizer + LogisticRegression) or a zoo model's top-K predictions,
+//! registered under a name, then `SELECT path, flowers_predict(image) FROM read_images(...)`.
+//!
+//! Registered by the scheduler's config at start-up (`functions:` in `dlp.yaml`), or at run
+//! time with SQL from any client (Flight SQL included):
+//! `CREATE FUNCTION flowers_predict() AS 'pipeline:/data/models/flowers'` or
+//! `CREATE FUNCTION top5() AS 'model:efficientnet_lite0:5'`. Sessions started afterwards
+//! see the function too. Executors need no registry: the plugin codec ships each
+//! function's definition with the plan and executors rebuild it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, StructArray};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Float64Type, Schema};
+use datafusion::common::{Result, ScalarValue, exec_err, plan_datafusion_err, plan_err};
+use datafusion::execution::context::{FunctionFactory, RegisterFunction, SessionState};
+use datafusion::logical_expr::{
+    ColumnarValue, CreateFunction, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{FittedStage, PipelineModel};
+use crate::ml::LogisticRegressionModel;
+use crate::torch::infer::{check_image_column, prepare, run};
+use crate::torch::model::load_model;
+use crate::torch::{ProcessTorchConfig, TorchSpec, TorchTask};
+
+/// What a registered function runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum FunctionSource {
+    /// A saved PipelineModel directory: DeepImageFeaturizer then LogisticRegression; the
+    /// function returns `{prediction, label, probability}`.
+    Pipeline {
+        /// The saved model's directory (as every process sees it).
+        dir: String,
+    },
+    /// A zoo model's top-K ImageNet predictions (like `predict_topk`).
+    Model {
+        /// Model name in the model directory.
+        model: String,
+        /// How many classes.
+        #[serde(default = "five", rename = "topK")]
+        top_k: usize,
+    },
+}
+
+fn five() -> usize {
+    5
+}
+
+impl FunctionSource {
+    /// Parses a `CREATE FUNCTION ... AS '...'` body: `pipeline:<dir>`, `model:<name>` or
+    /// `model:<name>:<k>`.
+    pub fn parse(body: &str) -> Result<Self> {
+        if let Some(dir) = body.strip_prefix("pipeline:") {
+            return Ok(Self::Pipeline {
+                dir: dir.to_string(),
+            });
+        }
+        if let Some(rest) = body.strip_prefix("model:") {
+            let (model, k) = match rest.rsplit_once(':') {
+                Some((m, k)) => (
+                    m,
+                    k.parse::<usize>().ok().filter(|k| *k > 0).ok_or_else(|| {
+                        plan_datafusion_err!(
+                            "CREATE FUNCTION: top-K '{k}' is not a positive integer"
+                        )
+                    })?,
+                ),
+                None => (rest, 5),
+            };
+            return Ok(Self::Model {
+                model: model.to_string(),
+                top_k: k,
+            });
+        }
+        plan_err!(
+            "CREATE FUNCTION: body '{body}' must be 'pipeline:<saved PipelineModel directory>' \
+             or 'model:<model name>[:<k>]'"
+        )
+    }
+}
+
+/// The loaded parts of a pipeline function.
+#[derive(Debug)]
+struct PipelineParts {
+    features: TorchSpec,
+    classifier: LogisticRegressionModel,
+    class_names: Vec<String>,
+}
+
+/// A registered model function.
+#[derive(Debug)]
+pub struct ModelUdf {
+    name: String,
+    source: FunctionSource,
+    signature: Signature,
+    pipeline: Option<PipelineParts>,
+    output: DataType,
+}
+
+impl PartialEq for ModelUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.source == other.source
+    }
+}
+impl Eq for ModelUdf {}
+impl std::hash::Hash for ModelUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.source.hash(state);
+    }
+}
+
+fn output_of_pipeline(classes: usize) -> DataType {
+    DataType::Struct(Fields::from(vec![
+        Field::new("prediction", DataType::Float64, true),
+        Field::new("label", DataType::Utf8, true),
+        Field::new(
+            "probability",
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float64, true)),
+                classes as i32,
+            ),
+            true,
+        ),
+    ]))
+}
+
+impl ModelUdf {
+    /// Checks the source (the model exists, the pipeline loads and has the supported
+    /// shape) and builds the function.
+    pub fn try_new(name: &str, source: FunctionSource) -> Result<Self> {
+        let valid_name = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid_name {
+            return plan_err!("function name '{name}': use letters, digits and '_'");
+        }
+        let zoo = ProcessTorchConfig::get().zoo();
+        let (pipeline, output) = match &source {
+            FunctionSource::Model { model, top_k } => {
+                let spec = TorchSpec::try_new(&zoo, model, "image", name, TorchTask::TopK(*top_k))?;
+                (None, spec.output_field().data_type().clone())
+            }
+            FunctionSource::Pipeline { dir } => {
+                let path = PathBuf::from(dir);
+                if let Err(e) = crate::access::check_path(&path) {
+                    return plan_err!("function {name}: {e}");
+                }
+                let model = PipelineModel::load(&path)
+                    .map_err(|e| plan_datafusion_err!("function {name}: {e}"))?;
+                let parts = match model.stages.as_slice() {
+                    [
+                        FittedStage::DeepImageFeaturizer(f),
+                        FittedStage::LogisticRegressionModel(lr),
+                    ] => PipelineParts {
+                        features: f.spec()?,
+                        classifier: (**lr).clone(),
+                        class_names: model.class_names.clone(),
+                    },
+                    other => {
+                        let kinds: Vec<_> = other.iter().map(|s| s.type_name()).collect();
+                        return plan_err!(
+                            "function {name}: the pipeline in {dir} has stages {kinds:?}; a SQL \
+                             function needs DeepImageFeaturizer then LogisticRegressionModel"
+                        );
+                    }
+                };
+                let out = output_of_pipeline(parts.classifier.num_classes);
+                (Some(parts), out)
+            }
+        };
+        Ok(Self {
+            name: name.to_string(),
+            source,
+            signature: Signature::any(1, Volatility::Immutable),
+            pipeline,
+            output,
+        })
+    }
+
+    /// The definition shipped with plans.
+    pub fn source(&self) -> &FunctionSource {
+        &self.source
+    }
+
+    fn apply_pipeline(&self, parts: &PipelineParts, images: &dyn Array) -> Result<ArrayRef> {
+        let process = ProcessTorchConfig::get();
+        let entry = process.zoo().get(&parts.features.model)?;
+        let device = process.device.resolve()?;
+        let features = crate::torch::udf::blocking(|| {
+            crate::torch::model::init_threads(process.threads);
+            let model = load_model(&entry, device)?;
+            let prepared = prepare(&model, &parts.features, images)?;
+            run(&model, &parts.features, &prepared)
+        })?;
+        let spec = parts.classifier.predict_spec();
+        let input = Schema::new(vec![Field::new(
+            &spec.features_col,
+            features.data_type().clone(),
+            true,
+        )]);
+        let mut fields = input.fields().to_vec();
+        fields.extend(spec.output_fields().into_iter().map(Arc::new));
+        let batch = RecordBatch::try_new(Arc::new(input), vec![features])?;
+        let out = crate::ml::exec::predict(&spec, &batch, Arc::new(Schema::new(fields)))?;
+        let probability = out.column(2).clone();
+        let prediction = out.column(3).clone();
+        let pred = prediction.as_primitive::<Float64Type>();
+        let mut label = StringBuilder::new();
+        for i in 0..pred.len() {
+            if pred.is_null(i) {
+                label.append_null();
+            } else {
+                match parts.class_names.get(pred.value(i) as usize) {
+                    Some(n) => label.append_value(n),
+                    None => label.append_null(),
+                }
+            }
+        }
+        let DataType::Struct(fields) = &self.output else {
+            return exec_err!("{}: unexpected output type", self.name);
+        };
+        let nulls = prediction.logical_nulls();
+        Ok(Arc::new(StructArray::try_new(
+            fields.clone(),
+            vec![prediction, Arc::new(label.finish()), probability],
+            nulls,
+        )?))
+    }
+}
+
+impl ScalarUDFImpl for ModelUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        check_image_column(&format!("{} argument 1", self.name), &arg_types[0])?;
+        Ok(self.output.clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let images = args.args[0].to_array(args.number_rows)?;
+        let out = match (&self.source, &self.pipeline) {
+            (FunctionSource::Pipeline { .. }, Some(parts)) => {
+                self.apply_pipeline(parts, images.as_ref())?
+            }
+            (FunctionSource::Model { model, top_k }, _) => {
+                let process = ProcessTorchConfig::get();
+                let entry = process.zoo().get(model)?;
+                let spec =
+                    TorchSpec::for_entry(&entry, "image", &self.name, TorchTask::TopK(*top_k))?;
+                let device = process.device.resolve()?;
+                crate::torch::udf::blocking(|| {
+                    crate::torch::model::init_threads(process.threads);
+                    let loaded = load_model(&entry, device)?;
+                    let prepared = prepare(&loaded, &spec, images.as_ref())?;
+                    run(&loaded, &spec, &prepared)
+                })?
+            }
+            _ => return exec_err!("{}: pipeline not loaded", self.name),
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+static REGISTRY: RwLock<BTreeMap<String, Arc<ScalarUDF>>> = RwLock::new(BTreeMap::new());
+
+/// Registers (or replaces) a function for every session started from now on in this
+/// process; returns it.
+pub fn register(name: &str, source: FunctionSource) -> Result<Arc<ScalarUDF>> {
+    let udf = Arc::new(ScalarUDF::new_from_impl(ModelUdf::try_new(name, source)?));
+    REGISTRY
+        .write()
+        .expect("function registry")
+        .insert(name.to_string(), udf.clone());
+    tracing::info!(function = name, "model function registered");
+    Ok(udf)
+}
+
+/// The registered functions.
+pub fn registered() -> Vec<Arc<ScalarUDF>> {
+    REGISTRY
+        .read()
+        .expect("function registry")
+        .values()
+        .cloned()
+        .collect()
+}
+
+/// Rebuilds a function from the definition a plan carries (executors).
+pub fn decode(name: &str, source: FunctionSource) -> Result<Arc<ScalarUDF>> {
+    Ok(Arc::new(ScalarUDF::new_from_impl(ModelUdf::try_new(
+        name, source,
+    )?)))
+}
+
+/// `CREATE FUNCTION name() AS 'pipeline:<dir>' | 'model:<name>[:<k>]'`.
+#[derive(Debug, Default)]
+pub struct ModelFunctionFactory;
+
+#[async_trait::async_trait]
+impl FunctionFactory for ModelFunctionFactory {
+    async fn create(
+        &self,
+        _state: &SessionState,
+        statement: CreateFunction,
+    ) -> Result<RegisterFunction> {
+        let body = match &statement.params.function_body {
+            Some(Expr::Literal(
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::LargeUtf8(Some(s))
+                | ScalarValue::Utf8View(Some(s)),
+                _,
+            )) => s.clone(),
+            _ => {
+                return plan_err!(
+                    "CREATE FUNCTION {}: expected AS 'pipeline:<dir>' or AS 'model:<name>[:<k>]'",
+                    statement.name
+                );
+            }
+        };
+        let source = FunctionSource::parse(&body)?;
+        Ok(RegisterFunction::Scalar(register(&statement.name, source)?))
+    }
+}
