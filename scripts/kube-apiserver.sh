@@ -16,7 +16,11 @@
 # user `admin` is in group system:masters (cluster-admin); service accounts get only what
 # their Roles grant (tokens: `kubectl create token SA`, the TokenRequest API).
 # DIR after start: kubeconfig, token (the admin bearer token), ca.crt, pids (kube-apiserver
-# first, then etcd), etcd.log, kube-apiserver.log.
+# first, then etcd), etcd.log, kube-apiserver.log. Every start begins with an empty etcd.
+# API level 1.20: server-side apply (application/apply-patch+yaml) on deployments/NAME/scale
+# is accepted but needs force=true there: a 1.20 Scale carries no managedFields, so its
+# fields always belong to "before-first-apply" and a changed value conflicts (409) without
+# force (scale ownership is tracked from Kubernetes 1.22 on, kubernetes/kubernetes#98377).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
@@ -61,8 +65,20 @@ build() {
     $SUDO apt-get install -y -qq rsync >/dev/null
   fi
 
-  # Start from a clean slate: a half-finished earlier attempt is thrown away.
-  rm -rf "$K8S/apt" "$K8S/dl" "$K8S/root" "$K8S/work" "$BIN"
+  # Start from a clean slate: a half-finished earlier attempt is thrown away, and so are the
+  # work trees if this one fails (only build.log stays).
+  clean_work() { rm -rf "$K8S/apt" "$K8S/dl" "$K8S/root" "$K8S/work"; }
+  clean_work
+  rm -rf "$BIN"
+
+  # The build needs about 3.3 GB at its peak (sources, Go toolchain, Go's build cache); on a
+  # shared disk it stops early rather than fill it up.
+  local free_mb
+  free_mb="$(df -Pm "$K8S" | awk 'NR == 2 {print $4}')"
+  if [ "$free_mb" -lt 4000 ]; then
+    die "only ${free_mb} MB free on the disk of $K8S; the build needs about 3.5 GB"
+  fi
+  trap clean_work EXIT
   mkdir -p "$K8S/apt/lists/partial" "$K8S/apt/cache/archives/partial" \
     "$K8S/apt/sources.list.d" "$K8S/dl" "$K8S/root" "$K8S/work" "$BIN"
   cat >"$K8S/apt/sources.list" <<'EOF'
@@ -84,7 +100,7 @@ EOF
   # The .debs unpacked into $K8S/root (nothing installed). Go toolchain: golang-1.19-go's
   # GOROOT links to golang-1.19-src by relative paths, so both land in the same tree.
   local deb
-  for deb in "$K8S"/dl/*.deb; do dpkg-deb -x "$deb" "$K8S/root"; done
+  for deb in "$K8S"/dl/*.deb; do dpkg-deb -x "$deb" "$K8S/root" && rm "$deb"; done
   local goroot="$K8S/root/usr/lib/go-1.19"
   cp "$K8S/root/usr/bin/etcd" "$BIN/etcd.tmp"
 
@@ -95,6 +111,7 @@ EOF
   local dsc
   dsc="$(echo "$K8S"/dl/kubernetes_*.dsc)"
   dpkg-source -x "$dsc" "$src" >>"$buildlog" 2>&1 || { tail -20 "$buildlog" >&2; die "dpkg-source failed"; }
+  rm -rf "$K8S/apt" "$K8S"/dl/kubernetes_*.tar.*
   # Package version 1.20.5+really1.20.2-1.1+deb12u1 -> v1.20.2 (reported by /version).
   local pkgver kver
   pkgver="$(sed -n 's/^Version: //p' "$dsc")"
@@ -108,24 +125,31 @@ EOF
 
   (
     cd "$src"
-    export PATH="$goroot/bin:$PATH" GOROOT="$goroot" GOPATH="$gopath" GOCACHE="$K8S/work/gocache"
-    export GO111MODULE=off CGO_ENABLED=0 GOFLAGS= HOME="$K8S/work"
+    export PATH="$goroot/bin:$PATH" GOROOT="$goroot" GOPATH="$gopath"
+    export GOCACHE="$K8S/work/gocache" GOTMPDIR="$K8S/work/tmp"
+    mkdir -p "$GOTMPDIR"
+    export GO111MODULE=off CGO_ENABLED=0 GOFLAGS='' HOME="$K8S/work"
     # Fix 2: pkg/generated/openapi is generated at build time, not shipped.
     make gen_openapi
-    local v="k8s.io/kubernetes/vendor/k8s.io/component-base/version"
-    local major minor
+    # Version stamps, as hack/lib/version.sh sets them (`--version` reads component-base's,
+    # the /version endpoint client-go's); the git commit is already in the tarball.
+    local major minor pkg flags=(-s -w)
     major="${kver#v}"; major="${major%%.*}"
     minor="${kver#v*.}"; minor="${minor%%.*}"
-    go build -o "$BIN/kube-apiserver" -ldflags "-s -w -X $v.gitVersion=$kver \
-      -X $v.gitMajor=$major -X $v.gitMinor=$minor -X $v.gitTreeState=clean \
-      -X $v.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)" k8s.io/kubernetes/cmd/kube-apiserver
+    for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+      pkg="k8s.io/kubernetes/vendor/$pkg"
+      flags+=(-X "$pkg.gitVersion=$kver" -X "$pkg.gitMajor=$major" -X "$pkg.gitMinor=$minor"
+        -X "$pkg.gitTreeState=clean" -X "$pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+    done
+    go build -o "$BIN/kube-apiserver" -ldflags "${flags[*]}" k8s.io/kubernetes/cmd/kube-apiserver
   ) >>"$buildlog" 2>&1 || { tail -30 "$buildlog" >&2; die "build failed (full log: $buildlog)"; }
   mv "$BIN/etcd.tmp" "$BIN/etcd"
   "$BIN/kube-apiserver" --version >&2
 
-  # Keep only the binaries (~120 MB); sources, toolchain and caches take ~2.5 GB. A rebuild
+  # Keep only the binaries (~130 MB); sources, toolchain and caches take up to 3.3 GB. A rebuild
   # (stamp removed) downloads and builds again.
-  rm -rf "$K8S/apt" "$K8S/dl" "$K8S/root" "$K8S/work"
+  clean_work
+  trap - EXIT
   printf 'kubernetes %s\netcd %s\n' "$pkgver" "$("$BIN/etcd" --version | sed -n 's/^etcd Version: //p')" >"$STAMP"
   log "built $BIN/kube-apiserver and $BIN/etcd"
 }
@@ -149,20 +173,22 @@ EOF
 # CA, serving cert for 127.0.0.1/localhost, service-account key pair, admin token.
 make_credentials() {
   local d="$1"
-  local o=(openssl)
-  "${o[@]}" req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=dlp-test-ca" \
+  # ECDSA P-256 keys: generated in milliseconds (RSA takes seconds on a busy machine).
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  openssl req -x509 "${ec[@]}" -days 3650 -subj "/CN=dlp-test-ca" \
     -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
-  "${o[@]}" req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+  openssl req "${ec[@]}" -subj "/CN=kube-apiserver" \
     -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
-  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
     "extendedKeyUsage=serverAuth" \
     "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
     >"$d/server.ext"
-  "${o[@]}" x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
     -days 3650 -extfile "$d/server.ext" -out "$d/server.crt" 2>/dev/null
-  "${o[@]}" genrsa -out "$d/sa.key" 2048 2>/dev/null
-  "${o[@]}" rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
-  "${o[@]}" rand -hex 24 >"$d/token"
+  # Service-account token signing key (ES256).
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/sa.key" 2>/dev/null
+  openssl pkey -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+  openssl rand -hex 24 >"$d/token"
   # Static token file: token,user,uid,"groups".
   printf '%s,admin,admin,"system:masters"\n' "$(cat "$d/token")" >"$d/tokens.csv"
   chmod 600 "$d"/*.key "$d/token" "$d/tokens.csv"
@@ -299,7 +325,7 @@ start() {
       *) break ;;
     esac
   done
-  die "not ready within 60 s in $dir
+  die "not started in $dir (a server exited, or /readyz was not ok within 60 s)
 --- etcd.log (tail) ---
 $(tail -15 "$dir/etcd.log" 2>/dev/null)
 --- kube-apiserver.log (tail) ---
