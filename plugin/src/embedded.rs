@@ -8,6 +8,7 @@
 //! so the embedded cluster plans and executes exactly like a real one.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,28 @@ fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .map_err(|e| exec_datafusion_err!("embedded cluster: no free loopback port: {e}"))?;
     Ok(listener.local_addr()?.port())
+}
+
+const WORK_DIR_PREFIX: &str = "dlp-embedded-";
+
+/// Removes embedded work dirs (shuffle files) left by processes that have exited: the
+/// embedded cluster runs until its process ends, so nothing else deletes them.
+fn remove_stale_work_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(WORK_DIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn ballista_err(what: &str, e: impl std::fmt::Display) -> DataFusionError {
@@ -68,9 +91,11 @@ impl EmbeddedCluster {
             }
         });
 
-        // One work dir per embedded cluster: several can run in one process (tests).
+        // One work dir per embedded cluster: several can run in one process (tests). It
+        // lives as long as the process; dirs of processes that are gone are removed here.
+        remove_stale_work_dirs();
         let work_dir = tempfile::Builder::new()
-            .prefix("dlp-embedded-")
+            .prefix(&format!("{WORK_DIR_PREFIX}{}-", std::process::id()))
             .tempdir()?
             .keep();
         let executor = crate::session::executor_config(ExecutorProcessConfig {

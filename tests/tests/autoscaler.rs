@@ -51,6 +51,10 @@ fn wait_replicas(
 }
 
 fn config(dir: &std::path::Path, kubeconfig: &std::path::Path) -> String {
+    config_with(dir, kubeconfig, GPU)
+}
+
+fn config_with(dir: &std::path::Path, kubeconfig: &std::path::Path, gpu: &str) -> String {
     let path = dir.join("dlp.yaml");
     std::fs::write(
         &path,
@@ -62,7 +66,7 @@ fn config(dir: &std::path::Path, kubeconfig: &std::path::Path) -> String {
   intervalSeconds: 1
   cooldownSeconds: 2
   cpu: {{deployment: {CPU}, minReplicas: 1, maxReplicas: 3, tasksPerExecutor: 2, idleSeconds: 3}}
-  gpu: {{deployment: {GPU}, minReplicas: 0, maxReplicas: 2, tasksPerExecutor: 2, idleSeconds: 3}}
+  gpu: {{deployment: {gpu}, minReplicas: 0, maxReplicas: 2, tasksPerExecutor: 2, idleSeconds: 3}}
 ",
             kubeconfig.display()
         ),
@@ -127,27 +131,51 @@ async fn autoscaler_scales_gpu_executors_from_zero_and_cpu_executors_with_cpu_wo
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
 
-    // 1. Missing RBAC: the executors' service account has no Role on Deployments. The
-    //    scheduler logs what to fix, keeps serving, and retries.
+    // 1. Bad configuration: the scheduler logs what to fix, keeps serving, and retries.
+    //    Missing RBAC (the executors' service account has no Role on Deployments), a wrong
+    //    Deployment name, an API server that does not answer.
     let weak = api.service_account_kubeconfig(NS, "dlp-executor").unwrap();
-    let weak_dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start_each(2, &["--config", &config(weak_dir.path(), &weak)], &[])
+    let unreachable = dir.path().join("unreachable-kubeconfig");
+    let admin = std::fs::read_to_string(api.kubeconfig()).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("server in kubeconfig")
+        .to_string();
+    let closed = format!("https://127.0.0.1:{}", dlp_tests::free_port());
+    std::fs::write(&unreachable, admin.replace(&server, &closed)).unwrap();
+    for (kubeconfig, gpu, expected) in [
+        (weak.as_path(), GPU, "forbidden to get deployments/scale"),
+        (
+            api.kubeconfig().as_path(),
+            "dlp-executor-typo",
+            "dlp/dlp-executor-typo not found",
+        ),
+        (
+            unreachable.as_path(),
+            GPU,
+            "cannot get the scale of Deployment",
+        ),
+    ] {
+        let bad_dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::start_each(
+            2,
+            &["--config", &config_with(bad_dir.path(), kubeconfig, gpu)],
+            &[],
+        )
         .expect("scheduler");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cluster
-        .scheduler
-        .output()
-        .contains("forbidden to get deployments/scale")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no RBAC error logged:\n{}",
-            cluster.scheduler.output()
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.scheduler.output().contains(expected) {
+            assert!(
+                Instant::now() < deadline,
+                "'{expected}' not logged:\n{}",
+                cluster.scheduler.output()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(http_status(cluster.port, "/healthz"), Some(200));
+        assert!(cluster.scheduler.output().contains("retry_in_s"));
     }
-    assert_eq!(http_status(cluster.port, "/healthz"), Some(200));
-    drop(cluster);
 
     // 2. The scheduler's own service account (the overlay's Role and RoleBinding).
     let own = api.service_account_kubeconfig(NS, "dlp-scheduler").unwrap();
