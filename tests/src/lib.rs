@@ -98,6 +98,8 @@ pub struct Process {
     child: Child,
     /// stdout + stderr of the process.
     pub log: PathBuf,
+    /// Stopped on purpose ([`kill`](Self::kill) or [`terminate`](Self::terminate)).
+    stopped: bool,
 }
 
 impl Process {
@@ -118,6 +120,7 @@ impl Process {
             name: name.to_string(),
             child,
             log,
+            stopped: false,
         })
     }
 
@@ -128,6 +131,7 @@ impl Process {
 
     /// Stops the process with SIGTERM (an executor deregisters and drains) and waits.
     pub fn terminate(&mut self) {
+        self.stopped = true;
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -140,6 +144,7 @@ impl Process {
 
     /// Kills the process (SIGKILL).
     pub fn kill(&mut self) {
+        self.stopped = true;
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -309,7 +314,7 @@ impl Cluster {
             if let Some(status) = self.scheduler.exited() {
                 bail!("scheduler exited ({status}):\n{}", self.scheduler.output());
             }
-            for e in &mut self.executors {
+            for e in self.executors.iter_mut().filter(|e| !e.stopped) {
                 if let Some(status) = e.exited() {
                     bail!("{} exited ({status}):\n{}", e.name, e.output());
                 }
