@@ -138,7 +138,16 @@ pub async fn standalone_context(parallelism: Option<usize>) -> Result<SessionCon
 
 /// A client session on a remote scheduler (`df://host:port`).
 pub async fn remote_context(url: &str) -> Result<SessionContext> {
-    let state = session_state(session_config())?;
+    remote_context_with_config(url, session_config()).await
+}
+
+/// [`remote_context`] with a config built on [`session_config`] (e.g. with
+/// `ballista.job.name` set).
+pub async fn remote_context_with_config(
+    url: &str,
+    config: SessionConfig,
+) -> Result<SessionContext> {
+    let state = session_state(config)?;
     let ctx = SessionContext::remote_with_state(url, state).await?;
     register_client_udfs(&ctx);
     Ok(ctx)

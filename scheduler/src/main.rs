@@ -4,6 +4,8 @@
 mod auth;
 mod autoscaler;
 mod config;
+mod flight;
+mod jobs;
 mod placement;
 
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::{Config, SchedulerConfig, TaskDistributionPolicy};
-use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service};
+use ballista_scheduler::scheduler_process::create_scheduler;
 use clap::Parser;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use tracing_subscriber::EnvFilter;
@@ -98,15 +100,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         dlp_plugin::pipeline::functions::register(name, source.clone())
             .map_err(|e| anyhow::anyhow!("config functions.{name}: {e}"))?;
     }
-    let authenticator = match (&cli.auth_file, cli.allow_anonymous) {
-        (Some(path), _) => Some(Arc::new(auth::BasicAuthenticator::from_file(path)?)),
-        (None, true) => None,
-        (None, false) if cli.no_flight_sql => None,
-        (None, false) => anyhow::bail!(
-            "Flight SQL needs credentials: pass --auth-file (user:password lines, env \
+    let authenticator: Option<Arc<dyn ballista_flight_sql::Authenticator>> =
+        match (&cli.auth_file, cli.allow_anonymous) {
+            (Some(path), _) => Some(Arc::new(auth::BasicAuthenticator::from_file(path)?)),
+            (None, true) => None,
+            (None, false) if cli.no_flight_sql => None,
+            (None, false) => anyhow::bail!(
+                "Flight SQL needs credentials: pass --auth-file (user:password lines, env \
              DLP_AUTH_FILE), or --allow-anonymous on a trusted network, or --no-flight-sql"
-        ),
-    };
+            ),
+        };
     let device_placement = !cli.no_device_placement;
 
     let addr: SocketAddr = format!("{}:{}", cli.upstream.bind_host, cli.upstream.bind_port)
@@ -118,8 +121,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid scheduler configuration: {e}"))?;
     config.flight_sql = config.flight_sql || !cli.no_flight_sql;
     let mut config = dlp_plugin::session::scheduler_config(config);
-    if let Some(a) = authenticator {
-        config = config.with_flight_sql_authenticator(a);
+    if let Some(a) = &authenticator {
+        config = config.with_flight_sql_authenticator(a.clone());
     }
     let cluster = BallistaCluster::new_from_config(&config)
         .await
@@ -147,9 +150,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if dlp_config.autoscaler.enabled {
         autoscaler::spawn(dlp_config.autoscaler.clone(), scheduler.state.clone());
     }
-    start_grpc_service(addr, scheduler)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("scheduler failed: {e}"))
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    // Pipeline jobs submitted over Flight are clients of this scheduler.
+    let own = if addr.ip().is_unspecified() {
+        format!("df://127.0.0.1:{}", addr.port())
+    } else {
+        format!("df://{addr}")
+    };
+    flight::serve(listener, scheduler, authenticator, own)
+        .await
+        .context("scheduler failed")
 }
 
 #[cfg(test)]

@@ -1,0 +1,434 @@
+//! The scheduler's port, assembled here rather than by Ballista's `start_grpc_service` so
+//! that its Arrow Flight service can be extended: Ballista's scheduler gRPC, Flight SQL
+//! (Ballista's frontend over a backend that fixes the result schema, see [`DlpBackend`])
+//! with the pipeline-job actions in front of it ([`DlpFlightService`]), Ballista's REST
+//! API, and the `/healthz` / `/readyz` probes.
+//!
+//! Pipeline actions (`Action.body` is UTF-8; every answer is one JSON document per
+//! `Result`):
+//! - `dlp.pipeline.submit`: a YAML job spec (as `dlp fit` reads; `tuning:` makes it a
+//!   tuning job) -> the new job's status, with its `job_id`;
+//! - `dlp.pipeline.status` / `dlp.pipeline.cancel`: a job id -> its status;
+//! - `dlp.pipeline.watch`: a job id -> a stream of statuses until it ends;
+//! - `dlp.pipeline.list`: -> the caller's jobs.
+//!
+//! They need the bearer token of a Flight handshake (Basic credentials, as for Flight
+//! SQL) unless the scheduler allows anonymous access; a user sees only their own jobs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, PollInfo, SchemaResult, Ticket,
+};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::get;
+use ballista_core::extension::BallistaConfigGrpcEndpoint;
+use ballista_core::flight_proxy_service::BallistaFlightProxyService;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+use ballista_flight_sql::{
+    AnonymousAuthenticator, Authenticator, BallistaFlightSqlService, QueryBackend, QueryResult,
+};
+use ballista_scheduler::scheduler_server::SchedulerServer;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use futures::stream::{BoxStream, StreamExt};
+use tonic::metadata::MetadataMap;
+use tonic::service::RoutesBuilder;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::jobs::{JobStatus, PipelineJobs};
+
+type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
+type SqlService = BallistaFlightSqlService<DlpBackend>;
+
+/// How long a handshake's token stays valid for pipeline actions without use (Ballista's
+/// Flight SQL sessions expire after the same idle time).
+const TOKEN_IDLE: Duration = Duration::from_secs(3600);
+
+/// Ballista's scheduler as the Flight SQL backend, with the result schema checked.
+///
+/// Ballista 55 takes the schema it promises the client from the execution graph's stage
+/// without output links. With adaptive planning that can be an input stage (for
+/// `SELECT k, count(*) AS n ... GROUP BY k`, the partial aggregate's
+/// `count(Int64(1))[count]`), and ADBC then rejects the result ("endpoint returned
+/// inconsistent schema"). When the names disagree with the query's, the schema comes from
+/// the physical plan instead (the plan the final stage was cut from).
+pub struct DlpBackend(Arc<Scheduler>);
+
+#[async_trait::async_trait]
+impl QueryBackend for DlpBackend {
+    async fn session(&self, session_id: &str) -> ballista_core::error::Result<Arc<SessionContext>> {
+        QueryBackend::session(self.0.as_ref(), session_id).await
+    }
+
+    async fn close_session(&self, session_id: &str) -> ballista_core::error::Result<()> {
+        QueryBackend::close_session(self.0.as_ref(), session_id).await
+    }
+
+    async fn execute(
+        &self,
+        job_name: &str,
+        ctx: Arc<SessionContext>,
+        plan: LogicalPlan,
+    ) -> ballista_core::error::Result<QueryResult> {
+        let mut result =
+            QueryBackend::execute(self.0.as_ref(), job_name, ctx.clone(), plan.clone()).await?;
+        let wanted = plan.schema().fields();
+        let names_agree = result.schema.fields().len() == wanted.len()
+            && result
+                .schema
+                .fields()
+                .iter()
+                .zip(wanted.iter())
+                .all(|(a, b)| a.name() == b.name());
+        if !names_agree {
+            let physical = ctx.state().create_physical_plan(&plan).await?.schema();
+            tracing::debug!(
+                job_id = %result.job_id,
+                reported = ?result.schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
+                "result schema taken from the physical plan"
+            );
+            result.schema = physical;
+        }
+        Ok(result)
+    }
+}
+
+/// Flight SQL plus the pipeline-job actions.
+pub struct DlpFlightService {
+    sql: SqlService,
+    auth: Arc<dyn Authenticator>,
+    /// Bearer token -> (user, last use).
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    jobs: Arc<PipelineJobs>,
+}
+
+const ACTIONS: [(&str, &str); 5] = [
+    (
+        "dlp.pipeline.submit",
+        "Starts a pipeline job. Body: a YAML job spec (data, split, stages, evaluation, \
+         tuning, output.model). Result: the job's status as JSON, with job_id.",
+    ),
+    (
+        "dlp.pipeline.status",
+        "Body: a job id. Result: its status as JSON (state, phase, events, progress, error, \
+         result with the metrics and model location).",
+    ),
+    (
+        "dlp.pipeline.watch",
+        "Body: a job id. Results: its status as JSON on every change (and every 2 s), \
+         until it ends.",
+    ),
+    (
+        "dlp.pipeline.cancel",
+        "Body: a job id. Cancels the job and its Ballista jobs. Result: its status.",
+    ),
+    (
+        "dlp.pipeline.list",
+        "Result: the caller's pipeline jobs, as a JSON array of statuses.",
+    ),
+];
+
+fn bearer(metadata: &MetadataMap) -> Option<&str> {
+    let value = metadata.get("authorization")?.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
+fn json_result(value: &impl serde::Serialize) -> Result<arrow_flight::Result, Status> {
+    let body = serde_json::to_vec(value)
+        .map_err(|e| Status::internal(format!("cannot encode the answer: {e}")))?;
+    Ok(arrow_flight::Result { body: body.into() })
+}
+
+impl DlpFlightService {
+    /// The caller's user name, from a handshake's bearer token.
+    fn user(&self, metadata: &MetadataMap) -> Result<String, Status> {
+        match bearer(metadata) {
+            Some(token) => {
+                let mut tokens = self.tokens.lock().unwrap();
+                match tokens.get_mut(token) {
+                    Some((user, last)) if last.elapsed() < TOKEN_IDLE => {
+                        *last = Instant::now();
+                        Ok(user.clone())
+                    }
+                    _ => Err(Status::unauthenticated(
+                        "unknown or expired session token; re-run the Flight handshake",
+                    )),
+                }
+            }
+            None if self.auth.allows_anonymous() => Ok("anonymous".into()),
+            None => Err(Status::unauthenticated(
+                "missing bearer token; authenticate with the Flight handshake first",
+            )),
+        }
+    }
+
+    async fn pipeline_action(
+        &self,
+        user: &str,
+        action: &Action,
+    ) -> Result<BoxStream<'static, Result<arrow_flight::Result, Status>>, Status> {
+        let body = std::str::from_utf8(&action.body)
+            .map_err(|_| {
+                Status::invalid_argument(format!("{}: the body must be UTF-8 text", action.r#type))
+            })?
+            .trim();
+        let one =
+            |r: Result<arrow_flight::Result, Status>| futures::stream::once(async { r }).boxed();
+        match action.r#type.as_str() {
+            "dlp.pipeline.submit" => {
+                let status = self
+                    .jobs
+                    .submit(user, body)
+                    .map_err(Status::invalid_argument)?;
+                Ok(one(json_result(&status)))
+            }
+            "dlp.pipeline.status" => {
+                let status = self
+                    .jobs
+                    .status(user, body)
+                    .await
+                    .map_err(Status::not_found)?;
+                Ok(one(json_result(&status)))
+            }
+            "dlp.pipeline.cancel" => {
+                let status = self
+                    .jobs
+                    .cancel(user, body)
+                    .await
+                    .map_err(Status::not_found)?;
+                Ok(one(json_result(&status)))
+            }
+            "dlp.pipeline.list" => Ok(one(json_result(&self.jobs.list(user).await))),
+            "dlp.pipeline.watch" => {
+                let statuses = self
+                    .jobs
+                    .clone()
+                    .watch(user, body)
+                    .map_err(Status::not_found)?;
+                Ok(statuses.map(|s: JobStatus| json_result(&s)).boxed())
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown action '{other}'; the pipeline actions are {}",
+                ACTIONS.map(|(a, _)| a).join(", ")
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for DlpFlightService {
+    type HandshakeStream = <SqlService as FlightService>::HandshakeStream;
+    type ListFlightsStream = <SqlService as FlightService>::ListFlightsStream;
+    type DoGetStream = <SqlService as FlightService>::DoGetStream;
+    type DoPutStream = <SqlService as FlightService>::DoPutStream;
+    type DoExchangeStream = <SqlService as FlightService>::DoExchangeStream;
+    type DoActionStream = BoxStream<'static, Result<arrow_flight::Result, Status>>;
+    type ListActionsStream = BoxStream<'static, Result<ActionType, Status>>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        let identity = self.auth.authenticate(request.metadata()).await?;
+        let response = FlightService::handshake(&self.sql, request).await?;
+        if let Some(token) = bearer(response.metadata()) {
+            let user = identity.user.unwrap_or_else(|| "anonymous".into());
+            let mut tokens = self.tokens.lock().unwrap();
+            tokens.retain(|_, (_, last)| last.elapsed() < TOKEN_IDLE);
+            tokens.insert(token.to_string(), (user, Instant::now()));
+        }
+        Ok(response)
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        FlightService::list_flights(&self.sql, request).await
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        FlightService::get_flight_info(&self.sql, request).await
+    }
+
+    async fn poll_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        FlightService::poll_flight_info(&self.sql, request).await
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        FlightService::get_schema(&self.sql, request).await
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        FlightService::do_get(&self.sql, request).await
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        FlightService::do_put(&self.sql, request).await
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        FlightService::do_exchange(&self.sql, request).await
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        if !request.get_ref().r#type.starts_with("dlp.") {
+            let response = FlightService::do_action(&self.sql, request).await?;
+            return Ok(response.map(|s| s.boxed()));
+        }
+        let user = self.user(request.metadata())?;
+        let stream = self.pipeline_action(&user, request.get_ref()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let ours = futures::stream::iter(ACTIONS.map(|(t, d)| {
+            Ok(ActionType {
+                r#type: t.into(),
+                description: d.into(),
+            })
+        }));
+        match FlightService::list_actions(&self.sql, request).await {
+            Ok(sql) => Ok(Response::new(sql.into_inner().chain(ours).boxed())),
+            Err(_) => Ok(Response::new(ours.boxed())),
+        }
+    }
+}
+
+/// Serves the scheduler on `listener` until it fails. `auth`: the Flight SQL
+/// authenticator (`None`: anonymous); `url`: how the pipeline jobs reach this scheduler.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    scheduler: Scheduler,
+    auth: Option<Arc<dyn Authenticator>>,
+    url: String,
+) -> anyhow::Result<()> {
+    let config = scheduler.state.config.clone();
+    let (max_decoding, max_encoding) = (
+        config.grpc_server_max_decoding_message_size as usize,
+        config.grpc_server_max_encoding_message_size as usize,
+    );
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(
+        SchedulerGrpcServer::new(scheduler.clone())
+            .max_encoding_message_size(max_encoding)
+            .max_decoding_message_size(max_decoding),
+    );
+    let endpoint = config
+        .override_create_grpc_client_endpoint
+        .clone()
+        .map(|f| Arc::new(BallistaConfigGrpcEndpoint::new(f)));
+    let proxy =
+        BallistaFlightProxyService::new(max_decoding, max_encoding, config.use_tls, endpoint);
+    let scheduler = Arc::new(scheduler);
+    if config.flight_sql_enabled() {
+        let auth = auth.unwrap_or_else(|| Arc::new(AnonymousAuthenticator));
+        let sql = BallistaFlightSqlService::new(Arc::new(DlpBackend(scheduler.clone())), proxy)
+            .with_authenticator(auth.clone());
+        if auth.allows_anonymous() {
+            tracing::warn!(
+                "Flight SQL and pipeline jobs are served without authentication \
+                 (--allow-anonymous): anyone who can reach this port can run queries and jobs"
+            );
+        }
+        let service = DlpFlightService {
+            sql,
+            auth,
+            tokens: Mutex::new(HashMap::new()),
+            jobs: Arc::new(PipelineJobs::new(scheduler.clone(), url)),
+        };
+        routes.add_service(
+            FlightServiceServer::new(service)
+                .max_decoding_message_size(max_decoding)
+                .max_encoding_message_size(max_encoding),
+        );
+    } else if config.enable_embedded_flight_proxy {
+        routes.add_service(
+            FlightServiceServer::new(proxy)
+                .max_decoding_message_size(max_decoding)
+                .max_encoding_message_size(max_encoding),
+        );
+    }
+    let grpc = routes
+        .routes()
+        .into_axum_router()
+        .fallback(|| async { StatusCode::NOT_FOUND });
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(scheduler.clone());
+    let app = if config.disable_rest_api {
+        grpc.merge(health)
+    } else {
+        ballista_scheduler::api::get_routes(scheduler.clone())
+            .merge(grpc)
+            .merge(health)
+    };
+    let server = HeaderValue::from_str(&format!("ballista/{}", ballista_core::BALLISTA_VERSION))?;
+    let app = app.layer(axum::middleware::map_response(
+        move |mut r: HttpResponse| {
+            let server = server.clone();
+            async move {
+                r.headers_mut().insert(header::SERVER, server);
+                r
+            }
+        },
+    ));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// 200 once the scheduler has its minimum of live executors, else 503 (as Ballista's).
+async fn readyz(State(scheduler): State<Arc<Scheduler>>) -> HttpResponse {
+    if scheduler.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let required = scheduler.state.config.min_ready_executors;
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: fewer than {required} executors registered\n"),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,457 @@
+//! Pipeline jobs submitted over Flight: a YAML job spec (the file `dlp fit` / `dlp tune`
+//! reads) runs inside the scheduler as a client of its own cluster, so its featurization
+//! and fit run on the executors like any other job. Each pipeline job is followed through
+//! its phase messages, its tuning progress and the Ballista jobs it started (all carry the
+//! job name `dlp-pipeline-<id>`), and can be cancelled.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ballista_core::JobId;
+use ballista_core::serde::protobuf::job_status;
+use ballista_scheduler::scheduler_server::SchedulerServer;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use dlp_plugin::pipeline::TuningEvent;
+use dlp_plugin::pipeline::job::{JobEvent, JobReport, JobSpec, run_job};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
+
+/// Finished jobs kept for status queries (the oldest finished ones go first).
+const KEEP_FINISHED: usize = 100;
+/// Phase messages kept per job.
+const KEEP_EVENTS: usize = 200;
+
+/// Where a pipeline job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    pub fn is_final(self) -> bool {
+        self != State::Running
+    }
+}
+
+/// A phase message, seconds after submission.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub at_s: f64,
+    pub message: String,
+}
+
+/// What a client sees of a job (`dlp.pipeline.status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub job_id: String,
+    pub user: String,
+    /// `fit` or `tune`.
+    pub mode: String,
+    pub state: State,
+    /// The latest phase message.
+    pub phase: String,
+    pub events: Vec<Event>,
+    /// Tuning: candidate fits done and in all.
+    pub fits_done: Option<usize>,
+    pub fits_total: Option<usize>,
+    /// Ballista jobs this pipeline job started so far, and the running ones' stages.
+    pub ballista_jobs: usize,
+    pub running_stages: Option<(usize, usize)>,
+    pub elapsed_s: f64,
+    pub error: Option<String>,
+    /// Metrics, model location and counts once succeeded.
+    pub result: Option<Value>,
+}
+
+struct Entry {
+    name: String,
+    started: Instant,
+    status: watch::Sender<JobStatus>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// The pipeline jobs of this scheduler.
+pub struct PipelineJobs {
+    scheduler: Arc<Scheduler>,
+    /// `df://host:port` of this scheduler, for the jobs' client sessions.
+    url: String,
+    next: AtomicU64,
+    jobs: Mutex<BTreeMap<u64, Arc<Entry>>>,
+}
+
+impl PipelineJobs {
+    pub fn new(scheduler: Arc<Scheduler>, url: String) -> Self {
+        Self {
+            scheduler,
+            url,
+            next: AtomicU64::new(1),
+            jobs: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Checks a spec and starts it; the new job's status.
+    pub fn submit(self: &Arc<Self>, user: &str, yaml: &str) -> Result<JobStatus, String> {
+        let spec = JobSpec::from_yaml(yaml, "pipeline spec").map_err(|e| e.strip_backtrace())?;
+        let spec = checked_outputs(spec)?;
+        let tune = spec.tuning.is_some();
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let job_id = format!("pl-{n}");
+        let status = JobStatus {
+            job_id: job_id.clone(),
+            user: user.to_string(),
+            mode: if tune { "tune" } else { "fit" }.into(),
+            state: State::Running,
+            phase: "submitted".into(),
+            events: Vec::new(),
+            fits_done: None,
+            fits_total: None,
+            ballista_jobs: 0,
+            running_stages: None,
+            elapsed_s: 0.0,
+            error: None,
+            result: None,
+        };
+        let entry = Arc::new(Entry {
+            name: format!("dlp-pipeline-{job_id}"),
+            started: Instant::now(),
+            status: watch::channel(status.clone()).0,
+            task: Mutex::new(None),
+        });
+        {
+            let mut jobs = self.jobs.lock().unwrap();
+            jobs.insert(n, entry.clone());
+            prune(&mut jobs);
+        }
+        tracing::info!(%job_id, user, mode = %status.mode, data = %spec.data.path, "pipeline job submitted");
+        let (me, running) = (self.clone(), entry.clone());
+        let task = tokio::spawn(async move {
+            let outcome = me.run(&running, &spec, tune).await;
+            finish(&running, outcome);
+        });
+        *entry.task.lock().unwrap() = Some(task.abort_handle());
+        Ok(status)
+    }
+
+    async fn run(&self, entry: &Arc<Entry>, spec: &JobSpec, tune: bool) -> Result<Value, String> {
+        let config = dlp_plugin::session::session_config()
+            .set_str(ballista_core::config::BALLISTA_JOB_NAME, &entry.name);
+        let ctx = dlp_plugin::session::remote_context_with_config(&self.url, config)
+            .await
+            .map_err(|e| format!("cannot open a session on the cluster: {e}"))?;
+        let events = entry.clone();
+        let progress = Arc::new(move |e: JobEvent| {
+            events.status.send_modify(|s| match e {
+                JobEvent::Phase(p) => push_event(s, &events.started, p),
+                JobEvent::Tuning(TuningEvent::Preparing) => {
+                    push_event(s, &events.started, "tuning: featurizing once".into())
+                }
+                JobEvent::Tuning(TuningEvent::FitDone { done, total, .. }) => {
+                    s.fits_done = Some(done);
+                    s.fits_total = Some(total);
+                }
+                JobEvent::Tuning(TuningEvent::Refitting) => {
+                    push_event(s, &events.started, "tuning: refitting the best".into())
+                }
+            })
+        });
+        let report = run_job(&ctx, spec, tune, Some(progress))
+            .await
+            .map_err(|e| e.strip_backtrace())?;
+        Ok(result_json(spec, &report))
+    }
+
+    fn find(&self, user: &str, job_id: &str) -> Result<Arc<Entry>, String> {
+        let unknown = || format!("no pipeline job '{job_id}' (ids look like pl-1)");
+        let n: u64 = job_id
+            .strip_prefix("pl-")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(unknown)?;
+        let entry = self
+            .jobs
+            .lock()
+            .unwrap()
+            .get(&n)
+            .cloned()
+            .ok_or_else(unknown)?;
+        // Another user's job is not found rather than forbidden: ids are not secrets, but
+        // whether a job exists is not theirs to learn.
+        if entry.status.borrow().user != user {
+            return Err(unknown());
+        }
+        Ok(entry)
+    }
+
+    /// The job's status, with the Ballista jobs it started.
+    pub async fn status(&self, user: &str, job_id: &str) -> Result<JobStatus, String> {
+        let entry = self.find(user, job_id)?;
+        Ok(self.refresh(&entry).await)
+    }
+
+    async fn refresh(&self, entry: &Entry) -> JobStatus {
+        let mut status = entry.status.borrow().clone();
+        if let Ok(all) = self.scheduler.state.task_manager.get_all_jobs().await {
+            let mine: Vec<_> = all.iter().filter(|j| j.job_name == entry.name).collect();
+            status.ballista_jobs = mine.len();
+            status.running_stages = mine
+                .iter()
+                .filter(|j| {
+                    matches!(
+                        j.status.status,
+                        Some(job_status::Status::Running(_) | job_status::Status::Queued(_))
+                    )
+                })
+                .map(|j| (j.completed_stages, j.num_stages))
+                .next();
+        }
+        if !status.state.is_final() {
+            status.elapsed_s = entry.started.elapsed().as_secs_f64();
+        }
+        status
+    }
+
+    /// A stream of statuses: the current one, then one on every change (and every 2 s,
+    /// with the Ballista jobs' progress), ending with the final one.
+    pub fn watch(
+        self: Arc<Self>,
+        user: &str,
+        job_id: &str,
+    ) -> Result<impl futures::Stream<Item = JobStatus> + Send + 'static, String> {
+        let entry = self.find(user, job_id)?;
+        let rx = entry.status.subscribe();
+        Ok(futures::stream::unfold(
+            (self, entry, rx, true, false),
+            |(me, entry, mut rx, first, done)| async move {
+                if done {
+                    return None;
+                }
+                if !first {
+                    // A closed channel cannot happen while `entry` holds the sender.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), rx.changed()).await;
+                }
+                rx.borrow_and_update();
+                let status = me.refresh(&entry).await;
+                let done = status.state.is_final();
+                Some((status, (me, entry, rx, false, done)))
+            },
+        ))
+    }
+
+    /// Stops a running job and the Ballista jobs it started.
+    pub async fn cancel(&self, user: &str, job_id: &str) -> Result<JobStatus, String> {
+        let entry = self.find(user, job_id)?;
+        if let Some(task) = entry.task.lock().unwrap().take() {
+            task.abort();
+        }
+        let cancelled = entry.status.send_if_modified(|s| {
+            if s.state.is_final() {
+                return false;
+            }
+            s.state = State::Cancelled;
+            s.elapsed_s = entry.started.elapsed().as_secs_f64();
+            push_event(s, &entry.started, "cancelled by the client".into());
+            true
+        });
+        if cancelled {
+            if let Ok(running) = self.scheduler.state.task_manager.get_running_jobs().await {
+                for j in running.into_iter().filter(|j| j.job_name == entry.name) {
+                    let id: JobId = j.job_id.clone();
+                    if let Err(e) = self.scheduler.cancel_job(id).await {
+                        tracing::warn!(job_id = %j.job_id, "cannot cancel: {e}");
+                    }
+                }
+            }
+            tracing::info!(job_id, user, "pipeline job cancelled");
+        }
+        Ok(self.refresh(&entry).await)
+    }
+
+    /// The user's jobs, oldest first.
+    pub async fn list(&self, user: &str) -> Vec<JobStatus> {
+        let entries: Vec<_> = self.jobs.lock().unwrap().values().cloned().collect();
+        let mut out = Vec::new();
+        for e in entries {
+            if e.status.borrow().user == user {
+                out.push(self.refresh(&e).await);
+            }
+        }
+        out
+    }
+}
+
+fn push_event(s: &mut JobStatus, started: &Instant, message: String) {
+    s.phase = message.clone();
+    s.events.push(Event {
+        at_s: started.elapsed().as_secs_f64(),
+        message,
+    });
+    if s.events.len() > KEEP_EVENTS {
+        s.events.remove(0);
+    }
+}
+
+fn finish(entry: &Entry, outcome: Result<Value, String>) {
+    entry.status.send_modify(|s| {
+        if s.state.is_final() {
+            return; // cancelled meanwhile
+        }
+        s.elapsed_s = entry.started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(result) => {
+                s.state = State::Succeeded;
+                push_event(s, &entry.started, "succeeded".into());
+                s.result = Some(result);
+            }
+            Err(e) => {
+                s.state = State::Failed;
+                push_event(s, &entry.started, "failed".into());
+                s.error = Some(e);
+            }
+        }
+        tracing::info!(job_id = %s.job_id, state = ?s.state, elapsed_s = s.elapsed_s, "pipeline job ended");
+    });
+}
+
+/// Drops the oldest finished jobs beyond [`KEEP_FINISHED`].
+fn prune(jobs: &mut BTreeMap<u64, Arc<Entry>>) {
+    let finished: Vec<u64> = jobs
+        .iter()
+        .filter(|(_, e)| e.status.borrow().state.is_final())
+        .map(|(n, _)| *n)
+        .collect();
+    for n in finished
+        .iter()
+        .take(finished.len().saturating_sub(KEEP_FINISHED))
+    {
+        jobs.remove(n);
+    }
+}
+
+/// The spec with its output paths resolved like `read_images` paths (relative ones from
+/// the first data root) and checked against the data roots: a client must not make the
+/// scheduler write outside them. The report directory is a CLI feature: over Flight the
+/// report comes back in the job's status.
+fn checked_outputs(mut spec: JobSpec) -> Result<JobSpec, String> {
+    if spec.output.report.is_some() {
+        return Err(
+            "pipeline spec: output.report is not written for jobs submitted over Flight; \
+             the metrics come back in the job's status (dlp.pipeline.status)"
+                .into(),
+        );
+    }
+    if let Some(dir) = &spec.output.model {
+        spec.output.model = Some(resolve_output(dir).map_err(|e| format!("output.model: {e}"))?);
+    }
+    Ok(spec)
+}
+
+fn resolve_output(path: &Path) -> Result<PathBuf, String> {
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("'{}': '..' is not allowed", path.display()));
+    }
+    let path = match dlp_plugin::access::DataRoots::get() {
+        Some(r) if path.is_relative() => r.base().join(path),
+        _ => path.to_path_buf(),
+    };
+    let path = std::path::absolute(&path).map_err(|e| format!("'{}': {e}", path.display()))?;
+    dlp_plugin::access::check_path(&path)?;
+    Ok(path)
+}
+
+fn result_json(spec: &JobSpec, r: &JobReport) -> Value {
+    let metric = r
+        .metrics
+        .metric(
+            &spec.evaluation.metric_name,
+            spec.evaluation.metric_label,
+            spec.evaluation.beta,
+        )
+        .ok();
+    let tuning = r.tuning.as_ref().map(|t| {
+        json!({
+            "metricName": t.metric_name,
+            "bestIndex": t.best_index,
+            "bestParams": t.best_params(),
+            "paramMaps": t.param_maps,
+            "avgMetrics": t.avg_metrics,
+            "stdMetrics": t.std_metrics,
+            "seconds": t.seconds,
+        })
+    });
+    json!({
+        "metricName": spec.evaluation.metric_name,
+        "metric": metric,
+        "metrics": r.metrics.to_json(&r.class_names),
+        "model": spec.output.model,
+        "classNames": r.class_names,
+        "trainCounts": r.train_counts,
+        "testCounts": r.test_counts,
+        "invalidImages": r.invalid.len(),
+        "otherFiles": r.other_files,
+        "fitSeconds": r.fit_seconds,
+        "evaluateSeconds": r.evaluate_seconds,
+        "tuning": tuning,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_paths_must_stay_under_the_roots() {
+        let e = resolve_output(Path::new("models/../../etc")).unwrap_err();
+        assert!(e.contains("'..' is not allowed"), "{e}");
+        // Without data roots (this test process installs none) any other path resolves.
+        assert!(
+            resolve_output(Path::new("models/flowers"))
+                .unwrap()
+                .is_absolute()
+        );
+    }
+
+    #[test]
+    fn only_finished_jobs_are_pruned() {
+        let entry = |state| {
+            let s = JobStatus {
+                job_id: String::new(),
+                user: String::new(),
+                mode: "fit".into(),
+                state,
+                phase: String::new(),
+                events: vec![],
+                fits_done: None,
+                fits_total: None,
+                ballista_jobs: 0,
+                running_stages: None,
+                elapsed_s: 0.0,
+                error: None,
+                result: None,
+            };
+            Arc::new(Entry {
+                name: String::new(),
+                started: Instant::now(),
+                status: watch::channel(s).0,
+                task: Mutex::new(None),
+            })
+        };
+        let mut jobs = BTreeMap::new();
+        jobs.insert(0, entry(State::Running));
+        for n in 1..=KEEP_FINISHED as u64 + 5 {
+            jobs.insert(n, entry(State::Succeeded));
+        }
+        prune(&mut jobs);
+        assert_eq!(jobs.len(), KEEP_FINISHED + 1);
+        assert!(jobs.contains_key(&0), "the running job stays");
+        assert!(!jobs.contains_key(&1) && jobs.contains_key(&6));
+    }
+}
