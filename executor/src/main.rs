@@ -35,6 +35,44 @@ struct Cli {
     /// is prefixed with it): cpu or gpu. Default: gpu when the resolved device is CUDA.
     #[arg(long, env = "DLP_DEVICE_CLASS")]
     device_class: Option<DeviceClassArg>,
+    /// Serve Prometheus metrics (images decoded, invalid images, inference batches, images
+    /// and time per model, the device) at http://<bind-host>:<port>/metrics.
+    #[arg(long, env = "DLP_METRICS_PORT")]
+    metrics_port: Option<u16>,
+}
+
+/// Serves `/metrics` on `addr` in the background.
+async fn spawn_metrics_server(
+    addr: SocketAddr,
+    info: Vec<(&'static str, String)>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-port: cannot listen on {addr}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let info = info.clone();
+            async move {
+                let labels: Vec<(&str, &str)> =
+                    info.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    dlp_plugin::metrics::render(&labels),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server failed: {e}");
+        }
+    });
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    Ok(())
 }
 
 /// `--device-class`.
@@ -123,6 +161,21 @@ async fn main() -> anyhow::Result<()> {
     let health_addr: SocketAddr = format!("{bind_host}:{health_port}")
         .parse()
         .context("invalid --bind-host/--bind-health-port")?;
+    if let Some(port) = cli.metrics_port {
+        let addr: SocketAddr = format!("{bind_host}:{port}")
+            .parse()
+            .context("invalid --bind-host/--metrics-port")?;
+        let class = match class {
+            DeviceClassArg::Cpu => "cpu",
+            DeviceClassArg::Gpu => "gpu",
+        };
+        let info = vec![
+            ("executor", config.executor_id.clone()),
+            ("device", format!("{chosen:?}").to_lowercase()),
+            ("class", class.to_string()),
+        ];
+        spawn_metrics_server(addr, info).await?;
+    }
     let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
     let health = spawn_health_server(health_addr, config.health.clone(), health_stopped);
     tracing::info!(

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod embedded;
 pub mod image;
 pub mod logging;
+pub mod metrics;
 pub mod ml;
 pub mod pipeline;
 pub mod session;

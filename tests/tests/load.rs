@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use dlp_tests::{Cluster, python, shared_data};
+use dlp_tests::{Cluster, free_port, http_get, prometheus_value, python, shared_data};
 use serde_json::Value;
 
 const CLASSES: [&str; 5] = ["daisy", "dandelion", "roses", "sunflowers", "tulips"];
@@ -101,7 +101,11 @@ fn eight_clients_twenty_queries_each() {
         users.to_string_lossy().into_owned(),
         config.to_string_lossy().into_owned(),
     );
-    let executor: &[&str] = &["--data-root", &root];
+    let metrics_ports = [free_port(), free_port()];
+    let ports: Vec<String> = metrics_ports.iter().map(u16::to_string).collect();
+    let executor =
+        |i: usize| -> Vec<&str> { vec!["--data-root", &root, "--metrics-port", &ports[i]] };
+    let (e0, e1) = (executor(0), executor(1));
     let cluster = Cluster::start_each(
         2,
         &[
@@ -112,7 +116,7 @@ fn eight_clients_twenty_queries_each() {
             "--config",
             &config,
         ],
-        &[executor, executor],
+        &[&e0, &e1],
     )
     .expect("cluster");
 
@@ -218,4 +222,33 @@ fn eight_clients_twenty_queries_each() {
     for (kind, d) in &worst {
         assert!(*d <= 1e-5, "{kind}: answers under load differ by {d}");
     }
+
+    // The executors' Prometheus counters add up to the work done: 49 featurize and 49
+    // predict queries (the lone client's and 48 under load) of 4 photos each.
+    let mut images = 0.0;
+    let mut decoded = 0.0;
+    for port in metrics_ports {
+        let text = http_get(port, "/metrics").expect("executor /metrics");
+        assert!(text.contains("dlp_info{executor=\""), "{text}");
+        images += prometheus_value(
+            &text,
+            "dlp_inference_images_total{model=\"efficientnet_lite0\"}",
+        )
+        .unwrap_or(0.0);
+        decoded += prometheus_value(&text, "dlp_images_decoded_total").unwrap();
+        assert_eq!(
+            prometheus_value(&text, "dlp_invalid_images_total"),
+            Some(0.0)
+        );
+    }
+    println!("executors' metrics: {images} images through the model, {decoded} decoded");
+    assert_eq!(images, (2 * 49 * PER_CLASS) as f64);
+    assert!(decoded >= images, "{decoded} decoded");
+    // The scheduler's (Ballista's) job metrics.
+    let scheduler = http_get(cluster.port, "/api/metrics").expect("scheduler /api/metrics");
+    let completed = prometheus_value(&scheduler, "job_completed_total").unwrap_or(0.0);
+    assert!(
+        completed >= 163.0,
+        "{completed} jobs completed:\n{scheduler}"
+    );
 }

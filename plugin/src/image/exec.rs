@@ -356,8 +356,20 @@ fn split_by_bytes(batch: RecordBatch, row_bytes: &[usize]) -> Vec<RecordBatch> {
 }
 
 /// Reads a file and decodes it; also gives the bytes read. Unknown formats are recognized
-/// from the first bytes without reading the rest of the file.
+/// from the first bytes without reading the rest of the file. Counted in the process's
+/// [`metrics`](crate::metrics).
 pub(crate) fn read_and_decode(
+    path: &str,
+    options: &DecodeOptions,
+) -> (std::result::Result<ImageRow, InvalidImage>, usize) {
+    let started = std::time::Instant::now();
+    let (row, bytes) = read_and_decode_uncounted(path, options);
+    let (ok, bad) = if row.is_ok() { (1, 0) } else { (0, 1) };
+    crate::metrics::record_decoded(ok, bad, bytes, started.elapsed().as_nanos() as usize);
+    (row, bytes)
+}
+
+fn read_and_decode_uncounted(
     path: &str,
     options: &DecodeOptions,
 ) -> (std::result::Result<ImageRow, InvalidImage>, usize) {

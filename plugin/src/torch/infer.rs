@@ -88,6 +88,20 @@ pub fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Res
 /// Runs the model on prepared images (in chunks of `spec.batch_size`) and builds the output
 /// column.
 pub fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result<ArrayRef> {
+    let started = std::time::Instant::now();
+    let out = run_uncounted(model, spec, prepared)?;
+    let n_valid = prepared.valid.len();
+    crate::metrics::record_inference(
+        &spec.model,
+        n_valid.div_ceil(spec.batch_size.max(1)),
+        n_valid,
+        prepared.rows - n_valid,
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(out)
+}
+
+fn run_uncounted(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result<ArrayRef> {
     let dim = spec.output_dim;
     let n_valid = prepared.valid.len();
     // Rows of `dim` floats for the valid images, in order.

@@ -1,0 +1,156 @@
+//! Process-wide counters of the plugin's operators, rendered in Prometheus' text format
+//! (`dlp-executor --metrics-port` serves them at `/metrics`). DataFusion's per-operator
+//! metrics stay the per-query view; these add up over the life of the process.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static IMAGES_DECODED: AtomicU64 = AtomicU64::new(0);
+static INVALID_IMAGES: AtomicU64 = AtomicU64::new(0);
+static IMAGE_BYTES_READ: AtomicU64 = AtomicU64::new(0);
+static DECODE_NANOS: AtomicU64 = AtomicU64::new(0);
+static INFERENCE: Mutex<BTreeMap<String, Inference>> = Mutex::new(BTreeMap::new());
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Inference {
+    batches: u64,
+    images: u64,
+    null_outputs: u64,
+    seconds: f64,
+}
+
+/// One finished image partition: images decoded, invalid ones, bytes read, decode time.
+pub fn record_decoded(decoded: usize, invalid: usize, bytes: usize, decode_nanos: usize) {
+    IMAGES_DECODED.fetch_add(decoded as u64, Ordering::Relaxed);
+    INVALID_IMAGES.fetch_add(invalid as u64, Ordering::Relaxed);
+    IMAGE_BYTES_READ.fetch_add(bytes as u64, Ordering::Relaxed);
+    DECODE_NANOS.fetch_add(decode_nanos as u64, Ordering::Relaxed);
+}
+
+/// Forward passes of `model`: `batches` of them over `images` valid images (and
+/// `null_outputs` rows without an image) in `seconds`.
+pub fn record_inference(
+    model: &str,
+    batches: usize,
+    images: usize,
+    null_outputs: usize,
+    seconds: f64,
+) {
+    let mut all = INFERENCE.lock().unwrap_or_else(|e| e.into_inner());
+    let m = all.entry(model.to_string()).or_default();
+    m.batches += batches as u64;
+    m.images += images as u64;
+    m.null_outputs += null_outputs as u64;
+    m.seconds += seconds;
+}
+
+/// Escapes a label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The counters in Prometheus' text exposition format; `info` labels (e.g. executor id,
+/// device) go on a `dlp_info` gauge.
+pub fn render(info: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    let labels: Vec<String> = info
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+        .collect();
+    let _ = writeln!(out, "# HELP dlp_info The process and its device.");
+    let _ = writeln!(out, "# TYPE dlp_info gauge");
+    let _ = writeln!(out, "dlp_info{{{}}} 1", labels.join(","));
+    let counters = [
+        (
+            "dlp_images_decoded_total",
+            "Image files decoded.",
+            IMAGES_DECODED.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "dlp_invalid_images_total",
+            "Image files that could not be read or decoded (kept as invalid rows or dropped, by policy).",
+            INVALID_IMAGES.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "dlp_image_bytes_read_total",
+            "Bytes read from image files.",
+            IMAGE_BYTES_READ.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "dlp_decode_seconds_total",
+            "Time spent decoding images.",
+            DECODE_NANOS.load(Ordering::Relaxed) as f64 / 1e9,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    let inference = INFERENCE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let series: [(&str, &str, fn(&Inference) -> f64); 4] = [
+        (
+            "dlp_inference_batches_total",
+            "Model forward passes.",
+            |m| m.batches as f64,
+        ),
+        (
+            "dlp_inference_images_total",
+            "Images through a model.",
+            |m| m.images as f64,
+        ),
+        (
+            "dlp_inference_null_outputs_total",
+            "Rows given a null output (no valid image).",
+            |m| m.null_outputs as f64,
+        ),
+        (
+            "dlp_inference_seconds_total",
+            "Time in model forward passes.",
+            |m| m.seconds,
+        ),
+    ];
+    for (name, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (model, m) in &inference {
+            let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(model), get(m));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_in_prometheus_text_format() {
+        record_decoded(3, 1, 1000, 2_000_000_000);
+        record_inference("m\"1", 2, 5, 1, 0.5);
+        record_inference("m\"1", 1, 3, 0, 0.25);
+        let text = render(&[("id", "cpu-x"), ("device", "cpu")]);
+        assert!(
+            text.contains("dlp_info{id=\"cpu-x\",device=\"cpu\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("dlp_invalid_images_total 1"), "{text}");
+        assert!(text.contains("dlp_decode_seconds_total 2"), "{text}");
+        assert!(
+            text.contains("dlp_inference_images_total{model=\"m\\\"1\"} 8"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dlp_inference_seconds_total{model=\"m\\\"1\"} 0.75"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
