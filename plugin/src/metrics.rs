@@ -93,7 +93,8 @@ pub fn render(info: &[(&str, &str)]) -> String {
         );
     }
     let inference = INFERENCE.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let series: [(&str, &str, fn(&Inference) -> f64); 4] = [
+    type Series = (&'static str, &'static str, fn(&Inference) -> f64);
+    let series: [Series; 4] = [
         (
             "dlp_inference_batches_total",
             "Model forward passes.",
