@@ -7,11 +7,17 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-static IMAGES_DECODED: AtomicU64 = AtomicU64::new(0);
-static INVALID_IMAGES: AtomicU64 = AtomicU64::new(0);
-static IMAGE_BYTES_READ: AtomicU64 = AtomicU64::new(0);
-static DECODE_NANOS: AtomicU64 = AtomicU64::new(0);
-static INFERENCE: Mutex<BTreeMap<String, Inference>> = Mutex::new(BTreeMap::new());
+/// The process' counters.
+static PROCESS: Counters = Counters::new();
+
+/// A set of counters; the process has one ([`PROCESS`]), tests make their own.
+struct Counters {
+    images_decoded: AtomicU64,
+    invalid_images: AtomicU64,
+    image_bytes_read: AtomicU64,
+    decode_nanos: AtomicU64,
+    inference: Mutex<BTreeMap<String, Inference>>,
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Inference {
@@ -23,10 +29,7 @@ struct Inference {
 
 /// One finished image partition: images decoded, invalid ones, bytes read, decode time.
 pub fn record_decoded(decoded: usize, invalid: usize, bytes: usize, decode_nanos: usize) {
-    IMAGES_DECODED.fetch_add(decoded as u64, Ordering::Relaxed);
-    INVALID_IMAGES.fetch_add(invalid as u64, Ordering::Relaxed);
-    IMAGE_BYTES_READ.fetch_add(bytes as u64, Ordering::Relaxed);
-    DECODE_NANOS.fetch_add(decode_nanos as u64, Ordering::Relaxed);
+    PROCESS.record_decoded(decoded, invalid, bytes, decode_nanos)
 }
 
 /// Forward passes of `model`: `batches` of them over `images` valid images (and
@@ -38,12 +41,13 @@ pub fn record_inference(
     null_outputs: usize,
     seconds: f64,
 ) {
-    let mut all = INFERENCE.lock().unwrap_or_else(|e| e.into_inner());
-    let m = all.entry(model.to_string()).or_default();
-    m.batches += batches as u64;
-    m.images += images as u64;
-    m.null_outputs += null_outputs as u64;
-    m.seconds += seconds;
+    PROCESS.record_inference(model, batches, images, null_outputs, seconds)
+}
+
+/// The process' counters in Prometheus' text exposition format; `info` labels (e.g.
+/// executor id, device) go on a `dlp_info` gauge.
+pub fn render(info: &[(&str, &str)]) -> String {
+    PROCESS.render(info)
 }
 
 /// Escapes a label value.
@@ -53,76 +57,117 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The counters in Prometheus' text exposition format; `info` labels (e.g. executor id,
-/// device) go on a `dlp_info` gauge.
-pub fn render(info: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    let labels: Vec<String> = info
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
-        .collect();
-    let _ = writeln!(out, "# HELP dlp_info The process and its device.");
-    let _ = writeln!(out, "# TYPE dlp_info gauge");
-    let _ = writeln!(out, "dlp_info{{{}}} 1", labels.join(","));
-    let counters = [
-        (
-            "dlp_images_decoded_total",
-            "Image files decoded.",
-            IMAGES_DECODED.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "dlp_invalid_images_total",
-            "Image files that could not be read or decoded (kept as invalid rows or dropped, by policy).",
-            INVALID_IMAGES.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "dlp_image_bytes_read_total",
-            "Bytes read from image files.",
-            IMAGE_BYTES_READ.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "dlp_decode_seconds_total",
-            "Time spent decoding images.",
-            DECODE_NANOS.load(Ordering::Relaxed) as f64 / 1e9,
-        ),
-    ];
-    for (name, help, value) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    }
-    let inference = INFERENCE.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    type Series = (&'static str, &'static str, fn(&Inference) -> f64);
-    let series: [Series; 4] = [
-        (
-            "dlp_inference_batches_total",
-            "Model forward passes.",
-            |m| m.batches as f64,
-        ),
-        (
-            "dlp_inference_images_total",
-            "Images through a model.",
-            |m| m.images as f64,
-        ),
-        (
-            "dlp_inference_null_outputs_total",
-            "Rows given a null output (no valid image).",
-            |m| m.null_outputs as f64,
-        ),
-        (
-            "dlp_inference_seconds_total",
-            "Time in model forward passes.",
-            |m| m.seconds,
-        ),
-    ];
-    for (name, help, get) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (model, m) in &inference {
-            let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(model), get(m));
+impl Counters {
+    const fn new() -> Self {
+        Self {
+            images_decoded: AtomicU64::new(0),
+            invalid_images: AtomicU64::new(0),
+            image_bytes_read: AtomicU64::new(0),
+            decode_nanos: AtomicU64::new(0),
+            inference: Mutex::new(BTreeMap::new()),
         }
     }
-    out
+
+    fn record_decoded(&self, decoded: usize, invalid: usize, bytes: usize, decode_nanos: usize) {
+        self.images_decoded
+            .fetch_add(decoded as u64, Ordering::Relaxed);
+        self.invalid_images
+            .fetch_add(invalid as u64, Ordering::Relaxed);
+        self.image_bytes_read
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.decode_nanos
+            .fetch_add(decode_nanos as u64, Ordering::Relaxed);
+    }
+
+    fn record_inference(
+        &self,
+        model: &str,
+        batches: usize,
+        images: usize,
+        null_outputs: usize,
+        seconds: f64,
+    ) {
+        let mut all = self.inference.lock().unwrap_or_else(|e| e.into_inner());
+        let m = all.entry(model.to_string()).or_default();
+        m.batches += batches as u64;
+        m.images += images as u64;
+        m.null_outputs += null_outputs as u64;
+        m.seconds += seconds;
+    }
+
+    fn render(&self, info: &[(&str, &str)]) -> String {
+        let mut out = String::new();
+        let labels: Vec<String> = info
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+            .collect();
+        let _ = writeln!(out, "# HELP dlp_info The process and its device.");
+        let _ = writeln!(out, "# TYPE dlp_info gauge");
+        let _ = writeln!(out, "dlp_info{{{}}} 1", labels.join(","));
+        let counters = [
+            (
+                "dlp_images_decoded_total",
+                "Image files decoded.",
+                self.images_decoded.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "dlp_invalid_images_total",
+                "Image files that could not be read or decoded (kept as invalid rows or dropped, by policy).",
+                self.invalid_images.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "dlp_image_bytes_read_total",
+                "Bytes read from image files.",
+                self.image_bytes_read.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "dlp_decode_seconds_total",
+                "Time spent decoding images.",
+                self.decode_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let inference = self
+            .inference
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        type Series = (&'static str, &'static str, fn(&Inference) -> f64);
+        let series: [Series; 4] = [
+            (
+                "dlp_inference_batches_total",
+                "Model forward passes.",
+                |m| m.batches as f64,
+            ),
+            (
+                "dlp_inference_images_total",
+                "Images through a model.",
+                |m| m.images as f64,
+            ),
+            (
+                "dlp_inference_null_outputs_total",
+                "Rows given a null output (no valid image).",
+                |m| m.null_outputs as f64,
+            ),
+            (
+                "dlp_inference_seconds_total",
+                "Time in model forward passes.",
+                |m| m.seconds,
+            ),
+        ];
+        for (name, help, get) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (model, m) in &inference {
+                let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(model), get(m));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -131,10 +176,12 @@ mod tests {
 
     #[test]
     fn counters_render_in_prometheus_text_format() {
-        record_decoded(3, 1, 1000, 2_000_000_000);
-        record_inference("m\"1", 2, 5, 1, 0.5);
-        record_inference("m\"1", 1, 3, 0, 0.25);
-        let text = render(&[("id", "cpu-x"), ("device", "cpu")]);
+        // Counters of the test's own: the process' are shared with the other tests.
+        let counters = Counters::new();
+        counters.record_decoded(3, 1, 1000, 2_000_000_000);
+        counters.record_inference("m\"1", 2, 5, 1, 0.5);
+        counters.record_inference("m\"1", 1, 3, 0, 0.25);
+        let text = counters.render(&[("id", "cpu-x"), ("device", "cpu")]);
         assert!(
             text.contains("dlp_info{id=\"cpu-x\",device=\"cpu\"} 1"),
             "{text}"
