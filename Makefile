@@ -1,5 +1,5 @@
 # Ballista DLP: the README's two commands are `make run` and `make test`.
-.PHONY: run test bench bench-lr lint setup
+.PHONY: run test bench bench-lr bench-featurize lint setup
 
 run:        ## the main job on the embedded cluster (transfer learning on digits: fit, evaluate, report, plot)
 	scripts/run.sh
@@ -9,6 +9,9 @@ test:       ## set-up, build and every test (what CI runs)
 
 bench:      ## benchmarks beside their peers, with ratios
 	scripts/bench.sh
+
+bench-featurize: ## only the featurization benchmark (PyTorch + Pillow)
+	scripts/bench-featurize.sh
 
 bench-lr:   ## only the logistic regression benchmark (Spark MLlib, scikit-learn)
 	scripts/bench-lr.sh

@@ -31,39 +31,8 @@ PY
   done
 done
 
-# Featurization end to end: JPEG files -> feature vectors, EfficientNet-Lite0, batch 16,
-# 2 threads, beside PyTorch (Pillow decode, same preprocessing ops, same TorchScript file).
-echo
-echo "featurize benchmark: efficientnet_lite0, batch 16, 2 threads, all flowers"
-ours=$("$CARGO_TARGET_DIR/debug/dlp-bench-featurize" --dir "$dir" --batch 16 --threads 2)
-files_json=$("$DLP_PYTHON" -c "
-import json, os, sys
-fs = sorted(os.path.join(d, n) for d, _, ns in os.walk(sys.argv[1]) for n in ns if n.lower().endswith('.jpg'))
-print(json.dumps(fs))" "$dir")
-manifest="$DLP_MODEL_DIR/efficientnet_lite0.yaml"
-args=$("$DLP_PYTHON" - "$manifest" "$files_json" <<'PY'
-import json, sys
-m = {}
-for line in open(sys.argv[1]):
-    if ":" in line and not line.startswith(" "):
-        k, v = line.split(":", 1)
-        m[k.strip()] = v.strip().strip('"')
-mdir = sys.argv[1].rsplit("/", 1)[0]
-print(json.dumps({"model": f"{mdir}/{m['file']}", "height": 224, "width": 224, "resize": m["resize"],
-                  "scale": 1 / 255, "mean": json.loads(m["mean"]), "std": json.loads(m["std"]),
-                  "files": json.loads(sys.argv[2]), "out": "/tmp/dlp-bench-ref.f32", "batch": 16,
-                  "threads": 2}))
-PY
-)
-peer=$(/usr/bin/time -f '%M' -o /tmp/dlp-bench-ref.rss "$DLP_PYTHON" tests/python/torch_reference.py "$args")
-"$DLP_PYTHON" - "$ours" "$peer" "$(cat /tmp/dlp-bench-ref.rss)" <<'PY'
-import json, sys
-o, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f'dlp (embedded cluster)   {o["images_per_s"]:7.2f} images/s  peak RSS {o["peak_rss_mb"]:.0f} MB  ({o["images"]} images, {o["seconds"]:.1f} s)')
-print(f'PyTorch + Pillow         {p["images_per_s"]:7.2f} images/s  peak RSS {int(sys.argv[3]) / 1024:.0f} MB  ({p["images"]} images, {p["seconds"]:.1f} s)')
-print(f'ratio                    {o["images_per_s"] / p["images_per_s"]:.2f}x')
-PY
-
+# Featurization end to end beside PyTorch.
+scripts/bench-featurize.sh
 
 # Logistic regression beside Spark MLlib and scikit-learn.
 scripts/bench-lr.sh

@@ -96,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         threads: cli
             .parallelism
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        ..dlp_plugin::torch::ProcessTorchConfig::from_env()
     };
     let zoo = torch.zoo();
     torch.install();

@@ -131,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(dlp_plugin::torch::manifest::default_model_dir),
         device,
         threads: vcores,
+        ..dlp_plugin::torch::ProcessTorchConfig::from_env()
     }
     .install();
     let class = cli.device_class.unwrap_or(if chosen.is_cuda() {

@@ -3,7 +3,11 @@ pixels as the image source), then the same preprocessing ops in torch (antialias
 resize, centre crop, scale, mean / std), the same TorchScript file, batched.
 
 argv[1]: JSON {model, height, width, resize, scale, mean, std, files, out, batch, threads,
-output: "features" | "logits"}. Writes float32 [len(files), D] to `out`; prints timing JSON."""
+output: "features" | "logits" | "image", index (the output's index in the module's tuple;
+default 1 for features, 0 otherwise), channel_order ("RGB" default, or "BGR"),
+image_output ({scale, mean, std}; default the input's)}. Writes float32 [len(files), D] to
+`out`, or for "image" the uint8 images in Spark's layout (HWC, B G R), one after the other;
+prints timing JSON."""
 import json
 import sys
 import time
@@ -28,6 +32,8 @@ def resize(x, h, w):
 
 
 def preprocess(x, a):
+    if a.get("channel_order", "RGB") == "BGR":
+        x = x[:, [2, 1, 0]]
     th, tw = a["height"], a["width"]
     if a["resize"] == "stretch":
         x = resize(x, th, tw)
@@ -48,7 +54,8 @@ def main():
     a = json.loads(sys.argv[1])
     torch.set_num_threads(a.get("threads", 1))
     model = torch.jit.load(a["model"]).eval()
-    idx = 1 if a.get("output", "features") == "features" else 0
+    output = a.get("output", "features")
+    idx = a.get("index", 1 if output == "features" else 0)
     outs = []
     start = time.perf_counter()
     with torch.inference_mode():
@@ -58,10 +65,29 @@ def main():
             out = model(batch)
             outs.append(out[idx] if isinstance(out, tuple) else out)
     seconds = time.perf_counter() - start
-    feats = torch.cat(outs).numpy().astype(np.float32)
-    feats.tofile(a["out"])
+    result = torch.cat(outs)
+    if output == "image":
+        result = to_pixels(result, a)
+        result.numpy().tofile(a["out"])
+        shape = list(result.shape[1:])
+    else:
+        feats = result.numpy().astype(np.float32)
+        feats.tofile(a["out"])
+        shape = [int(feats.shape[1])]
     print(json.dumps({"images": len(a["files"]), "seconds": seconds, "images_per_s": len(a["files"]) / seconds,
-                      "dim": int(feats.shape[1])}))
+                      "dim": shape[0] if len(shape) == 1 else None, "shape": shape}))
+
+
+def to_pixels(y, a):
+    """[N, C, H, W] in the model's space -> uint8 [N, H, W, C] in Spark's B G R order."""
+    o = a.get("image_output") or {"scale": a["scale"], "mean": a["mean"], "std": a["std"]}
+    c = y.shape[1]
+    mean = torch.tensor(o["mean"], dtype=torch.float64).view(1, c, 1, 1)
+    std = torch.tensor(o["std"], dtype=torch.float64).view(1, c, 1, 1)
+    px = ((y.double() * std + mean) / o["scale"]).round().clamp(0, 255).to(torch.uint8)
+    if c == 3 and a.get("channel_order", "RGB") == "RGB":
+        px = px[:, [2, 1, 0]]
+    return px.permute(0, 2, 3, 1).contiguous()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, BinaryBuilder, Int32Builder, StringBuilder, StructArray};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
 
 /// Name of the image column, as in Spark (`spark.read.format("image")`).
@@ -157,7 +158,12 @@ impl ImageColumnBuilder {
     }
 
     /// Finishes the column.
-    pub fn finish(mut self) -> ArrayRef {
+    pub fn finish(self) -> ArrayRef {
+        self.finish_with_nulls(None)
+    }
+
+    /// Finishes the column with a validity mask (null rows keep whatever was appended).
+    pub fn finish_with_nulls(mut self, nulls: Option<NullBuffer>) -> ArrayRef {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.origin.finish()),
             Arc::new(self.height.finish()),
@@ -166,7 +172,7 @@ impl ImageColumnBuilder {
             Arc::new(self.mode.finish()),
             Arc::new(self.data.finish()),
         ];
-        Arc::new(StructArray::new(image_fields(), columns, None))
+        Arc::new(StructArray::new(image_fields(), columns, nulls))
     }
 }
 

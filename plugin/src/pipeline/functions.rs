@@ -195,7 +195,7 @@ impl ModelUdf {
         let entry = process.zoo().get(&parts.features.model)?;
         let device = process.device.resolve()?;
         let features = crate::torch::udf::blocking(|| {
-            crate::torch::model::init_threads(process.threads);
+            crate::torch::model::init_threads(process.intra_threads());
             let model = load_model(&entry, device)?;
             let prepared = prepare(&model, &parts.features, images)?;
             run(&model, &parts.features, &prepared)
@@ -263,7 +263,7 @@ impl ScalarUDFImpl for ModelUdf {
                     TorchSpec::for_entry(&entry, "image", &self.name, TorchTask::TopK(*top_k))?;
                 let device = process.device.resolve()?;
                 crate::torch::udf::blocking(|| {
-                    crate::torch::model::init_threads(process.threads);
+                    crate::torch::model::init_threads(process.intra_threads());
                     let loaded = load_model(&entry, device)?;
                     let prepared = prepare(&loaded, &spec, images.as_ref())?;
                     run(&loaded, &spec, &prepared)

@@ -9,7 +9,9 @@ use datafusion::dataframe::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use crate::ml::{LogisticRegression, LogisticRegressionModel, LogisticRegressionParams};
-use crate::torch::{DeepImageFeaturizer, DeepImagePredictor, ProcessTorchConfig};
+use crate::torch::{
+    DeepImageFeaturizer, DeepImagePredictor, ProcessTorchConfig, TorchImageTransformer,
+};
 
 /// A stage of a [`Pipeline`], written in specs as `{type: <Stage>, <param>: <value>, ...}`
 /// with Spark ML / sparkdl parameter names.
@@ -20,6 +22,8 @@ pub enum PipelineStage {
     DeepImageFeaturizer(DeepImageFeaturizer),
     /// sparkdl's `DeepImagePredictor` (a transformer).
     DeepImagePredictor(DeepImagePredictor),
+    /// A user TorchScript model, vector or image output (sparkdl's `TFImageTransformer`).
+    TorchImageTransformer(TorchImageTransformer),
     /// MLlib's `LogisticRegression` (an estimator).
     LogisticRegression(LogisticRegressionParams),
 }
@@ -35,6 +39,7 @@ impl PipelineStage {
         match self {
             Self::DeepImageFeaturizer(_) => "DeepImageFeaturizer",
             Self::DeepImagePredictor(_) => "DeepImagePredictor",
+            Self::TorchImageTransformer(_) => "TorchImageTransformer",
             Self::LogisticRegression(_) => "LogisticRegression",
         }
     }
@@ -45,6 +50,7 @@ impl PipelineStage {
 pub enum FittedStage {
     DeepImageFeaturizer(DeepImageFeaturizer),
     DeepImagePredictor(DeepImagePredictor),
+    TorchImageTransformer(TorchImageTransformer),
     LogisticRegressionModel(Box<LogisticRegressionModel>),
 }
 
@@ -54,6 +60,7 @@ impl FittedStage {
         match self {
             Self::DeepImageFeaturizer(t) => t.transform(df),
             Self::DeepImagePredictor(t) => t.transform(df),
+            Self::TorchImageTransformer(t) => t.transform(df),
             Self::LogisticRegressionModel(m) => m.transform(df),
         }
     }
@@ -63,6 +70,7 @@ impl FittedStage {
         match self {
             Self::DeepImageFeaturizer(_) => "DeepImageFeaturizer",
             Self::DeepImagePredictor(_) => "DeepImagePredictor",
+            Self::TorchImageTransformer(_) => "TorchImageTransformer",
             Self::LogisticRegressionModel(_) => "LogisticRegressionModel",
         }
     }
@@ -91,6 +99,7 @@ impl Pipeline {
             let checked = match s {
                 PipelineStage::DeepImageFeaturizer(t) => zoo.get(&t.model_name).map(|_| ()),
                 PipelineStage::DeepImagePredictor(t) => zoo.get(&t.model_name).map(|_| ()),
+                PipelineStage::TorchImageTransformer(t) => t.spec().map(|_| ()),
                 PipelineStage::LogisticRegression(p) => p.validate(),
             };
             checked.map_err(|e| {
@@ -113,6 +122,9 @@ impl Pipeline {
                     FittedStage::DeepImageFeaturizer(t.clone())
                 }
                 PipelineStage::DeepImagePredictor(t) => FittedStage::DeepImagePredictor(t.clone()),
+                PipelineStage::TorchImageTransformer(t) => {
+                    FittedStage::TorchImageTransformer(t.clone())
+                }
                 PipelineStage::LogisticRegression(p) => {
                     let m = LogisticRegression::new(p.clone())
                         .fit(df.clone())
@@ -180,6 +192,12 @@ enum SavedStage {
         #[serde(rename = "modelSha256")]
         model_sha256: String,
     },
+    TorchImageTransformer {
+        #[serde(flatten)]
+        params: TorchImageTransformer,
+        #[serde(rename = "modelSha256")]
+        model_sha256: String,
+    },
     LogisticRegressionModel {
         /// Directory of the weights, relative to the pipeline directory.
         path: String,
@@ -218,6 +236,10 @@ impl PipelineModel {
                     model_sha256: zoo.get(&t.model_name)?.manifest.sha256,
                 },
                 FittedStage::DeepImagePredictor(t) => SavedStage::DeepImagePredictor {
+                    params: t.clone(),
+                    model_sha256: zoo.get(&t.model_name)?.manifest.sha256,
+                },
+                FittedStage::TorchImageTransformer(t) => SavedStage::TorchImageTransformer {
                     params: t.clone(),
                     model_sha256: zoo.get(&t.model_name)?.manifest.sha256,
                 },
@@ -309,6 +331,13 @@ impl PipelineModel {
                 } => {
                     check_model(&params.model_name, &model_sha256)?;
                     FittedStage::DeepImagePredictor(params)
+                }
+                SavedStage::TorchImageTransformer {
+                    params,
+                    model_sha256,
+                } => {
+                    check_model(&params.model_name, &model_sha256)?;
+                    FittedStage::TorchImageTransformer(params)
                 }
                 SavedStage::LogisticRegressionModel { path: rel } => {
                     let sub: PathBuf = dir.join(&rel);

@@ -360,6 +360,9 @@ impl Tuner {
                     FittedStage::DeepImageFeaturizer(t.clone())
                 }
                 PipelineStage::DeepImagePredictor(t) => FittedStage::DeepImagePredictor(t.clone()),
+                PipelineStage::TorchImageTransformer(t) => {
+                    FittedStage::TorchImageTransformer(t.clone())
+                }
                 PipelineStage::LogisticRegression(_) => unreachable!("prefix has no estimator"),
             })
             .collect();

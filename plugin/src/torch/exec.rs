@@ -307,7 +307,7 @@ impl ExecutionPlan for TorchInferenceExec {
         let schema = self.schema.clone();
         let idx = self.input_index;
         let batch_size = self.spec.batch_size.max(1);
-        let threads = process.threads;
+        let threads = process.intra_threads();
         // The model is loaded (file read, hashed, deserialized) on the first blocking task
         // that needs it, once per process and device; later calls hit the cache.
         let model = Arc::new(move || {

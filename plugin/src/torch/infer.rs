@@ -16,7 +16,7 @@ use tch::{Kind, Tensor};
 use super::manifest::ResizePolicy;
 use super::model::{ImageRef, LoadedModel};
 use super::spec::{TorchSpec, TorchTask, prediction_fields};
-use crate::image::schema::is_image_type;
+use crate::image::schema::{ImageColumnBuilder, ImageRow, is_image_type};
 
 /// Preprocessed images of one record batch.
 #[derive(Debug)]
@@ -27,6 +27,8 @@ pub struct Prepared {
     pub valid: Vec<usize>,
     /// `[valid.len(), 3, H, W]` (absent when no image is valid).
     pub tensor: Option<Tensor>,
+    /// Origin of each valid image (kept only for image outputs, which carry it on).
+    pub origins: Vec<String>,
 }
 
 /// Checks that `data_type` is an image struct, naming the column otherwise.
@@ -50,6 +52,9 @@ pub fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Res
     let width = images.column(2).as_primitive::<Int32Type>();
     let channels = images.column(3).as_primitive::<Int32Type>();
     let data = images.column(5).as_binary::<i32>();
+    let origin = images.column(0).as_string::<i32>();
+    let keep_origin = spec.task == TorchTask::Image;
+    let mut origins = Vec::new();
     let resize: ResizePolicy = spec.resize.unwrap_or(model.entry.manifest.resize);
     let mut valid = Vec::new();
     let mut tensors = Vec::new();
@@ -67,6 +72,9 @@ pub fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Res
             Ok(t) => {
                 valid.push(i);
                 tensors.push(t);
+                if keep_origin {
+                    origins.push(origin.value(i).to_string());
+                }
             }
             Err(e) => {
                 tracing::warn!(row = i, error = %e, "image cannot be preprocessed; output is null")
@@ -82,6 +90,7 @@ pub fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Res
         rows: images.len(),
         valid,
         tensor,
+        origins,
     })
 }
 
@@ -107,12 +116,21 @@ fn run_uncounted(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> 
     // Rows of `dim` floats for the valid images, in order.
     let mut values: Vec<f32> = Vec::with_capacity(n_valid * dim);
     let mut top: Vec<Vec<(usize, f32)>> = Vec::new();
+    let mut pictures: Vec<ImageRow> = Vec::new();
     if let Some(t) = &prepared.tensor {
         for chunk in t.split(spec.batch_size.max(1) as i64, 0) {
             let out = model.forward(&chunk)?;
             match spec.task {
+                TorchTask::Image => {
+                    let images = out.image.ok_or_else(|| {
+                        exec_datafusion_err!("model {} has no image output", spec.model)
+                    })?;
+                    pictures.extend(to_image_rows(model, &images)?);
+                }
                 TorchTask::Features => {
-                    let f = out.features;
+                    let f = out.features.ok_or_else(|| {
+                        exec_datafusion_err!("model {} has no feature output", spec.model)
+                    })?;
                     if f.size().last().copied() != Some(dim as i64) {
                         return exec_err!(
                             "model {} gives {:?} features, manifest says {dim}",
@@ -153,6 +171,20 @@ fn run_uncounted(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> 
     }
     let nulls = NullBuffer::from(is_valid.clone());
     match spec.task {
+        TorchTask::Image => {
+            let bytes = pictures.iter().map(|p| p.data.len()).sum();
+            let mut builder = ImageColumnBuilder::with_capacity(prepared.rows, bytes);
+            let mut made = pictures.iter().zip(&prepared.origins).peekable();
+            let placeholder = ImageRow::invalid();
+            for &valid in &is_valid {
+                match made.next_if(|_| valid) {
+                    Some((row, origin)) => builder.append(origin, row),
+                    // Null rows (invalid input) carry the invalid row under the null bit.
+                    None => builder.append("", &placeholder),
+                }
+            }
+            Ok(builder.finish_with_nulls(Some(nulls)))
+        }
         TorchTask::Features | TorchTask::Probabilities => {
             let mut full = vec![0f32; prepared.rows * dim];
             for (k, &row) in prepared.valid.iter().enumerate() {
@@ -205,6 +237,66 @@ fn run_uncounted(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> 
             )?))
         }
     }
+}
+
+/// `[N, C, H, W]` model output -> 8-bit images in Spark's layout (HWC, B G R for three
+/// channels): `pixel = (v * std + mean) / scale` with the manifest's `image_output` (or the
+/// inverse of its input normalization), rounded half to even and clamped to 0..=255.
+fn to_image_rows(model: &LoadedModel, images: &Tensor) -> Result<Vec<ImageRow>> {
+    let m = &model.entry.manifest;
+    let size = images.size();
+    let [n, c, h, w] = size[..] else {
+        return exec_err!(
+            "model {}: image output must be [N, C, H, W], got {size:?}",
+            m.name
+        );
+    };
+    if !matches!(c, 1 | 3) {
+        return exec_err!(
+            "model {}: image output has {c} channels; 1 (gray) or 3 are supported",
+            m.name
+        );
+    }
+    let (scale, mean, std) = match &m.image_output {
+        Some(o) => (o.scale, o.mean.clone(), o.std.clone()),
+        None => (m.scale, m.mean.clone(), m.std.clone()),
+    };
+    if mean.len() != c as usize {
+        return exec_err!(
+            "model {}: image output has {c} channel(s) but the denormalization has {} mean \
+             values; set image_output {{scale, mean, std}} in the manifest with {c} value(s)",
+            m.name,
+            mean.len()
+        );
+    }
+    let err = |e: tch::TchError| exec_datafusion_err!("model {} image output: {e}", m.name);
+    let shape = [1, c, 1, 1];
+    let mean = Tensor::from_slice(&mean).f_view(shape).map_err(err)?;
+    let std = Tensor::from_slice(&std).f_view(shape).map_err(err)?;
+    let pixels = ((images.to_kind(Kind::Double) * std + mean) / scale)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8);
+    // Spark's order is B G R; the model's is `channel_order`.
+    let pixels = if c == 3 && m.channel_order == "RGB" {
+        pixels
+            .f_index_select(1, &Tensor::from_slice(&[2i64, 1, 0]))
+            .map_err(err)?
+    } else {
+        pixels
+    };
+    let hwc = pixels
+        .f_permute([0, 2, 3, 1])
+        .map_err(err)?
+        .contiguous()
+        .flatten(0, -1);
+    let bytes = Vec::<u8>::try_from(hwc).map_err(err)?;
+    let per = (h * w * c) as usize;
+    debug_assert_eq!(bytes.len(), n as usize * per);
+    Ok(bytes
+        .chunks(per.max(1))
+        .map(|d| ImageRow::new(h as usize, w as usize, c as usize, d.to_vec()))
+        .collect())
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {

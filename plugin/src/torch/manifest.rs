@@ -25,13 +25,34 @@ pub struct InputSize {
     pub width: usize,
 }
 
-/// Which element of the module's output tuple is what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which element of the module's output tuple is what (a module returning one tensor has
+/// a tuple of one: index 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Outputs {
-    /// Index of the class logits.
+    /// Index of the class logits `[N, classes]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logits: Option<usize>,
-    /// Index of the feature vector.
-    pub features: usize,
+    /// Index of the feature vector `[N, feature_dim]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<usize>,
+    /// Index of an image output `[N, C, H, W]` (C = 1 or 3, in the model's normalized
+    /// space; see [`ImageOutput`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<usize>,
+}
+
+/// How an image output is turned back into 8-bit pixels: `pixel = (v * std + mean) / scale`,
+/// rounded and clamped to 0..=255, channels in the manifest's `channel_order`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageOutput {
+    /// Pixel scale (1/255 when the model works on [0, 1]).
+    pub scale: f64,
+    /// Per-channel mean (one value per output channel).
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation (one value per output channel).
+    pub std: Vec<f64>,
 }
 
 /// A model: a TorchScript file plus what is needed to feed it and read it.
@@ -60,7 +81,8 @@ pub struct ModelManifest {
     pub std: Vec<f64>,
     /// Output indices.
     pub outputs: Outputs,
-    /// Length of the feature vector.
+    /// Length of the feature vector (0 when the model has no feature output).
+    #[serde(default)]
     pub feature_dim: usize,
     /// Number of classes of the logits (0 if none).
     #[serde(default)]
@@ -68,6 +90,10 @@ pub struct ModelManifest {
     /// File with one class name per line, relative to the manifest.
     #[serde(default)]
     pub classes_file: Option<String>,
+    /// Denormalization of the image output (default: the inverse of the input's `scale`,
+    /// `mean` and `std`, which suits image-to-image models working in the input's space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_output: Option<ImageOutput>,
 }
 
 impl ModelManifest {
@@ -98,11 +124,38 @@ impl ModelManifest {
                 );
             }
         }
-        if self.input.height == 0 || self.input.width == 0 || self.feature_dim == 0 {
+        if self.input.height == 0 || self.input.width == 0 {
+            return plan_err!("model {}: input size must be positive", self.name);
+        }
+        let o = &self.outputs;
+        if o.logits.is_none() && o.features.is_none() && o.image.is_none() {
             return plan_err!(
-                "model {}: input size and feature_dim must be positive",
+                "model {}: outputs must name at least one of logits, features, image",
                 self.name
             );
+        }
+        if o.features.is_some() != (self.feature_dim > 0) {
+            return plan_err!(
+                "model {}: feature_dim must be positive exactly when outputs.features is set \
+                 (feature_dim {}, outputs.features {:?})",
+                self.name,
+                self.feature_dim,
+                o.features
+            );
+        }
+        if let Some(out) = &self.image_output {
+            if out.mean.len() != out.std.len() || !matches!(out.mean.len(), 1 | 3) {
+                return plan_err!(
+                    "model {}: image_output needs mean and std of 1 or 3 values each \
+                     (one per output channel), got {} and {}",
+                    self.name,
+                    out.mean.len(),
+                    out.std.len()
+                );
+            }
+            if out.scale == 0.0 {
+                return plan_err!("model {}: image_output.scale must not be 0", self.name);
+            }
         }
         Ok(())
     }

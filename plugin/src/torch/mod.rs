@@ -20,7 +20,8 @@ pub use manifest::{ModelManifest, ModelZoo, ResizePolicy};
 pub use placement::plan_runs_torch;
 pub use spec::{TorchSpec, TorchTask};
 pub use transformers::{
-    DeepImageFeaturizer, DeepImagePredictor, FileOutputMode, ImageFileTransformer,
+    DeepImageFeaturizer, DeepImagePredictor, FileOutputMode, ImageFileTransformer, ImageOutputMode,
+    TorchImageTransformer,
 };
 
 /// Per-process torch settings (executor flags; environment or defaults elsewhere).
@@ -30,8 +31,13 @@ pub struct ProcessTorchConfig {
     pub model_dir: PathBuf,
     /// Device preference.
     pub device: DeviceSpec,
-    /// libtorch intra-op threads.
+    /// Cores for inference: libtorch intra-op threads are `threads / streams`.
     pub threads: usize,
+    /// Forward passes that may run at once per model and device (`DLP_TORCH_STREAMS`; 0:
+    /// automatic, see [`Self::streams`]). On a CPU, several passes with fewer threads each keep
+    /// the cores busier than one pass over all of them (small depthwise convolutions scale
+    /// poorly across threads); tasks beyond that wait for a turn.
+    pub streams: usize,
 }
 
 static PROCESS: OnceLock<ProcessTorchConfig> = OnceLock::new();
@@ -46,7 +52,30 @@ impl ProcessTorchConfig {
                 .and_then(|d| d.parse().ok())
                 .unwrap_or_default(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            streams: std::env::var("DLP_TORCH_STREAMS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
         }
+    }
+
+    /// Forward passes at once: the configured number, or automatically one on a GPU and one
+    /// per core (at most 4, which bounds the activations held at once) on a CPU. Measured on
+    /// 2 cores with EfficientNet-Lite0: 2 passes of 1 thread featurize 1.7x faster than one
+    /// pass of 2 threads.
+    pub fn streams(&self) -> usize {
+        if self.streams > 0 {
+            return self.streams;
+        }
+        match self.device.resolve() {
+            Ok(tch::Device::Cpu) => self.threads.clamp(1, 4),
+            _ => 1,
+        }
+    }
+
+    /// libtorch intra-op threads of one forward pass.
+    pub fn intra_threads(&self) -> usize {
+        (self.threads / self.streams()).max(1)
     }
 
     /// Sets this process's settings (once, before the first query; later calls are ignored

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use datafusion::common::{DataFusionError, Result, exec_datafusion_err, exec_err};
 use tch::{Device, IValue, Kind, Tensor};
@@ -20,9 +20,47 @@ pub struct LoadedModel {
     /// Class names (may be empty).
     pub classes: Vec<String>,
     module: tch::CModule,
-    /// One forward pass at a time per model and device: each uses all of libtorch's
-    /// threads (or the whole GPU), and concurrent tasks overlap their preprocessing instead.
-    forward_lock: Mutex<()>,
+    /// Turns at the model: `streams` forward passes at a time per model and device, each
+    /// with its share of libtorch's threads (or the whole GPU); other tasks overlap their
+    /// preprocessing meanwhile.
+    turns: Turns,
+}
+
+/// A counting semaphore for blocking threads.
+#[derive(Debug)]
+struct Turns {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+struct Turn<'a>(&'a Turns);
+
+impl Turns {
+    fn new(n: usize) -> Self {
+        Self {
+            free: Mutex::new(n.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn take(&self) -> Result<Turn<'_>> {
+        let poisoned = |_| exec_datafusion_err!("model lock poisoned");
+        let mut free = self.free.lock().map_err(poisoned)?;
+        while *free == 0 {
+            free = self.freed.wait(free).map_err(poisoned)?;
+        }
+        *free -= 1;
+        Ok(Turn(self))
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.0.free.lock() {
+            *free += 1;
+        }
+        self.0.freed.notify_one();
+    }
 }
 
 type CacheKey = (PathBuf, Device);
@@ -36,7 +74,7 @@ fn torch_err(what: &str) -> impl Fn(tch::TchError) -> DataFusionError + '_ {
     move |e| exec_datafusion_err!("{what}: {e}")
 }
 
-/// Sets libtorch's intra-op threads once per process (the executor's task slots).
+/// Sets libtorch's intra-op threads once per process (the executor's cores per stream).
 pub fn init_threads(threads: usize) {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
@@ -65,7 +103,7 @@ pub fn load_model(entry: &ModelEntry, device: Device) -> Result<Arc<LoadedModel>
         entry: entry.clone(),
         device,
         module,
-        forward_lock: Mutex::new(()),
+        turns: Turns::new(super::ProcessTorchConfig::get().streams()),
     });
     tracing::info!(
         model = %entry.manifest.name,
@@ -90,13 +128,15 @@ pub struct ImageRef<'a> {
     pub data: &'a [u8],
 }
 
-/// Output of a forward pass.
+/// Output of a forward pass: the outputs the manifest names, on the CPU as float.
 #[derive(Debug)]
 pub struct ModelOutput {
     /// `[N, classes]` logits, when the model has them.
     pub logits: Option<Tensor>,
-    /// `[N, feature_dim]` features.
-    pub features: Tensor,
+    /// `[N, feature_dim]` features, when the model has them.
+    pub features: Option<Tensor>,
+    /// `[N, C, H, W]` images, when the model has them.
+    pub image: Option<Tensor>,
 }
 
 impl LoadedModel {
@@ -110,10 +150,7 @@ impl LoadedModel {
     /// Runs a `[N, 3, H, W]` batch; returns CPU tensors.
     pub fn forward(&self, batch: &Tensor) -> Result<ModelOutput> {
         let _no_grad = tch::no_grad_guard();
-        let _turn = self
-            .forward_lock
-            .lock()
-            .map_err(|_| exec_datafusion_err!("model lock poisoned"))?;
+        let _turn = self.turns.take()?;
         let input = batch.to_device(self.device);
         let out = self
             .module
@@ -123,23 +160,28 @@ impl LoadedModel {
                 self.entry.manifest.name
             )))?;
         let outputs = self.entry.manifest.outputs;
-        let pick = |items: &[IValue], i: usize| -> Result<Tensor> {
+        // A module returning one tensor is read as a tuple of one.
+        let items = match out {
+            IValue::Tuple(items) => items,
+            t @ IValue::Tensor(_) => vec![t],
+            other => return exec_err!("unexpected model output {other:?}"),
+        };
+        let pick = |i: Option<usize>| -> Result<Option<Tensor>> {
+            let Some(i) = i else { return Ok(None) };
             match items.get(i) {
-                Some(IValue::Tensor(t)) => Ok(t.to_device(Device::Cpu).to_kind(Kind::Float)),
-                other => exec_err!("model output {i} is not a tensor: {other:?}"),
+                Some(IValue::Tensor(t)) => Ok(Some(t.to_device(Device::Cpu).to_kind(Kind::Float))),
+                other => exec_err!(
+                    "model {}: output {i} is not a tensor: {other:?} ({} outputs)",
+                    self.entry.manifest.name,
+                    items.len()
+                ),
             }
         };
-        match out {
-            IValue::Tuple(items) => Ok(ModelOutput {
-                logits: outputs.logits.map(|i| pick(&items, i)).transpose()?,
-                features: pick(&items, outputs.features)?,
-            }),
-            IValue::Tensor(t) => Ok(ModelOutput {
-                logits: None,
-                features: t.to_device(Device::Cpu).to_kind(Kind::Float),
-            }),
-            other => exec_err!("unexpected model output {other:?}"),
-        }
+        Ok(ModelOutput {
+            logits: pick(outputs.logits)?,
+            features: pick(outputs.features)?,
+            image: pick(outputs.image)?,
+        })
     }
 }
 

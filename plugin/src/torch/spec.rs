@@ -20,6 +20,9 @@ pub enum TorchTask {
     TopK(usize),
     /// The whole probability vector (`decodePredictions=false`).
     Probabilities,
+    /// The model's image output as an image struct (sparkdl's `TFImageTransformer`,
+    /// `outputMode="image"`).
+    Image,
 }
 
 /// A torch inference step over an image column.
@@ -39,7 +42,8 @@ pub struct TorchSpec {
     pub resize: Option<ResizePolicy>,
     /// Device preference (default: the executor's `--device`).
     pub device: Option<DeviceSpec>,
-    /// Length of the output vector (feature dim or class count), fixed at plan time.
+    /// Length of the output vector (feature dim or class count; 0 for images), fixed at plan
+    /// time.
     pub output_dim: usize,
 }
 
@@ -68,7 +72,24 @@ impl TorchSpec {
     ) -> Result<Self> {
         let model = entry.manifest.name.as_str();
         let output_dim = match task {
-            TorchTask::Features => entry.manifest.feature_dim,
+            TorchTask::Features => {
+                if entry.manifest.outputs.features.is_none() {
+                    return plan_err!(
+                        "model {model} has no feature output (its manifest's outputs.features \
+                         is not set); use outputMode image or another model"
+                    );
+                }
+                entry.manifest.feature_dim
+            }
+            TorchTask::Image => {
+                if entry.manifest.outputs.image.is_none() {
+                    return plan_err!(
+                        "model {model} has no image output (its manifest's outputs.image is \
+                         not set); use outputMode vector"
+                    );
+                }
+                0
+            }
             TorchTask::TopK(k) => {
                 check_classes(entry)?;
                 if k == 0 || k > entry.manifest.num_classes {
@@ -135,5 +156,6 @@ pub fn output_type(task: TorchTask, dim: usize) -> DataType {
             DataType::Struct(prediction_fields()),
             true,
         ))),
+        TorchTask::Image => crate::image::schema::image_data_type(),
     }
 }

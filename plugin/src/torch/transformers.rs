@@ -1,6 +1,7 @@
-//! sparkdl-style transformers on DataFrames: `DeepImageFeaturizer` and
-//! `DeepImagePredictor` (any TorchScript model of the zoo). Each adds a
-//! `TorchInferenceNode`, which the scheduler plans into `TorchInferenceExec`.
+//! sparkdl-style transformers on DataFrames: `DeepImageFeaturizer`, `DeepImagePredictor`,
+//! `TorchImageTransformer` (any TorchScript model of the zoo, vector or image output) and
+//! `ImageFileTransformer` (file URIs). Each adds a `TorchInferenceNode`, which the scheduler
+//! plans into `TorchInferenceExec`.
 
 use std::sync::Arc;
 
@@ -191,6 +192,102 @@ impl DeepImagePredictor {
         )?;
         spec.batch_size = self.batch_size;
         apply(df, spec)
+    }
+}
+
+/// What [`TorchImageTransformer`] outputs (sparkdl's `outputMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ImageOutputMode {
+    /// The model's feature output as a vector column (`FixedSizeList<Float32, D>`).
+    #[default]
+    Vector,
+    /// The model's image output as an image struct column (Spark's `ImageSchema`, 8-bit),
+    /// usable by the other image transformers.
+    Image,
+}
+
+/// Any TorchScript model of the model directory applied to an image column, like sparkdl's
+/// `TFImageTransformer(inputCol, outputCol, graph, outputMode)`: the images are prepared as
+/// the model's manifest says (size, resize policy, channel order, mean / std); the output is
+/// the manifest's `features` output as a vector, or its `image` output as images
+/// (denormalized by the manifest's `image_output`, or the inverse of its input
+/// normalization). sparkdl gave float (`CV_32FC*`) images with an empty origin; these are
+/// 8-bit images keeping the input's origin, so that they can be featurized, predicted or
+/// written like any image read by `read_images`. Invalid images give null outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TorchImageTransformer {
+    /// Image column (default `image`).
+    #[serde(default = "image_col")]
+    pub input_col: String,
+    /// Output column.
+    pub output_col: String,
+    /// Model name in the model directory.
+    pub model_name: String,
+    /// `vector` (default) or `image`.
+    #[serde(default)]
+    pub output_mode: ImageOutputMode,
+    /// Images per forward pass.
+    #[serde(default = "batch_size")]
+    pub batch_size: usize,
+    /// Resize policy override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizePolicy>,
+}
+
+impl TorchImageTransformer {
+    /// `model_name` over the `image` column into `output_col`, in `output_mode`.
+    pub fn new(
+        model_name: impl Into<String>,
+        output_col: impl Into<String>,
+        output_mode: ImageOutputMode,
+    ) -> Self {
+        Self {
+            input_col: "image".into(),
+            output_col: output_col.into(),
+            model_name: model_name.into(),
+            output_mode,
+            batch_size: super::spec::DEFAULT_BATCH_SIZE,
+            resize: None,
+        }
+    }
+
+    /// Sets `inputCol`.
+    pub fn with_input_col(mut self, c: impl Into<String>) -> Self {
+        self.input_col = c.into();
+        self
+    }
+
+    /// Sets the images per forward pass.
+    pub fn with_batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// The inference step this transformer adds (plan-time errors for an unknown model or
+    /// one without the output the mode needs).
+    pub fn spec(&self) -> Result<TorchSpec> {
+        let zoo = ProcessTorchConfig::get().zoo();
+        let task = match self.output_mode {
+            ImageOutputMode::Vector => TorchTask::Features,
+            ImageOutputMode::Image => TorchTask::Image,
+        };
+        let mut spec = TorchSpec::try_new(
+            &zoo,
+            &self.model_name,
+            &self.input_col,
+            &self.output_col,
+            task,
+        )?;
+        spec.batch_size = self.batch_size.max(1);
+        spec.resize = self.resize;
+        Ok(spec)
+    }
+
+    /// Adds the output column to `df`.
+    pub fn transform(&self, df: DataFrame) -> Result<DataFrame> {
+        apply(df, self.spec()?)
     }
 }
 

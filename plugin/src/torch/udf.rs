@@ -142,7 +142,7 @@ impl ScalarUDFImpl for ModelFunction {
         let spec = TorchSpec::for_entry(&entry, "image", self.name(), task)?;
         let device = process.device.resolve()?;
         let out = blocking(|| {
-            super::model::init_threads(process.threads);
+            super::model::init_threads(process.intra_threads());
             let model = load_model(&entry, device)?;
             let prepared = prepare(&model, &spec, images.as_ref())?;
             run(&model, &spec, &prepared)
