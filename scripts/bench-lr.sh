@@ -35,11 +35,17 @@ s = next(f for f in sp["fits"] if f["config"]["elasticNetParam"] == alpha)
 ours = o["warm_fit_seconds"]
 def row(name, secs, it, tr, te, nz, vs_spark="", vs_sk=""):
     print(f"{name:<22} {alpha:5.2f} {secs:9.2f} {it:6d} {tr:10.4f} {te:10.4f} {nz:9d} {vs_spark:>9} {vs_sk:>9}")
-row("dlp (embedded)", ours, o["iterations"], o["train_accuracy"], o["test_accuracy"], o["non_zeros"],
+# Spark's and scikit-learn's times start from data already in memory (Spark: cache() and a
+# count before timing); dlp's prepared fit is the same comparison, its Parquet fit includes
+# the scan and materialization.
+prep = o["prepared_fit_seconds"]
+row("dlp, prepared (cache)", prep, o["iterations"], o["train_accuracy"], o["test_accuracy"], o["non_zeros"],
+    f'{s["warm_fit_seconds"] / prep:.2f}x', f'{sk["fit_seconds"] / prep:.2f}x')
+row("dlp, from Parquet", ours, o["iterations"], o["train_accuracy"], o["test_accuracy"], o["non_zeros"],
     f'{s["warm_fit_seconds"] / ours:.2f}x', f'{sk["fit_seconds"] / ours:.2f}x')
 row("Spark MLlib local[2]", s["warm_fit_seconds"], s["iterations"], s["train_accuracy"], s["test_accuracy"], s["non_zeros"])
 row("scikit-learn", sk["fit_seconds"], sk["iterations"], sk["train_accuracy"], sk["test_accuracy"], sk["non_zeros"])
-print(f'  dlp: first fit {o["fit_seconds"]:.2f} s, {o["evaluations"]} loss jobs of {o["job_seconds"] * 1000:.0f} ms '
+print(f'  dlp: first fit {o["fit_seconds"]:.2f} s, prepare {o["prepare_seconds"]:.2f} s, {o["evaluations"]} loss jobs of {o["job_seconds"] * 1000:.0f} ms '
       f'(Ballista overhead {o["job_overhead_seconds"] * 1000:.0f} ms/job), materialize {o["materialize_seconds"]:.2f} s; '
       f'objective {o["objective"]:.6f} vs Spark {s["objective"]:.6f}; Spark first fit {s["fit_seconds"]:.2f} s')
 PY

@@ -2,7 +2,8 @@
 # Idempotent set-up for building, running and testing: system build tools (nasm for
 # libjpeg-turbo's SIMD), a Python venv with the test clients and benchmark peers,
 # and the Kubernetes tooling (kubernetes-validate, helm) of the deploy tests.
-# Usage: scripts/setup.sh [build|all]   (build: only what compiling needs)
+# Usage: scripts/setup.sh [build|nokube|all]   (build: only what compiling needs; nokube:
+# all but the Kubernetes API server, which `make test` builds beside the cargo build)
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 what="${1:-all}"
@@ -121,4 +122,5 @@ fi
 # A real Kubernetes API server (v1.20.2, built from Debian's `kubernetes` source package
 # with Debian's Go) and etcd, for the tests against Kubernetes: built once (about 10 min on
 # 2 cores), cached in $DLP_CACHE/k8s/bin; later runs return at once.
+[ "$what" = nokube ] && exit 0
 "$DLP_ROOT/scripts/kube-apiserver.sh" build

@@ -324,3 +324,63 @@ async fn model_transforms_saves_and_loads() {
     let again = fit(&ctx, &train, params(json!({"regParam": 0.01}))).await;
     assert_eq!(again.coefficients, model.coefficients);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prepared_data_serve_several_fits_like_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let (train, _) = blobs(&dir.path().join("data"), 600, 6, 3, 1.0);
+    let ctx = context().await;
+    let read = || async {
+        ctx.read_parquet(&train, ParquetReadOptions::default())
+            .await
+            .unwrap()
+    };
+    let p = |reg: f64| {
+        params(json!({"regParam": reg, "elasticNetParam": 0.5, "workDir": work.to_str().unwrap()}))
+    };
+    let lr = LogisticRegression::new(p(0.01));
+    let data = lr.prepare(read().await).await.unwrap();
+    assert_eq!((data.rows(), data.num_features()), (600, 6));
+    assert!(data.num_parts() >= 1 && data.materialize_seconds() > 0.0);
+
+    // Same model as a plain fit, without materializing again.
+    let plain = LogisticRegression::new(p(0.01))
+        .fit(read().await)
+        .await
+        .unwrap();
+    let prepared = lr.fit_prepared(&data).await.unwrap();
+    assert_eq!(prepared.summary.materialize_seconds, 0.0);
+    assert!(plain.summary.materialize_seconds > 0.0);
+    assert_eq!(prepared.coefficients, plain.coefficients);
+    assert_eq!(prepared.intercepts, plain.intercepts);
+
+    // Other parameters on the same data: a different, sparser model.
+    let strong = LogisticRegression::new(p(1.0))
+        .fit_prepared(&data)
+        .await
+        .unwrap();
+    let nz = |m: &LogisticRegressionModel| m.non_zero_coefficients();
+    assert!(
+        nz(&strong) < nz(&prepared),
+        "{} vs {}",
+        nz(&strong),
+        nz(&prepared)
+    );
+
+    // Other columns than the data were prepared with: an error naming the parameter.
+    let mut other = p(0.01);
+    other.label_col = "y".into();
+    let err = LogisticRegression::new(other)
+        .fit_prepared(&data)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("labelCol") && err.contains("\"y\""), "{err}");
+
+    // The parts live while the data do, and go with them.
+    let run_dirs = || std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(run_dirs(), 1);
+    drop(data);
+    assert_eq!(run_dirs(), 0);
+}

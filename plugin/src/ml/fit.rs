@@ -3,6 +3,7 @@
 //! partial sums on the executors. Only those sums (one row per partition) come back.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
@@ -38,10 +39,60 @@ impl Drop for RunDir {
     }
 }
 
-/// The materialized training data.
-struct Materialized {
+/// Training data materialized on the executors, ready for any number of fits: Spark's
+/// `df.cache()` before `fit`. The training columns are checked and written once as Arrow
+/// IPC parts (one job); every loss job of every fit on it reads them, from the executors'
+/// memory after the first. The parts are removed when the last clone is dropped.
+#[derive(Clone)]
+pub struct TrainingData {
+    inner: Arc<Prepared>,
+}
+
+struct Prepared {
+    _dir: RunDir,
+    state: SessionState,
     parts: Vec<String>,
     summary: Summary,
+    features_col: String,
+    label_col: String,
+    weight_col: Option<String>,
+    seconds: f64,
+}
+
+impl std::fmt::Debug for TrainingData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = &self.inner;
+        f.debug_struct("TrainingData")
+            .field("rows", &p.summary.rows)
+            .field("features", &p.summary.dim)
+            .field("parts", &p.parts.len())
+            .field("featuresCol", &p.features_col)
+            .field("labelCol", &p.label_col)
+            .field("weightCol", &p.weight_col)
+            .finish()
+    }
+}
+
+impl TrainingData {
+    /// Rows of the training data.
+    pub fn rows(&self) -> u64 {
+        self.inner.summary.rows
+    }
+
+    /// Length of the feature vectors.
+    pub fn num_features(&self) -> usize {
+        self.inner.summary.dim
+    }
+
+    /// Parts written on the executors (one per non-empty input partition).
+    pub fn num_parts(&self) -> usize {
+        self.inner.parts.len()
+    }
+
+    /// Seconds the materialization job took.
+    pub fn materialize_seconds(&self) -> f64 {
+        self.inner.seconds
+    }
 }
 
 impl LogisticRegression {
@@ -52,12 +103,41 @@ impl LogisticRegression {
 
     /// Fits the model on `df` (features and label columns, optional weight column).
     pub async fn fit(&self, df: DataFrame) -> Result<LogisticRegressionModel> {
+        let data = self.prepare(df).await?;
+        self.fit_data(&data, data.inner.seconds).await
+    }
+
+    /// Fits the model on data prepared by [`LogisticRegression::prepare`] (with the same
+    /// `featuresCol`, `labelCol` and `weightCol`); the scan of the input is not repeated.
+    pub async fn fit_prepared(&self, data: &TrainingData) -> Result<LogisticRegressionModel> {
+        let p = &self.params;
+        let d = &data.inner;
+        for (param, wanted, prepared) in [
+            ("featuresCol", Some(&p.features_col), Some(&d.features_col)),
+            ("labelCol", Some(&p.label_col), Some(&d.label_col)),
+            ("weightCol", p.weight_col.as_ref(), d.weight_col.as_ref()),
+        ] {
+            if wanted != prepared {
+                return plan_err!(
+                    "{param} is {:?} but the training data were prepared with {:?}; prepare them with the same columns",
+                    wanted.map(String::as_str).unwrap_or("(none)"),
+                    prepared.map(String::as_str).unwrap_or("(none)")
+                );
+            }
+        }
+        self.fit_data(data, 0.0).await
+    }
+
+    /// Materializes the training columns of `df` on the executors (one job) for
+    /// [`LogisticRegression::fit_prepared`]: what Spark users do with `df.cache()` before
+    /// fitting several models on the same data.
+    pub async fn prepare(&self, df: DataFrame) -> Result<TrainingData> {
         let p = &self.params;
         p.validate()?;
         let started = Instant::now();
         let run_id = format!("{:016x}", rand::random::<u64>());
         let run_dir = p.resolved_work_dir().join(format!("lr-{run_id}"));
-        let _cleanup = RunDir(run_dir.clone());
+        let cleanup = RunDir(run_dir.clone());
 
         // Checked before the projection, so that the error names the parameter.
         input_type(df.schema(), "featuresCol", &p.features_col)?;
@@ -81,9 +161,33 @@ impl LogisticRegression {
             }),
         )?;
         let input = DataFrame::new(state.clone(), node.into_plan());
-        let data = self.materialize(input).await?;
-        let materialize_seconds = started.elapsed().as_secs_f64();
-        let s = &data.summary;
+        let (parts, summary) = self.materialize(input).await?;
+        Ok(TrainingData {
+            inner: Arc::new(Prepared {
+                _dir: cleanup,
+                state,
+                parts,
+                summary,
+                features_col: p.features_col.clone(),
+                label_col: p.label_col.clone(),
+                weight_col: p.weight_col.clone(),
+                seconds: started.elapsed().as_secs_f64(),
+            }),
+        })
+    }
+
+    async fn fit_data(
+        &self,
+        data: &TrainingData,
+        materialize_seconds: f64,
+    ) -> Result<LogisticRegressionModel> {
+        let p = &self.params;
+        p.validate()?;
+        let started = Instant::now();
+        let run_id = format!("{:016x}", rand::random::<u64>());
+        let d = &data.inner;
+        let s = &d.summary;
+        let state = d.state.clone();
 
         if s.rows == 0 {
             return plan_err!("the training data is empty (no rows in the input DataFrame)");
@@ -159,7 +263,7 @@ impl LogisticRegression {
             state,
             handle: tokio::runtime::Handle::current(),
             run_id,
-            parts: data.parts.clone(),
+            parts: d.parts.clone(),
             rows: s.rows,
             weight_sum: s.weight_sum,
             reg,
@@ -225,16 +329,16 @@ impl LogisticRegression {
                 converged: minimum.converged,
                 rows: s.rows,
                 weight_sum: s.weight_sum,
-                fit_seconds: started.elapsed().as_secs_f64(),
+                fit_seconds: materialize_seconds + started.elapsed().as_secs_f64(),
                 materialize_seconds,
                 evaluation_seconds: objective.seconds,
                 compute_seconds: objective.compute_seconds,
-                partitions: data.parts.len(),
+                partitions: d.parts.len(),
             },
         })
     }
 
-    async fn materialize(&self, df: DataFrame) -> Result<Materialized> {
+    async fn materialize(&self, df: DataFrame) -> Result<(Vec<String>, Summary)> {
         let batches = df.collect().await?;
         let mut rows: Vec<(u64, Option<String>, Summary)> = vec![];
         for b in &batches {
@@ -256,10 +360,7 @@ impl LogisticRegression {
                 exec_datafusion_err!("featuresCol '{}': {e}", self.params.features_col)
             })?;
         }
-        Ok(Materialized {
-            parts: rows.into_iter().filter_map(|r| r.1).collect(),
-            summary,
-        })
+        Ok((rows.into_iter().filter_map(|r| r.1).collect(), summary))
     }
 }
 

@@ -2,8 +2,9 @@
 //! partial sums on the executors, L-BFGS / OWL-QN on the driver.
 //!
 //! ```text
-//! fit(df) ── job 1: LrMaterializeExec ── per partition: check, write part-N.arrow, cache, summary
-//!         └─ per optimizer evaluation: job: LrGradientExec(parts) ── per part: loss, gradient
+//! prepare(df) ── job 1: LrMaterializeExec ── per partition: check, write part-N.arrow, cache, summary
+//! fit_prepared ── per optimizer evaluation: job: LrGradientExec(parts) ── per part: loss, gradient
+//! fit(df) = prepare(df), then fit_prepared (prepare once for several fits: Spark's cache())
 //! ```
 
 pub mod data;
@@ -16,6 +17,6 @@ pub mod params;
 pub mod summary;
 
 pub use exec::{MlExec, MlExtensionPlanner, MlNode};
-pub use fit::LogisticRegression;
+pub use fit::{LogisticRegression, TrainingData};
 pub use model::{LogisticRegressionModel, TrainingSummary};
 pub use params::{Family, LogisticRegressionParams};
