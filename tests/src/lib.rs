@@ -399,20 +399,28 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Runs `tests/python/lr_reference.py ARGS` (data, Spark MLlib, scikit-learn) and parses the
 /// JSON of its last output line.
 pub fn lr_reference(args: &[&str]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/lr_reference.py");
+    let stdout = String::from_utf8(python_script("lr_reference.py", args)).expect("utf-8 output");
+    serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON output")
+}
+
+/// Runs `tests/python/<script>` with the venv's Python; its stdout. Panics with the script's
+/// stderr when it fails.
+pub fn python_script(script: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
     let out = Command::new(python().expect("venv python"))
-        .arg(script)
+        .arg(path)
         .args(args)
         .env("SPARK_LOCAL_IP", "127.0.0.1")
         .output()
         .expect("python");
     assert!(
         out.status.success(),
-        "lr_reference.py {args:?} failed:\n{}",
+        "{script} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8(out.stdout).expect("utf-8 output");
-    serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON output")
+    out.stdout
 }
 
 /// Fits a logistic regression on a Parquet file or directory.

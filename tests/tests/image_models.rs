@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, StructArray};
@@ -21,7 +20,7 @@ use dlp_plugin::pipeline::PipelineStage;
 use dlp_plugin::torch::{
     DeepImageFeaturizer, ImageOutputMode, ModelZoo, ProcessTorchConfig, TorchImageTransformer,
 };
-use dlp_tests::{max_abs_diff, python, shared_data, vectors};
+use dlp_tests::{max_abs_diff, python_script, shared_data, vectors};
 use serde_json::json;
 
 /// The test model directory, written once per test binary and installed as the process's.
@@ -29,19 +28,7 @@ fn model_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        let run = Command::new(python().unwrap())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/python/image_models.py"
-            ))
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "image_models.py failed: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        python_script("image_models.py", &[&dir]);
         // The exported zoo model, for chaining (its files linked, not copied).
         let zoo = ProcessTorchConfig::from_env().zoo();
         let lite = zoo.get("efficientnet_lite0").unwrap();
@@ -146,19 +133,7 @@ fn reference(model: &str, files: &[String], output: &str, index: usize) -> Vec<u
         "image_output": m.image_output.as_ref().map(|o| json!({
             "scale": o.scale, "mean": o.mean, "std": o.std})),
     });
-    let run = Command::new(python().unwrap())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/python/torch_reference.py"
-        ))
-        .arg(args.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "reference failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    python_script("torch_reference.py", &[args.to_string()]);
     std::fs::read(out.path()).unwrap()
 }
 

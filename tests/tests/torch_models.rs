@@ -2,7 +2,6 @@
 //! predictions on real photos, models as SQL functions, and plan-time errors.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Float32Type;
@@ -10,7 +9,7 @@ use datafusion::prelude::{SessionContext, col};
 use dlp_plugin::ImageContextExt;
 use dlp_plugin::image::ImageReadOptions;
 use dlp_plugin::torch::{DeepImageFeaturizer, DeepImagePredictor, ModelZoo, ProcessTorchConfig};
-use dlp_tests::{max_abs_diff, python, shared_data, vectors};
+use dlp_tests::{max_abs_diff, python_script, shared_data, vectors};
 use serde_json::json;
 
 const MODEL: &str = "efficientnet_lite0";
@@ -80,19 +79,7 @@ fn reference(files: &[String], output: &str, batch: usize) -> Vec<Vec<f32>> {
         "std": m.std, "files": files, "out": out.path(), "batch": batch, "threads": 2,
         "output": output,
     });
-    let run = Command::new(python().unwrap())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/python/torch_reference.py"
-        ))
-        .arg(args.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "reference failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    python_script("torch_reference.py", &[args.to_string()]);
     let bytes = std::fs::read(out.path()).unwrap();
     let floats: Vec<f32> = bytes
         .chunks_exact(4)

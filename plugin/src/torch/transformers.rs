@@ -100,23 +100,37 @@ impl DeepImageFeaturizer {
 
     /// The inference step this featurizer adds.
     pub fn spec(&self) -> Result<TorchSpec> {
-        let zoo = ProcessTorchConfig::get().zoo();
-        let mut spec = TorchSpec::try_new(
-            &zoo,
+        zoo_spec(
             &self.model_name,
             &self.input_col,
             &self.output_col,
             TorchTask::Features,
-        )?;
-        spec.batch_size = self.batch_size;
-        spec.resize = self.resize;
-        Ok(spec)
+            self.batch_size,
+            self.resize,
+        )
     }
 
     /// Adds the feature column to `df`.
     pub fn transform(&self, df: DataFrame) -> Result<DataFrame> {
         apply(df, self.spec()?)
     }
+}
+
+/// The inference step of a zoo model as the transformers configure it (plan-time errors for
+/// an unknown model or one without the output `task` needs).
+fn zoo_spec(
+    model_name: &str,
+    input_col: &str,
+    output_col: &str,
+    task: TorchTask,
+    batch_size: usize,
+    resize: Option<ResizePolicy>,
+) -> Result<TorchSpec> {
+    let zoo = ProcessTorchConfig::get().zoo();
+    let mut spec = TorchSpec::try_new(&zoo, model_name, input_col, output_col, task)?;
+    spec.batch_size = batch_size.max(1);
+    spec.resize = resize;
+    Ok(spec)
 }
 
 /// Image struct column -> ImageNet predictions, like sparkdl's `DeepImagePredictor`:
@@ -177,20 +191,19 @@ impl DeepImagePredictor {
 
     /// Adds the prediction column to `df`.
     pub fn transform(&self, df: DataFrame) -> Result<DataFrame> {
-        let zoo = ProcessTorchConfig::get().zoo();
         let task = if self.decode_predictions {
             TorchTask::TopK(self.top_k)
         } else {
             TorchTask::Probabilities
         };
-        let mut spec = TorchSpec::try_new(
-            &zoo,
+        let spec = zoo_spec(
             &self.model_name,
             &self.input_col,
             &self.output_col,
             task,
+            self.batch_size,
+            None,
         )?;
-        spec.batch_size = self.batch_size;
         apply(df, spec)
     }
 }
@@ -268,21 +281,18 @@ impl TorchImageTransformer {
     /// The inference step this transformer adds (plan-time errors for an unknown model or
     /// one without the output the mode needs).
     pub fn spec(&self) -> Result<TorchSpec> {
-        let zoo = ProcessTorchConfig::get().zoo();
         let task = match self.output_mode {
             ImageOutputMode::Vector => TorchTask::Features,
             ImageOutputMode::Image => TorchTask::Image,
         };
-        let mut spec = TorchSpec::try_new(
-            &zoo,
+        zoo_spec(
             &self.model_name,
             &self.input_col,
             &self.output_col,
             task,
-        )?;
-        spec.batch_size = self.batch_size.max(1);
-        spec.resize = self.resize;
-        Ok(spec)
+            self.batch_size,
+            self.resize,
+        )
     }
 
     /// Adds the output column to `df`.
@@ -384,10 +394,14 @@ impl ImageFileTransformer {
             FileOutputMode::Vector => TorchTask::Features,
             FileOutputMode::Probabilities => TorchTask::Probabilities,
         };
-        let zoo = ProcessTorchConfig::get().zoo();
-        let mut spec = TorchSpec::try_new(&zoo, &self.model_name, &tmp, &self.output_col, task)?;
-        spec.batch_size = self.batch_size.max(1);
-        spec.resize = self.resize;
+        let spec = zoo_spec(
+            &self.model_name,
+            &tmp,
+            &self.output_col,
+            task,
+            self.batch_size,
+            self.resize,
+        )?;
         let df = df.with_column(
             &tmp,
             crate::image::read_image_udf().call(vec![col(&self.input_col)]),
