@@ -52,10 +52,15 @@ impl ProcessTorchConfig {
                 .and_then(|d| d.parse().ok())
                 .unwrap_or_default(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            streams: std::env::var("DLP_TORCH_STREAMS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
+            streams: match std::env::var("DLP_TORCH_STREAMS") {
+                Err(_) => 0,
+                Ok(s) => s.trim().parse().unwrap_or_else(|_| {
+                    tracing::warn!(
+                        "DLP_TORCH_STREAMS={s:?} is not a number of forward passes (0 = automatic); using automatic"
+                    );
+                    0
+                }),
+            },
         }
     }
 
