@@ -115,9 +115,10 @@ pub async fn run_job_command(
     let bar = pb.clone();
     let progress = Arc::new(move |e: JobEvent| match e {
         JobEvent::Phase(p) => bar.set_message(p),
-        JobEvent::Tuning(TuningEvent::Preparing) => {
-            bar.set_message("featurizing once for all folds and candidates".to_string())
-        }
+        JobEvent::Tuning(TuningEvent::Preparing { done, total }) => bar.set_message(format!(
+            "featurizing once for all folds and candidates (configuration {} of {total})",
+            done + 1
+        )),
         JobEvent::Tuning(TuningEvent::FitDone {
             done,
             total,
@@ -176,7 +177,13 @@ fn print_job(spec: &JobSpec, r: &JobReport) {
             t.seconds
         );
         for (i, m) in t.param_maps.iter().enumerate() {
-            let params: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let params: Vec<String> = m
+                .iter()
+                .map(|(k, v)| match v.as_str() {
+                    Some(s) => format!("{k}={s}"),
+                    None => format!("{k}={v}"),
+                })
+                .collect();
             println!(
                 "  {} {:<40} {:.4} ± {:.4}",
                 if i == t.best_index { "*" } else { " " },

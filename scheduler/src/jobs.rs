@@ -152,9 +152,14 @@ impl PipelineJobs {
         let progress = Arc::new(move |e: JobEvent| {
             events.status.send_modify(|s| match e {
                 JobEvent::Phase(p) => push_event(s, &events.started, p),
-                JobEvent::Tuning(TuningEvent::Preparing) => {
-                    push_event(s, &events.started, "tuning: featurizing once".into())
-                }
+                JobEvent::Tuning(TuningEvent::Preparing { done, total }) => push_event(
+                    s,
+                    &events.started,
+                    format!(
+                        "tuning: featurizing once (configuration {} of {total})",
+                        done + 1
+                    ),
+                ),
                 JobEvent::Tuning(TuningEvent::FitDone { done, total, .. }) => {
                     s.fits_done = Some(done);
                     s.fits_total = Some(total);

@@ -8,7 +8,9 @@ use datafusion::arrow::datatypes::Float32Type;
 use datafusion::prelude::{SessionContext, col};
 use dlp_plugin::ImageContextExt;
 use dlp_plugin::image::ImageReadOptions;
-use dlp_plugin::torch::{DeepImageFeaturizer, DeepImagePredictor, ModelZoo, ProcessTorchConfig};
+use dlp_plugin::torch::{
+    DeepImageFeaturizer, DeepImagePredictor, FeatureLayer, ModelZoo, ProcessTorchConfig,
+};
 use dlp_tests::{max_abs_diff, python_script, shared_data, vectors};
 use serde_json::json;
 
@@ -122,6 +124,54 @@ async fn features_match_the_pytorch_reference_on_the_flowers() {
         rows.len()
     );
     assert!(worst <= 1e-4, "max abs diff {worst}");
+}
+
+/// `featureLayer: logits`: the class scores before the softmax, equal to PyTorch's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logits_layer_matches_the_pytorch_reference() {
+    let ctx = context().await;
+    let opts =
+        ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
+    let df = ctx
+        .read_images(
+            &shared_data().join("imagenet-sanity").to_string_lossy(),
+            opts,
+        )
+        .await
+        .unwrap();
+    let featurizer = DeepImageFeaturizer::new(MODEL).with_feature_layer(FeatureLayer::Logits);
+    let df = featurizer
+        .transform(df)
+        .unwrap()
+        .select(vec![
+            datafusion::functions::core::expr_fn::get_field(col("image"), "origin").alias("origin"),
+            col("features"),
+        ])
+        .unwrap();
+    let rows = origin_vectors(&df.collect().await.unwrap(), "features");
+    assert_eq!(rows.len(), 18);
+    let files: Vec<String> = rows.iter().map(|(o, _)| path_of(o)).collect();
+    let expected = reference(&files, "logits", 16);
+    let mut worst = 0f32;
+    for ((origin, ours), theirs) in rows.iter().zip(&expected) {
+        let ours = ours
+            .as_ref()
+            .unwrap_or_else(|| panic!("null logits for {origin}"));
+        assert_eq!(ours.len(), 1000, "{origin}");
+        worst = worst.max(max_abs_diff(ours, theirs));
+    }
+    println!("max |rust - pytorch| of the logits over 18 photos: {worst:e}");
+    assert!(worst <= 1e-3, "max abs diff {worst}");
+    // Saved and read back with the parameter's sparkdl-style name; the default is not written.
+    let yaml = serde_yaml::to_string(&featurizer).unwrap();
+    assert!(yaml.contains("featureLayer: logits"), "{yaml}");
+    let back: DeepImageFeaturizer = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(back, featurizer);
+    let plain = serde_yaml::to_string(&DeepImageFeaturizer::new(MODEL)).unwrap();
+    assert!(!plain.contains("featureLayer"), "{plain}");
+    let e = serde_yaml::from_str::<DeepImageFeaturizer>("modelName: m\nfeatureLayer: conv5\n")
+        .unwrap_err();
+    assert!(e.to_string().contains("penultimate"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

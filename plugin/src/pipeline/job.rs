@@ -501,5 +501,45 @@ tuning:
             panic!()
         };
         assert_eq!(lr.reg_param, 0.1);
+        // Featurizer parameters are grid parameters too.
+        m.insert("featureLayer".into(), Value::from("logits"));
+        m.insert("modelName".into(), Value::from("efficientnet_lite2"));
+        let p = super::super::tuning::with_params(&pipeline, &m).unwrap();
+        let PipelineStage::DeepImageFeaturizer(f) = &p.stages[0] else {
+            panic!()
+        };
+        assert_eq!(f.model_name, "efficientnet_lite2");
+        assert_eq!(f.feature_layer, crate::torch::FeatureLayer::Logits);
+        m.insert("featureLayer".into(), Value::from("conv5"));
+        let err = super::super::tuning::with_params(&pipeline, &m)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("featureLayer = \"conv5\"") && err.contains("penultimate"),
+            "{err}"
+        );
+        m.clear();
+        m.insert("type".into(), Value::from("LogisticRegression"));
+        let err = super::super::tuning::with_params(&pipeline, &m)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a parameter"), "{err}");
+        // A name two stages have must say which stage.
+        let mut stages = pipeline.stages.clone();
+        stages.insert(0, stages[0].clone());
+        let two = Pipeline::new(stages);
+        m.clear();
+        m.insert("modelName".into(), Value::from("efficientnet_lite1"));
+        let err = super::super::tuning::with_params(&two, &m)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("several stages"), "{err}");
+        m.clear();
+        m.insert("LogisticRegression.maxIter".into(), Value::from(7));
+        let p = super::super::tuning::with_params(&two, &m).unwrap();
+        let PipelineStage::LogisticRegression(lr) = &p.stages[2] else {
+            panic!()
+        };
+        assert_eq!(lr.max_iter, 7);
     }
 }

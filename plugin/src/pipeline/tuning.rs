@@ -2,9 +2,10 @@
 //! and `TrainValidationSplit`, with candidate fits running `parallelism` at a time on the
 //! cluster.
 //!
-//! The stages before the first estimator (the featurizer: the expensive part) run once:
-//! their output is written to Parquet under the work dir by the executors and every fold
-//! and candidate reads it from there. Folds come from the hash of each row's key and the
+//! The stages before the first estimator (the featurizer: the expensive part) run once per
+//! distinct configuration in the grid (once when only estimator parameters vary): their
+//! output is written to Parquet under the work dir by the executors and every fold and
+//! candidate reads it from there. Folds come from the hash of each row's key and the
 //! seed, so they do not depend on partitioning or on where tasks ran.
 
 use std::collections::BTreeMap;
@@ -64,38 +65,99 @@ impl ParamGridBuilder {
     }
 }
 
-/// `pipeline` with `params` set on each of its estimator stages. Parameter names are the
-/// estimator's (MLlib's); an unknown name is an error that lists the valid ones.
+/// `pipeline` with `params` set on its stages. A name is a parameter of a stage with Spark ML
+/// / sparkdl's names (`regParam` of LogisticRegression, `modelName` or `featureLayer` of
+/// DeepImageFeaturizer), or `Stage.param` (`DeepImageFeaturizer.outputCol`) where several
+/// stages have it. An unknown or ambiguous name is an error that lists the valid ones.
 pub fn with_params(pipeline: &Pipeline, params: &ParamMap) -> Result<Pipeline> {
     let mut out = pipeline.clone();
-    for stage in &mut out.stages {
-        if let PipelineStage::LogisticRegression(p) = stage {
-            let mut v = serde_json::to_value(&*p)
-                .map_err(|e| exec_datafusion_err!("cannot encode parameters: {e}"))?;
-            let obj = v.as_object_mut().expect("parameters are an object");
-            for (name, value) in params {
-                if !obj.contains_key(name) {
-                    let names: Vec<&str> = obj.keys().map(String::as_str).collect();
-                    return plan_err!(
-                        "param grid: '{name}' is not a parameter of LogisticRegression ({})",
-                        names.join(", ")
-                    );
-                }
-                obj.insert(name.clone(), value.clone());
+    for (name, value) in params {
+        let (only_type, param) = match name.split_once('.') {
+            Some((t, p)) => (Some(t), p),
+            None => (None, name.as_str()),
+        };
+        if param == "type" {
+            return plan_err!("param grid: '{name}': a stage's type is not a parameter");
+        }
+        let mut hits = vec![];
+        for (i, stage) in out.stages.iter().enumerate() {
+            if only_type.is_some_and(|t| t != stage.type_name()) {
+                continue;
             }
-            *p = serde_json::from_value(v)
-                .map_err(|e| exec_datafusion_err!("param grid {params:?}: {e}"))?;
+            if let Some(s) = set_param(stage, param, value)
+                .map_err(|e| exec_datafusion_err!("param grid: {name} = {value}: {e}"))?
+            {
+                hits.push((i, s));
+            }
+        }
+        match hits.len() {
+            0 => {
+                let valid: Vec<String> = out
+                    .stages
+                    .iter()
+                    .map(|s| format!("{}: {}", s.type_name(), param_names(s).join(", ")))
+                    .collect();
+                return plan_err!(
+                    "param grid: '{name}' is not a parameter of the pipeline's stages ({})",
+                    valid.join("; ")
+                );
+            }
+            1 => {
+                let (i, s) = hits.pop().expect("one hit");
+                out.stages[i] = s;
+            }
+            _ => {
+                let stages: Vec<&str> = hits
+                    .iter()
+                    .map(|(i, _)| out.stages[*i].type_name())
+                    .collect();
+                return plan_err!(
+                    "param grid: '{name}' is a parameter of several stages ({}); write it as \
+                     Stage.{param}",
+                    stages.join(", ")
+                );
+            }
+        }
+    }
+    for stage in &out.stages {
+        if let PipelineStage::LogisticRegression(p) = stage {
             p.validate()?;
         }
     }
     Ok(out)
 }
 
+/// `stage` with `param` set to `value`; `None` when the stage has no such parameter.
+fn set_param(
+    stage: &PipelineStage,
+    param: &str,
+    value: &Value,
+) -> std::result::Result<Option<PipelineStage>, String> {
+    let mut v = serde_json::to_value(stage).map_err(|e| e.to_string())?;
+    v.as_object_mut()
+        .expect("a stage is an object")
+        .insert(param.to_string(), value.clone());
+    match serde_json::from_value::<PipelineStage>(v) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.to_string().contains("unknown field") => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The parameter names a stage writes (those left at an unset default are not listed).
+fn param_names(stage: &PipelineStage) -> Vec<String> {
+    match serde_json::to_value(stage) {
+        Ok(Value::Object(m)) => m.keys().filter(|k| *k != "type").cloned().collect(),
+        _ => vec![],
+    }
+}
+
 /// Progress of a tuning run, for progress bars.
 #[derive(Debug, Clone)]
 pub enum TuningEvent {
-    /// The shared stages (featurization) are being computed once.
-    Preparing,
+    /// The stages before the estimator (featurization) are being computed once for the
+    /// `done + 1`-th of `total` distinct configurations in the grid.
+    Preparing { done: usize, total: usize },
     /// `done` of `total` candidate fits (parameter map x fold) finished.
     FitDone {
         done: usize,
@@ -228,16 +290,17 @@ impl Tuner {
             .collect::<Result<_>>()?;
         let parallelism = self.parallelism.max(1);
 
-        // The shared prefix (transformers before the first estimator) runs once.
+        // The prefix (the transformers before the first estimator: the featurizer) runs once
+        // per distinct prefix among the candidates (once when the grid only holds estimator
+        // parameters), written to Parquet and read by every fold and candidate.
         let first_est = self
             .estimator
             .stages
             .iter()
             .position(PipelineStage::is_estimator)
             .unwrap_or(self.estimator.stages.len());
-        let prefix = Pipeline::new(self.estimator.stages[..first_est].to_vec());
         let key = key_expr(df.schema(), self.key_col.as_deref())?;
-        let mut prepared = df.with_column(KEY, key)?;
+        let keyed = df.with_column(KEY, key)?;
         let run_dir = self
             .work_dir
             .clone()
@@ -245,38 +308,59 @@ impl Tuner {
             .unwrap_or_else(std::env::temp_dir)
             .join(format!("tune-{:016x}", rand::random::<u64>()));
         let _cleanup = Cleanup(run_dir.clone());
-        if !prefix.stages.is_empty() {
-            self.emit(TuningEvent::Preparing);
-            let prefix_model = prefix.fit(prepared.clone()).await?;
-            prepared = prefix_model.transform(prepared)?;
+        let mut prefixes: Vec<Vec<PipelineStage>> = vec![];
+        let mut prefix_of = vec![];
+        for cand in &candidates {
+            let stages = cand.stages[..first_est].to_vec();
+            let i = match prefixes.iter().position(|p| *p == stages) {
+                Some(i) => i,
+                None => {
+                    prefixes.push(stages);
+                    prefixes.len() - 1
+                }
+            };
+            prefix_of.push(i);
+        }
+        let mut prepared_sets = Vec::with_capacity(prefixes.len());
+        for (i, stages) in prefixes.iter().enumerate() {
+            if stages.is_empty() {
+                prepared_sets.push(keyed.clone());
+                continue;
+            }
+            self.emit(TuningEvent::Preparing {
+                done: i,
+                total: prefixes.len(),
+            });
+            let prefix_model = Pipeline::new(stages.clone()).fit(keyed.clone()).await?;
+            let out = prefix_model.transform(keyed.clone())?;
             // Image bytes are not needed after featurization.
-            let keep: Vec<Expr> = prepared
+            let keep: Vec<Expr> = out
                 .schema()
                 .fields()
                 .iter()
                 .filter(|f| !crate::image::schema::is_image_type(f.data_type()))
                 .map(|f| col(datafusion::common::Column::from_name(f.name())))
                 .collect();
-            let dir = run_dir.join("features");
+            let dir = run_dir.join(format!("features-{i}"));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", dir.display()))?;
             let dir_s = dir.to_string_lossy().into_owned();
-            prepared
-                .select(keep)?
+            out.select(keep)?
                 .write_parquet(&dir_s, DataFrameWriteOptions::new(), None)
                 .await?;
-            prepared = ctx
-                .read_parquet(&dir_s, ParquetReadOptions::default())
-                .await?;
+            prepared_sets.push(
+                ctx.read_parquet(&dir_s, ParquetReadOptions::default())
+                    .await?,
+            );
         }
         let key = col(KEY);
         let seed = self.seed;
         let validation = self.validation;
-        let split = |fold: usize| -> Result<(DataFrame, DataFrame)> {
+        let split = |prepared: &DataFrame, fold: usize| -> Result<(DataFrame, DataFrame)> {
             Ok(match validation {
                 Validation::CrossValidator { num_folds } => (
-                    fold_filter(&prepared, key.clone(), seed, num_folds, fold, false)?,
-                    fold_filter(&prepared, key.clone(), seed, num_folds, fold, true)?,
+                    fold_filter(prepared, key.clone(), seed, num_folds, fold, false)?,
+                    fold_filter(prepared, key.clone(), seed, num_folds, fold, true)?,
                 ),
                 Validation::TrainValidationSplit { train_ratio } => {
                     let u = unit_expr(key.clone(), seed);
@@ -294,7 +378,7 @@ impl Tuner {
         let mut jobs = vec![];
         for (m, cand) in candidates.iter().enumerate() {
             for fold in 0..folds {
-                let (train, valid) = split(fold)?;
+                let (train, valid) = split(&prepared_sets[prefix_of[m]], fold)?;
                 let cand_rest = Pipeline::new(cand.stages[first_est..].to_vec());
                 jobs.push((m, fold, cand_rest, train, valid));
             }
@@ -352,8 +436,10 @@ impl Tuner {
         }
         self.emit(TuningEvent::Refitting);
         let best_rest = Pipeline::new(candidates[best].stages[first_est..].to_vec());
-        let fitted_rest = best_rest.fit(prepared.clone()).await?;
-        let mut stages: Vec<FittedStage> = self.estimator.stages[..first_est]
+        let fitted_rest = best_rest
+            .fit(prepared_sets[prefix_of[best]].clone())
+            .await?;
+        let mut stages: Vec<FittedStage> = candidates[best].stages[..first_est]
             .iter()
             .map(|s| match s {
                 PipelineStage::DeepImageFeaturizer(t) => {

@@ -140,10 +140,14 @@ fn run_uncounted(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> 
                     }
                     values.extend(to_vec(&f)?);
                 }
-                TorchTask::Probabilities | TorchTask::TopK(_) => {
+                TorchTask::Probabilities | TorchTask::TopK(_) | TorchTask::Logits => {
                     let logits = out.logits.ok_or_else(|| {
                         exec_datafusion_err!("model {} has no logits", spec.model)
                     })?;
+                    if spec.task == TorchTask::Logits {
+                        values.extend(to_vec(&logits)?);
+                        continue;
+                    }
                     let probs = logits.softmax(-1, Kind::Float);
                     if let TorchTask::TopK(k) = spec.task {
                         let (p, idx) = probs.topk(k as i64, -1, true, true);
@@ -185,7 +189,7 @@ fn run_uncounted(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> 
             }
             Ok(builder.finish_with_nulls(Some(nulls)))
         }
-        TorchTask::Features | TorchTask::Probabilities => {
+        TorchTask::Features | TorchTask::Probabilities | TorchTask::Logits => {
             let mut full = vec![0f32; prepared.rows * dim];
             for (k, &row) in prepared.valid.iter().enumerate() {
                 full[row * dim..(row + 1) * dim].copy_from_slice(&values[k * dim..(k + 1) * dim]);

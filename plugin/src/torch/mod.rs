@@ -20,8 +20,8 @@ pub use manifest::{ModelManifest, ModelZoo, ResizePolicy};
 pub use placement::plan_runs_torch;
 pub use spec::{TorchSpec, TorchTask};
 pub use transformers::{
-    DeepImageFeaturizer, DeepImagePredictor, FileOutputMode, ImageFileTransformer, ImageOutputMode,
-    TorchImageTransformer,
+    DeepImageFeaturizer, DeepImagePredictor, FeatureLayer, FileOutputMode, ImageFileTransformer,
+    ImageOutputMode, TorchImageTransformer,
 };
 
 /// Per-process torch settings (executor flags; environment or defaults elsewhere).

@@ -20,6 +20,9 @@ pub enum TorchTask {
     TopK(usize),
     /// The whole probability vector (`decodePredictions=false`).
     Probabilities,
+    /// The class scores before the softmax, as features (`DeepImageFeaturizer` with
+    /// `featureLayer=logits`).
+    Logits,
     /// The model's image output as an image struct (sparkdl's `TFImageTransformer`,
     /// `outputMode="image"`).
     Image,
@@ -100,7 +103,7 @@ impl TorchSpec {
                 }
                 k
             }
-            TorchTask::Probabilities => {
+            TorchTask::Probabilities | TorchTask::Logits => {
                 check_classes(entry)?;
                 entry.manifest.num_classes
             }
@@ -150,7 +153,9 @@ pub fn prediction_fields() -> Fields {
 pub fn output_type(task: TorchTask, dim: usize) -> DataType {
     let item: FieldRef = Arc::new(Field::new("item", DataType::Float32, true));
     match task {
-        TorchTask::Features | TorchTask::Probabilities => DataType::FixedSizeList(item, dim as i32),
+        TorchTask::Features | TorchTask::Probabilities | TorchTask::Logits => {
+            DataType::FixedSizeList(item, dim as i32)
+        }
         TorchTask::TopK(_) => DataType::List(Arc::new(Field::new(
             "item",
             DataType::Struct(prediction_fields()),
