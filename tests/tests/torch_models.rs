@@ -55,11 +55,27 @@ async fn operator_features(
     ctx: &SessionContext,
     dir: &std::path::Path,
 ) -> Vec<(String, Option<Vec<f32>>)> {
+    featurized_rows(
+        ctx,
+        dir,
+        ImageReadOptions::default(),
+        DeepImageFeaturizer::new(MODEL),
+    )
+    .await
+}
+
+/// `(origin, vector)` of a folder read with `options` through `featurizer`.
+async fn featurized_rows(
+    ctx: &SessionContext,
+    dir: &std::path::Path,
+    options: ImageReadOptions,
+    featurizer: DeepImageFeaturizer,
+) -> Vec<(String, Option<Vec<f32>>)> {
     let df = ctx
-        .read_images(&dir.to_string_lossy(), ImageReadOptions::default())
+        .read_images(&dir.to_string_lossy(), options)
         .await
         .unwrap();
-    let df = DeepImageFeaturizer::new(MODEL)
+    let df = featurizer
         .with_output_col("f")
         .transform(df)
         .unwrap()
@@ -69,6 +85,19 @@ async fn operator_features(
         ])
         .unwrap();
     origin_vectors(&df.collect().await.unwrap(), "f")
+}
+
+/// Largest |ours - reference| over rows of `dim` values (no row may be null).
+fn worst_diff(rows: &[(String, Option<Vec<f32>>)], expected: &[Vec<f32>], dim: usize) -> f32 {
+    let mut worst = 0f32;
+    for ((origin, ours), theirs) in rows.iter().zip(expected) {
+        let ours = ours
+            .as_ref()
+            .unwrap_or_else(|| panic!("null output for {origin}"));
+        assert_eq!(ours.len(), dim, "{origin}");
+        worst = worst.max(max_abs_diff(ours, theirs));
+    }
+    worst
 }
 
 fn reference(files: &[String], output: &str, batch: usize) -> Vec<Vec<f32>> {
@@ -96,29 +125,16 @@ async fn features_match_the_pytorch_reference_on_the_flowers() {
     let ctx = context().await;
     let opts =
         ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
-    let df = ctx
-        .read_images(&shared_data().join("flowers").to_string_lossy(), opts)
-        .await
-        .unwrap();
-    let df = DeepImageFeaturizer::new(MODEL).transform(df).unwrap();
-    let df = df
-        .select(vec![
-            datafusion::functions::core::expr_fn::get_field(col("image"), "origin").alias("origin"),
-            col("features"),
-        ])
-        .unwrap();
-    let rows = origin_vectors(&df.collect().await.unwrap(), "features");
+    let rows = featurized_rows(
+        &ctx,
+        &shared_data().join("flowers"),
+        opts,
+        DeepImageFeaturizer::new(MODEL),
+    )
+    .await;
     assert_eq!(rows.len(), 1428);
     let files: Vec<String> = rows.iter().map(|(o, _)| path_of(o)).collect();
-    let expected = reference(&files, "features", 16);
-    let mut worst = 0f32;
-    for ((origin, ours), theirs) in rows.iter().zip(&expected) {
-        let ours = ours
-            .as_ref()
-            .unwrap_or_else(|| panic!("null features for {origin}"));
-        assert_eq!(ours.len(), 1280);
-        worst = worst.max(max_abs_diff(ours, theirs));
-    }
+    let worst = worst_diff(&rows, &reference(&files, "features", 16), 1280);
     println!(
         "max |rust - pytorch| over {} flowers: {worst:e}",
         rows.len()
@@ -126,40 +142,22 @@ async fn features_match_the_pytorch_reference_on_the_flowers() {
     assert!(worst <= 1e-4, "max abs diff {worst}");
 }
 
-/// `featureLayer: logits`: the class scores before the softmax, equal to PyTorch's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logits_layer_matches_the_pytorch_reference() {
     let ctx = context().await;
     let opts =
         ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
-    let df = ctx
-        .read_images(
-            &shared_data().join("imagenet-sanity").to_string_lossy(),
-            opts,
-        )
-        .await
-        .unwrap();
     let featurizer = DeepImageFeaturizer::new(MODEL).with_feature_layer(FeatureLayer::Logits);
-    let df = featurizer
-        .transform(df)
-        .unwrap()
-        .select(vec![
-            datafusion::functions::core::expr_fn::get_field(col("image"), "origin").alias("origin"),
-            col("features"),
-        ])
-        .unwrap();
-    let rows = origin_vectors(&df.collect().await.unwrap(), "features");
+    let rows = featurized_rows(
+        &ctx,
+        &shared_data().join("imagenet-sanity"),
+        opts,
+        featurizer.clone(),
+    )
+    .await;
     assert_eq!(rows.len(), 18);
     let files: Vec<String> = rows.iter().map(|(o, _)| path_of(o)).collect();
-    let expected = reference(&files, "logits", 16);
-    let mut worst = 0f32;
-    for ((origin, ours), theirs) in rows.iter().zip(&expected) {
-        let ours = ours
-            .as_ref()
-            .unwrap_or_else(|| panic!("null logits for {origin}"));
-        assert_eq!(ours.len(), 1000, "{origin}");
-        worst = worst.max(max_abs_diff(ours, theirs));
-    }
+    let worst = worst_diff(&rows, &reference(&files, "logits", 16), 1000);
     println!("max |rust - pytorch| of the logits over 18 photos: {worst:e}");
     assert!(worst <= 1e-3, "max abs diff {worst}");
     // Saved and read back with the parameter's sparkdl-style name; the default is not written.

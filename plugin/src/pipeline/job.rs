@@ -488,11 +488,14 @@ tuning:
     fn grid_names_must_be_parameters() {
         let spec: JobSpec = serde_yaml::from_str(SPEC).unwrap();
         let pipeline = Pipeline::new(spec.stages);
+        let err_of = |p: &Pipeline, m: &super::super::ParamMap| {
+            super::super::tuning::with_params(p, m)
+                .unwrap_err()
+                .to_string()
+        };
         let mut m = super::super::ParamMap::new();
         m.insert("regParm".into(), Value::from(0.1));
-        let err = super::super::tuning::with_params(&pipeline, &m)
-            .unwrap_err()
-            .to_string();
+        let err = err_of(&pipeline, &m);
         assert!(err.contains("'regParm' is not a parameter"), "{err}");
         m.clear();
         m.insert("regParam".into(), Value::from(0.1));
@@ -511,18 +514,14 @@ tuning:
         assert_eq!(f.model_name, "efficientnet_lite2");
         assert_eq!(f.feature_layer, crate::torch::FeatureLayer::Logits);
         m.insert("featureLayer".into(), Value::from("conv5"));
-        let err = super::super::tuning::with_params(&pipeline, &m)
-            .unwrap_err()
-            .to_string();
+        let err = err_of(&pipeline, &m);
         assert!(
             err.contains("featureLayer = \"conv5\"") && err.contains("penultimate"),
             "{err}"
         );
         m.clear();
         m.insert("type".into(), Value::from("LogisticRegression"));
-        let err = super::super::tuning::with_params(&pipeline, &m)
-            .unwrap_err()
-            .to_string();
+        let err = err_of(&pipeline, &m);
         assert!(err.contains("not a parameter"), "{err}");
         // A name two stages have must say which stage.
         let mut stages = pipeline.stages.clone();
@@ -530,9 +529,7 @@ tuning:
         let two = Pipeline::new(stages);
         m.clear();
         m.insert("modelName".into(), Value::from("efficientnet_lite1"));
-        let err = super::super::tuning::with_params(&two, &m)
-            .unwrap_err()
-            .to_string();
+        let err = err_of(&two, &m);
         assert!(err.contains("several stages"), "{err}");
         m.clear();
         m.insert("LogisticRegression.maxIter".into(), Value::from(7));
