@@ -23,6 +23,7 @@ use serde_json::Value;
 use super::evaluation::MulticlassClassificationEvaluator;
 use super::split::{fold_filter, key_expr, unit_expr};
 use super::stages::{FittedStage, Pipeline, PipelineModel, PipelineStage};
+use crate::ml::{LogisticRegression, LogisticRegressionParams};
 
 /// Values for named estimator parameters (MLlib names, e.g. `regParam`).
 pub type ParamMap = BTreeMap<String, Value>;
@@ -150,6 +151,28 @@ fn param_names(stage: &PipelineStage) -> Vec<String> {
         Ok(Value::Object(m)) => m.keys().filter(|k| *k != "type").cloned().collect(),
         _ => vec![],
     }
+}
+
+/// The parameters of the logistic regression every pipeline of `rests` consists of, when
+/// all read the same columns (so that one prepared training set serves them all).
+fn shared_logistic_regression(rests: &[Pipeline]) -> Option<&LogisticRegressionParams> {
+    let mut first: Option<&LogisticRegressionParams> = None;
+    for rest in rests {
+        let [PipelineStage::LogisticRegression(p)] = rest.stages.as_slice() else {
+            return None;
+        };
+        match first {
+            None => first = Some(p),
+            Some(f)
+                if (&f.features_col, &f.label_col, &f.weight_col)
+                    != (&p.features_col, &p.label_col, &p.weight_col) =>
+            {
+                return None;
+            }
+            Some(_) => {}
+        }
+    }
+    first
 }
 
 /// Progress of a tuning run, for progress bars.
@@ -375,38 +398,73 @@ impl Tuner {
                 }
             })
         };
-        let mut jobs = vec![];
-        for (m, cand) in candidates.iter().enumerate() {
+        // Fold by fold, as Spark's CrossValidator (which caches each fold's training set
+        // for all its candidates): where every candidate of a featurizer configuration ends
+        // in one logistic regression reading the same columns, the fold's training set is
+        // materialized once (`LogisticRegression::prepare`) and each candidate fits from it;
+        // `parallelism` candidates of the fold run at once.
+        let total = candidates.len() * folds;
+        let evaluator = &self.evaluator;
+        let mut measured = Vec::with_capacity(total);
+        for (g, prepared) in prepared_sets.iter().enumerate() {
+            let members: Vec<usize> = (0..candidates.len())
+                .filter(|&m| prefix_of[m] == g)
+                .collect();
+            let rests: Vec<Pipeline> = members
+                .iter()
+                .map(|&m| Pipeline::new(candidates[m].stages[first_est..].to_vec()))
+                .collect();
+            let shared_lr = shared_logistic_regression(&rests);
             for fold in 0..folds {
-                let (train, valid) = split(&prepared_sets[prefix_of[m]], fold)?;
-                let cand_rest = Pipeline::new(cand.stages[first_est..].to_vec());
-                jobs.push((m, fold, cand_rest, train, valid));
+                let (train, valid) = split(prepared, fold)?;
+                let data = match shared_lr {
+                    Some(p) => Some(
+                        LogisticRegression::new(p.clone())
+                            .prepare(train.clone())
+                            .await?,
+                    ),
+                    None => None,
+                };
+                let data = &data;
+                let mut results =
+                    futures::stream::iter(members.iter().zip(&rests).map(|(&m, rest)| {
+                        let (train, valid) = (train.clone(), valid.clone());
+                        async move {
+                            let model = match (data, rest.stages.as_slice()) {
+                                (Some(data), [PipelineStage::LogisticRegression(p)]) => {
+                                    let lr = LogisticRegression::new(p.clone())
+                                        .fit_prepared(data)
+                                        .await?;
+                                    PipelineModel {
+                                        stages: vec![FittedStage::LogisticRegressionModel(
+                                            Box::new(lr),
+                                        )],
+                                        class_names: vec![],
+                                    }
+                                }
+                                _ => rest.fit(train).await?,
+                            };
+                            let metric = evaluator.evaluate(model.transform(valid)?).await?;
+                            Ok::<_, datafusion::error::DataFusionError>((m, metric))
+                        }
+                    }))
+                    .buffer_unordered(parallelism);
+                while let Some(r) = results.next().await {
+                    let (m, metric) = r?;
+                    measured.push((m, fold, metric));
+                    self.emit(TuningEvent::FitDone {
+                        done: measured.len(),
+                        total,
+                        candidate: m,
+                        metric,
+                    });
+                }
             }
         }
-        let total = jobs.len();
-        let evaluator = &self.evaluator;
-        let mut results = futures::stream::iter(jobs.into_iter().map(
-            |(m, fold, cand, train, valid)| async move {
-                let model = cand.fit(train).await?;
-                let metric = evaluator.evaluate(model.transform(valid)?).await?;
-                Ok::<_, datafusion::error::DataFusionError>((m, fold, metric))
-            },
-        ))
-        .buffer_unordered(parallelism);
         let mut fold_metrics = vec![vec![f64::NAN; folds]; candidates.len()];
-        let mut done = 0;
-        while let Some(r) = results.next().await {
-            let (m, fold, metric) = r?;
+        for (m, fold, metric) in measured {
             fold_metrics[m][fold] = metric;
-            done += 1;
-            self.emit(TuningEvent::FitDone {
-                done,
-                total,
-                candidate: m,
-                metric,
-            });
         }
-        drop(results);
         let avg_metrics: Vec<f64> = fold_metrics
             .iter()
             .map(|v| v.iter().sum::<f64>() / v.len() as f64)
