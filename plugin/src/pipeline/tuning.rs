@@ -426,8 +426,13 @@ impl Tuner {
                     None => None,
                 };
                 let data = &data;
-                let mut results =
-                    futures::stream::iter(members.iter().zip(&rests).map(|(&m, rest)| {
+                // Owned futures, not a lazy map over borrowed iterators: the tuner runs in
+                // spawned tasks, whose futures must be Send for any lifetime.
+                let fits: Vec<_> = members
+                    .iter()
+                    .copied()
+                    .zip(rests.iter().cloned())
+                    .map(|(m, rest)| {
                         let (train, valid) = (train.clone(), valid.clone());
                         async move {
                             let model = match (data, rest.stages.as_slice()) {
@@ -447,8 +452,9 @@ impl Tuner {
                             let metric = evaluator.evaluate(model.transform(valid)?).await?;
                             Ok::<_, datafusion::error::DataFusionError>((m, metric))
                         }
-                    }))
-                    .buffer_unordered(parallelism);
+                    })
+                    .collect();
+                let mut results = futures::stream::iter(fits).buffer_unordered(parallelism);
                 while let Some(r) = results.next().await {
                     let (m, metric) = r?;
                     measured.push((m, fold, metric));
