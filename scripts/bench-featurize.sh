@@ -1,10 +1,7 @@
 #!/usr/bin/env bash
 # Featurization benchmark beside PyTorch (part of `make bench`).
 set -euo pipefail
-source "$(dirname "$0")/env.sh"
-cd "$DLP_ROOT"
-scripts/setup.sh
-cargo build -q --workspace --bins --tests  # same build as `make test`: nothing recompiled
+source "$(dirname "$0")/bench-prelude.sh"
 dir="$DLP_DATA/flowers"
 # Featurization end to end: JPEG files -> feature vectors, EfficientNet-Lite0, batch 16,
 # 2 threads, beside PyTorch (Pillow decode, same preprocessing ops, same TorchScript file).

@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
 # Logistic regression benchmark beside Spark MLlib and scikit-learn (part of `make bench`).
 set -euo pipefail
-source "$(dirname "$0")/env.sh"
-cd "$DLP_ROOT"
-scripts/setup.sh
+source "$(dirname "$0")/bench-prelude.sh"
 cores="$(nproc)"
 # Logistic regression: 20,000 x 1280 Gaussian blobs, 5 classes (5,000 held out), multinomial,
 # regParam 0.03, elasticNetParam 0 and 0.5, beside Spark MLlib in local[2] (second fit in a
 # warm JVM) and scikit-learn (lbfgs; saga for the elastic net), same parameters.
-cargo build -q --workspace --bins --tests  # same build as `make test`: nothing recompiled
 lrdir="$DLP_CACHE/bench/lr-blobs"
 if [ ! -f "$lrdir/test.parquet" ]; then
   "$DLP_PYTHON" tests/python/lr_reference.py data --out "$lrdir" --rows 20000 --test-rows 5000 \

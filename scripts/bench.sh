@@ -3,10 +3,7 @@
 # Image decoding: the plugin's decoders vs Pillow on ../shared/data/flowers, single-threaded
 # and on all cores; full decode, and decode + resize to 224x224.
 set -euo pipefail
-source "$(dirname "$0")/env.sh"
-cd "$DLP_ROOT"
-scripts/setup.sh
-cargo build -q --workspace --bins --tests  # same build as `make test`: nothing recompiled
+source "$(dirname "$0")/bench-prelude.sh"
 dir="$DLP_DATA/flowers"
 cores="$(nproc)"
 echo "decode benchmark: $(find "$dir" -iname '*.jpg' | wc -l) JPEGs under $dir, $cores cores, $(date -u +%F)"

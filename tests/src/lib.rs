@@ -423,6 +423,38 @@ pub fn python_script(script: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Vec<
     out.stdout
 }
 
+/// Runs `tests/python/torch_reference.py` (PyTorch with Pillow decoding) for the zoo model
+/// `entry` over `files`, prepared as its manifest says, 2 threads; `extra` adds or overrides
+/// arguments (`output`, `batch`, `index`). Returns the script's output file.
+pub fn torch_reference(
+    entry: &dlp_plugin::torch::manifest::ModelEntry,
+    files: &[String],
+    extra: serde_json::Value,
+) -> Vec<u8> {
+    let m = &entry.manifest;
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut args = serde_json::json!({
+        "model": entry.file_path(), "height": m.input.height, "width": m.input.width,
+        "resize": m.resize, "scale": m.scale, "mean": m.mean, "std": m.std,
+        "channel_order": m.channel_order, "files": files, "out": out.path(), "threads": 2,
+        "image_output": m.image_output.as_ref().map(|o| serde_json::json!({
+            "scale": o.scale, "mean": o.mean, "std": o.std})),
+    });
+    if let (Some(args), serde_json::Value::Object(extra)) = (args.as_object_mut(), extra) {
+        args.extend(extra);
+    }
+    python_script("torch_reference.py", &[args.to_string()]);
+    std::fs::read(out.path()).unwrap()
+}
+
+/// The local path of a `file://` origin URI (spaces decoded).
+pub fn local_path(origin: &str) -> String {
+    origin
+        .strip_prefix("file://")
+        .unwrap_or(origin)
+        .replace("%20", " ")
+}
+
 /// Fits a logistic regression on a Parquet file or directory.
 pub async fn fit_parquet(
     ctx: &datafusion::prelude::SessionContext,

@@ -20,7 +20,7 @@ use dlp_plugin::pipeline::PipelineStage;
 use dlp_plugin::torch::{
     DeepImageFeaturizer, ImageOutputMode, ModelZoo, ProcessTorchConfig, TorchImageTransformer,
 };
-use dlp_tests::{max_abs_diff, python_script, shared_data, vectors};
+use dlp_tests::{local_path, max_abs_diff, python_script, shared_data, torch_reference, vectors};
 use serde_json::json;
 
 /// The test model directory, written once per test binary and installed as the process's.
@@ -113,28 +113,14 @@ async fn by_origin(df: DataFrame, column: &str) -> BTreeMap<String, Vec<RecordBa
     out
 }
 
-fn local_path(origin: &str) -> String {
-    origin
-        .strip_prefix("file://")
-        .unwrap_or(origin)
-        .replace("%20", " ")
-}
-
 /// Runs `torch_reference.py` for `model` over `files`; returns the raw output file.
 fn reference(model: &str, files: &[String], output: &str, index: usize) -> Vec<u8> {
     let entry = zoo().get(model).unwrap();
-    let m = &entry.manifest;
-    let out = tempfile::NamedTempFile::new().unwrap();
-    let args = json!({
-        "model": entry.file_path(), "height": m.input.height, "width": m.input.width,
-        "resize": serde_json::to_value(m.resize).unwrap(), "scale": m.scale, "mean": m.mean,
-        "std": m.std, "files": files, "out": out.path(), "batch": 4, "threads": 2,
-        "output": output, "index": index, "channel_order": m.channel_order,
-        "image_output": m.image_output.as_ref().map(|o| json!({
-            "scale": o.scale, "mean": o.mean, "std": o.std})),
-    });
-    python_script("torch_reference.py", &[args.to_string()]);
-    std::fs::read(out.path()).unwrap()
+    torch_reference(
+        &entry,
+        files,
+        json!({"batch": 4, "output": output, "index": index}),
+    )
 }
 
 /// Runs `transformer` over the photos of `dir`; (origin, output image) pairs in origin order.

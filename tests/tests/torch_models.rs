@@ -11,7 +11,7 @@ use dlp_plugin::image::ImageReadOptions;
 use dlp_plugin::torch::{
     DeepImageFeaturizer, DeepImagePredictor, FeatureLayer, ModelZoo, ProcessTorchConfig,
 };
-use dlp_tests::{max_abs_diff, python_script, shared_data, vectors};
+use dlp_tests::{local_path, max_abs_diff, shared_data, torch_reference, vectors};
 use serde_json::json;
 
 const MODEL: &str = "efficientnet_lite0";
@@ -24,12 +24,6 @@ async fn context() -> SessionContext {
 
 fn zoo() -> ModelZoo {
     ProcessTorchConfig::get().zoo()
-}
-
-/// Origin URI -> local path.
-fn path_of(origin: &str) -> String {
-    let p = origin.strip_prefix("file://").unwrap_or(origin);
-    p.replace("%20", " ")
 }
 
 /// (origin, vector) pairs of a featurized / predicted DataFrame's `col`.
@@ -102,16 +96,7 @@ fn worst_diff(rows: &[(String, Option<Vec<f32>>)], expected: &[Vec<f32>], dim: u
 
 fn reference(files: &[String], output: &str, batch: usize) -> Vec<Vec<f32>> {
     let entry = zoo().get(MODEL).unwrap();
-    let m = &entry.manifest;
-    let out = tempfile::NamedTempFile::new().unwrap();
-    let args = json!({
-        "model": entry.file_path(), "height": m.input.height, "width": m.input.width,
-        "resize": serde_json::to_value(m.resize).unwrap(), "scale": m.scale, "mean": m.mean,
-        "std": m.std, "files": files, "out": out.path(), "batch": batch, "threads": 2,
-        "output": output,
-    });
-    python_script("torch_reference.py", &[args.to_string()]);
-    let bytes = std::fs::read(out.path()).unwrap();
+    let bytes = torch_reference(&entry, files, json!({"output": output, "batch": batch}));
     let floats: Vec<f32> = bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -133,7 +118,7 @@ async fn features_match_the_pytorch_reference_on_the_flowers() {
     )
     .await;
     assert_eq!(rows.len(), 1428);
-    let files: Vec<String> = rows.iter().map(|(o, _)| path_of(o)).collect();
+    let files: Vec<String> = rows.iter().map(|(o, _)| local_path(o)).collect();
     let worst = worst_diff(&rows, &reference(&files, "features", 16), 1280);
     println!(
         "max |rust - pytorch| over {} flowers: {worst:e}",
@@ -156,7 +141,7 @@ async fn logits_layer_matches_the_pytorch_reference() {
     )
     .await;
     assert_eq!(rows.len(), 18);
-    let files: Vec<String> = rows.iter().map(|(o, _)| path_of(o)).collect();
+    let files: Vec<String> = rows.iter().map(|(o, _)| local_path(o)).collect();
     let worst = worst_diff(&rows, &reference(&files, "logits", 16), 1000);
     println!("max |rust - pytorch| of the logits over 18 photos: {worst:e}");
     assert!(worst <= 1e-3, "max abs diff {worst}");
@@ -352,7 +337,7 @@ async fn file_uri_transformer_matches_the_featurizer() {
     let op = operator_features(&ctx, &dir).await;
     let expected = [(origin_uri(&files[0]), &op[0]), (files[1].clone(), &op[1])];
     for (key, (origin, v)) in expected {
-        assert_eq!(path_of(origin), path_of(&key));
+        assert_eq!(local_path(origin), local_path(&key));
         let d = max_abs_diff(got[&key].as_ref().unwrap(), v.as_ref().unwrap());
         assert!(d < 1e-5, "{key}: max abs diff {d}");
     }
