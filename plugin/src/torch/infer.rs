@@ -119,7 +119,7 @@ fn run_uncounted(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> 
     let mut pictures: Vec<ImageRow> = Vec::new();
     if let Some(t) = &prepared.tensor {
         for chunk in t.split(spec.batch_size.max(1) as i64, 0) {
-            let out = model.forward(&chunk)?;
+            let out = model.forward(&chunk, spec.task)?;
             match spec.task {
                 TorchTask::Image => {
                     let images = out.image.ok_or_else(|| {

@@ -9,6 +9,7 @@ use datafusion::common::{DataFusionError, Result, exec_datafusion_err, exec_err}
 use tch::{Device, IValue, Kind, Tensor};
 
 use super::manifest::{ModelEntry, ResizePolicy};
+use super::spec::TorchTask;
 
 /// A TorchScript model on a device, ready for inference.
 #[derive(Debug)]
@@ -128,7 +129,8 @@ pub struct ImageRef<'a> {
     pub data: &'a [u8],
 }
 
-/// Output of a forward pass: the outputs the manifest names, on the CPU as float.
+/// Output of a forward pass: the outputs the manifest names that the task reads, on the CPU
+/// as float.
 #[derive(Debug)]
 pub struct ModelOutput {
     /// `[N, classes]` logits, when the model has them.
@@ -147,8 +149,9 @@ impl LoadedModel {
         preprocess(&self.entry, img, resize)
     }
 
-    /// Runs a `[N, 3, H, W]` batch; returns CPU tensors.
-    pub fn forward(&self, batch: &Tensor) -> Result<ModelOutput> {
+    /// Runs a `[N, 3, H, W]` batch; returns, as CPU tensors, only the output `task` reads
+    /// (the others stay on the device and are dropped).
+    pub fn forward(&self, batch: &Tensor, task: TorchTask) -> Result<ModelOutput> {
         let _no_grad = tch::no_grad_guard();
         let _turn = self.turns.take()?;
         let input = batch.to_device(self.device);
@@ -177,10 +180,15 @@ impl LoadedModel {
                 ),
             }
         };
+        let wanted = |i: Option<usize>, used: bool| if used { i } else { None };
+        let logits = matches!(
+            task,
+            TorchTask::Probabilities | TorchTask::TopK(_) | TorchTask::Logits
+        );
         Ok(ModelOutput {
-            logits: pick(outputs.logits)?,
-            features: pick(outputs.features)?,
-            image: pick(outputs.image)?,
+            logits: pick(wanted(outputs.logits, logits))?,
+            features: pick(wanted(outputs.features, task == TorchTask::Features))?,
+            image: pick(wanted(outputs.image, task == TorchTask::Image))?,
         })
     }
 }
