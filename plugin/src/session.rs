@@ -84,6 +84,8 @@ pub fn plugin_udfs() -> Vec<datafusion::logical_expr::ScalarUDF> {
         crate::torch::udf::featurize_udf(),
         crate::torch::udf::predict_topk_udf(),
         crate::pipeline::split::hash_unit_udf(),
+        crate::pipeline::assembler::vector_assemble_udf(),
+        crate::pipeline::assembler::vector_assemble_keep_udf(),
         crate::image::udf::read_image_udf(),
     ]
 }

@@ -206,17 +206,26 @@ async fn tutorial_2_flowers_and_saved_pipeline() {
     );
 }
 
-/// Features of a labelled folder written once to Parquet (origin, label, features).
+/// Features of a labelled folder written once to Parquet (origin, label, features): the
+/// transformer stages of a pipeline (every stage before its estimator) applied to the images.
 async fn featurized(
     ctx: &SessionContext,
-    featurizer: &DeepImageFeaturizer,
+    transformers: &[PipelineStage],
     folder: &Path,
     dir: &Path,
 ) -> DataFrame {
+    assert!(
+        transformers.iter().all(|s| !s.is_estimator()),
+        "featurized() takes transformers only"
+    );
     let options =
         ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
     let df = images_with_origin(ctx, folder.to_str().unwrap(), options);
-    let df = featurizer
+    let prefix = Pipeline::new(transformers.to_vec())
+        .fit(df.clone())
+        .await
+        .unwrap();
+    let df = prefix
         .transform(df)
         .unwrap()
         .select(vec![col("origin"), col("label"), col("features")])
@@ -237,21 +246,29 @@ async fn featurized(
 async fn tutorial_1_numta_digits() {
     let ctx = context().await;
     let dir = tempfile::tempdir().unwrap();
-    // The featurizer, split and LR parameters of examples/numta.yaml (what `dlp fit` runs).
+    // The stages, split and LR parameters of examples/numta.yaml (what `dlp fit` runs):
+    // featurizers and a VectorAssembler, then the logistic regression.
     let spec = JobSpec::from_yaml(&example("numta.yaml"), "examples/numta.yaml").unwrap();
-    let PipelineStage::DeepImageFeaturizer(featurizer) = &spec.stages[0] else {
-        panic!("examples/numta.yaml: the first stage is not a DeepImageFeaturizer");
+    let (lr, transformers) = spec
+        .stages
+        .split_last()
+        .expect("examples/numta.yaml has stages");
+    let PipelineStage::LogisticRegression(lr) = lr else {
+        panic!("examples/numta.yaml: the last stage is not a LogisticRegression");
     };
-    let PipelineStage::LogisticRegression(lr) = &spec.stages[1] else {
-        panic!("examples/numta.yaml: the second stage is not a LogisticRegression");
-    };
+    assert!(
+        transformers
+            .iter()
+            .any(|s| matches!(s, PipelineStage::DeepImageFeaturizer(_))),
+        "examples/numta.yaml: no DeepImageFeaturizer before the logistic regression"
+    );
     assert_eq!(
         (lr.max_iter, lr.reg_param, lr.elastic_net_param),
         (100, 0.03, 0.5)
     );
     let features = featurized(
         &ctx,
-        featurizer,
+        transformers,
         &shared_data().join("numta-50"),
         dir.path(),
     )
@@ -293,8 +310,10 @@ async fn tutorial_1_numta_digits() {
     }
     // The issue asks for 0.85 at maxIter 100 (the seed reported 0.81 with InceptionV3).
     // Logits over pooled features was chosen by cross-validation on the training split
-    // (examples/numta-featurizers.yaml); Lite2 among the tied logits with this split in
-    // view (Lite0's logits give 0.84-0.86 here), as examples/numta.yaml says.
+    // (examples/numta-featurizers.yaml), the three Lite models' logits assembled for
+    // robustness to the split: over 20 random 80/20 splits (converged scikit-learn fits)
+    // they give mean 0.913, min 0.878; Lite2's alone mean 0.873, min 0.814
+    // (examples/numta.yaml).
     assert!(f1[1] >= 0.85, "weighted F1 with maxIter 100: {}", f1[1]);
     assert!(f1[1] > f1[0], "more iterations should help: {f1:?}");
 }

@@ -346,7 +346,9 @@ fn split_counts(
     let cut = weights[0] / weights.iter().sum::<f64>();
     let mut counts = [vec![0u64; k], vec![0u64; k]];
     for (origin, label) in members {
-        let side = usize::from(super::split::hash_unit(origin.as_bytes(), seed) >= cut);
+        let side = usize::from(
+            super::split::hash_unit(super::split::origin_key(origin).as_bytes(), seed) >= cut,
+        );
         counts[side][*label] += 1;
     }
     counts

@@ -2,6 +2,7 @@
 //! `MulticlassClassificationEvaluator`, saved pipelines, `CrossValidator` /
 //! `TrainValidationSplit`, and YAML job specs that run all of it.
 
+pub mod assembler;
 pub mod evaluation;
 pub mod functions;
 pub mod job;
@@ -9,6 +10,7 @@ pub mod split;
 pub mod stages;
 pub mod tuning;
 
+pub use assembler::{HandleInvalid, VectorAssembler};
 pub use evaluation::{MulticlassClassificationEvaluator, MulticlassMetrics, Predictions};
 pub use job::{JobReport, JobSpec};
 pub use split::random_split;

@@ -2,8 +2,10 @@
 //!
 //! Spark's `randomSplit` draws a random number per row from a per-partition generator, so
 //! the split depends on how rows are partitioned. Here each row's draw is a hash of a key
-//! column (by default the image's `origin`) and the seed: the same row lands in the same
-//! split on the embedded cluster and on any cluster, whatever the partitioning.
+//! and the seed: the same row lands in the same split on the embedded cluster and on any
+//! cluster, whatever the partitioning. The default key is the last two components of the
+//! image's `origin` (`daisy/5547758_eea9edfd54_n.jpg`: the label folder and the file), so
+//! the same image folder splits the same wherever it is mounted.
 
 use std::sync::Arc;
 
@@ -69,8 +71,10 @@ pub fn hash_unit_udf() -> ScalarUDF {
     })
 }
 
-/// The key expression of a DataFrame: `key_col` when given, else the image's `origin`
-/// (column `image`), else a column named `origin` or `path`.
+/// The key expression of a DataFrame: `key_col` when given (its whole text), else the last
+/// two path components of the image's `origin` (column `image`), else of a column named
+/// `origin` or `path`. Two files whose folder and name are equal (in different subtrees)
+/// share a draw, and so a split: nothing is lost, the split is only less random for them.
 pub fn key_expr(schema: &DFSchema, key_col: Option<&str>) -> Result<Expr> {
     let has = |name: &str| schema.field_with_unqualified_name(name).ok();
     if let Some(k) = key_col {
@@ -85,20 +89,42 @@ pub fn key_expr(schema: &DFSchema, key_col: Option<&str>) -> Result<Expr> {
     if let Some(f) = has(crate::image::schema::IMAGE_COLUMN)
         && crate::image::schema::is_image_type(f.data_type())
     {
-        return Ok(datafusion::functions::core::expr_fn::get_field(
+        return Ok(path_tail(datafusion::functions::core::expr_fn::get_field(
             col(crate::image::schema::IMAGE_COLUMN),
             "origin",
-        ));
+        )));
     }
     for name in ["origin", "path"] {
         if has(name).is_some() {
-            return Ok(col(name));
+            return Ok(path_tail(col(name)));
         }
     }
     plan_err!(
         "randomSplit needs a column that identifies each row (an image column, 'origin' or \
          'path', or keyCol); columns: {}",
         column_names(schema)
+    )
+}
+
+/// The default key of an origin: `file:///data/flowers/daisy/1.jpg` -> `daisy/1.jpg` (a
+/// path without two non-empty components is kept whole). [`key_expr`] computes the same.
+pub fn origin_key(origin: &str) -> &str {
+    let mut parts = origin.rsplitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(file), Some(dir), Some(_)) if !file.is_empty() && !dir.is_empty() => {
+            &origin[origin.len() - file.len() - dir.len() - 1..]
+        }
+        _ => origin,
+    }
+}
+
+/// [`origin_key`] as an expression.
+fn path_tail(path: Expr) -> Expr {
+    datafusion::functions::regex::expr_fn::regexp_replace(
+        cast(path, DataType::Utf8),
+        lit(r"^.*/([^/]+/[^/]+)$"),
+        lit("${1}"),
+        None,
     )
 }
 
@@ -170,6 +196,60 @@ pub fn fold_filter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_key_is_the_folder_and_the_file() {
+        assert_eq!(
+            origin_key("file:///data/flowers/daisy/1.jpg"),
+            "daisy/1.jpg"
+        );
+        assert_eq!(origin_key("file:///elsewhere/daisy/1.jpg"), "daisy/1.jpg");
+        assert_eq!(origin_key("/a/b"), "a/b");
+        assert_eq!(origin_key("a/b"), "a/b");
+        assert_eq!(origin_key("x//b"), "x//b");
+        assert_eq!(origin_key("b"), "b");
+    }
+
+    #[tokio::test]
+    async fn the_key_expression_is_origin_key() {
+        use datafusion::arrow::array::{RecordBatch, StringArray};
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let origins = [
+            "file:///data/flowers/daisy/1.jpg",
+            "file:///elsewhere/daisy/1.jpg",
+            "/a/b",
+            "a/b",
+            "x//b",
+            "b",
+        ];
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "origin",
+            DataType::Utf8,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(origins.to_vec())) as ArrayRef],
+        )
+        .unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        let df = ctx.read_batch(batch).unwrap();
+        let key = key_expr(df.schema(), None).unwrap();
+        let out = df
+            .select(vec![key.alias("k")])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let got: Vec<String> = out[0]
+            .column(0)
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.unwrap().to_string())
+            .collect();
+        let want: Vec<String> = origins.iter().map(|o| origin_key(o).to_string()).collect();
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn hash_unit_is_uniform_and_seeded() {

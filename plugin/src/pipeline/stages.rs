@@ -8,6 +8,7 @@ use datafusion::common::{Result, exec_datafusion_err, plan_err};
 use datafusion::dataframe::DataFrame;
 use serde::{Deserialize, Serialize};
 
+use super::assembler::VectorAssembler;
 use crate::ml::{LogisticRegression, LogisticRegressionModel, LogisticRegressionParams};
 use crate::torch::{
     DeepImageFeaturizer, DeepImagePredictor, ProcessTorchConfig, TorchImageTransformer,
@@ -24,6 +25,8 @@ pub enum PipelineStage {
     DeepImagePredictor(DeepImagePredictor),
     /// A user TorchScript model, vector or image output (sparkdl's `TFImageTransformer`).
     TorchImageTransformer(TorchImageTransformer),
+    /// MLlib's `VectorAssembler` (a transformer): columns concatenated into one vector.
+    VectorAssembler(VectorAssembler),
     /// MLlib's `LogisticRegression` (an estimator).
     LogisticRegression(LogisticRegressionParams),
 }
@@ -40,6 +43,7 @@ impl PipelineStage {
             Self::DeepImageFeaturizer(_) => "DeepImageFeaturizer",
             Self::DeepImagePredictor(_) => "DeepImagePredictor",
             Self::TorchImageTransformer(_) => "TorchImageTransformer",
+            Self::VectorAssembler(_) => "VectorAssembler",
             Self::LogisticRegression(_) => "LogisticRegression",
         }
     }
@@ -51,6 +55,7 @@ pub enum FittedStage {
     DeepImageFeaturizer(DeepImageFeaturizer),
     DeepImagePredictor(DeepImagePredictor),
     TorchImageTransformer(TorchImageTransformer),
+    VectorAssembler(VectorAssembler),
     LogisticRegressionModel(Box<LogisticRegressionModel>),
 }
 
@@ -61,6 +66,7 @@ impl FittedStage {
             Self::DeepImageFeaturizer(t) => t.transform(df),
             Self::DeepImagePredictor(t) => t.transform(df),
             Self::TorchImageTransformer(t) => t.transform(df),
+            Self::VectorAssembler(t) => t.transform(df),
             Self::LogisticRegressionModel(m) => m.transform(df),
         }
     }
@@ -71,6 +77,7 @@ impl FittedStage {
             Self::DeepImageFeaturizer(_) => "DeepImageFeaturizer",
             Self::DeepImagePredictor(_) => "DeepImagePredictor",
             Self::TorchImageTransformer(_) => "TorchImageTransformer",
+            Self::VectorAssembler(_) => "VectorAssembler",
             Self::LogisticRegressionModel(_) => "LogisticRegressionModel",
         }
     }
@@ -100,6 +107,7 @@ impl Pipeline {
                 PipelineStage::DeepImageFeaturizer(t) => zoo.get(&t.model_name).map(|_| ()),
                 PipelineStage::DeepImagePredictor(t) => zoo.get(&t.model_name).map(|_| ()),
                 PipelineStage::TorchImageTransformer(t) => t.spec().map(|_| ()),
+                PipelineStage::VectorAssembler(t) => t.validate(),
                 PipelineStage::LogisticRegression(p) => p.validate(),
             };
             checked.map_err(|e| {
@@ -125,6 +133,7 @@ impl Pipeline {
                 PipelineStage::TorchImageTransformer(t) => {
                     FittedStage::TorchImageTransformer(t.clone())
                 }
+                PipelineStage::VectorAssembler(t) => FittedStage::VectorAssembler(t.clone()),
                 PipelineStage::LogisticRegression(p) => {
                     let m = LogisticRegression::new(p.clone())
                         .fit(df.clone())
@@ -198,6 +207,10 @@ enum SavedStage {
         #[serde(rename = "modelSha256")]
         model_sha256: String,
     },
+    VectorAssembler {
+        #[serde(flatten)]
+        params: VectorAssembler,
+    },
     LogisticRegressionModel {
         /// Directory of the weights, relative to the pipeline directory.
         path: String,
@@ -243,6 +256,9 @@ impl PipelineModel {
                     params: t.clone(),
                     model_sha256: zoo.get(&t.model_name)?.manifest.sha256,
                 },
+                FittedStage::VectorAssembler(t) => {
+                    SavedStage::VectorAssembler { params: t.clone() }
+                }
                 FittedStage::LogisticRegressionModel(m) => {
                     let rel = format!("stages/{i}-LogisticRegressionModel");
                     m.save(dir.join(&rel))?;
@@ -339,6 +355,7 @@ impl PipelineModel {
                     check_model(&params.model_name, &model_sha256)?;
                     FittedStage::TorchImageTransformer(params)
                 }
+                SavedStage::VectorAssembler { params } => FittedStage::VectorAssembler(params),
                 SavedStage::LogisticRegressionModel { path: rel } => {
                     let sub: PathBuf = dir.join(&rel);
                     FittedStage::LogisticRegressionModel(Box::new(

@@ -513,6 +513,7 @@ impl Tuner {
                 PipelineStage::TorchImageTransformer(t) => {
                     FittedStage::TorchImageTransformer(t.clone())
                 }
+                PipelineStage::VectorAssembler(t) => FittedStage::VectorAssembler(t.clone()),
                 PipelineStage::LogisticRegression(_) => unreachable!("prefix has no estimator"),
             })
             .collect();
