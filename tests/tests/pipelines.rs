@@ -275,13 +275,7 @@ async fn tutorial_1_numta_digits() {
     .await;
     // Keyed as `dlp fit` keys it: on the folder and file name of `origin`, so the split is
     // the same wherever ../shared/data lies.
-    let split = random_split(
-        &features,
-        &spec.split.weights,
-        spec.split.seed,
-        None,
-    )
-    .unwrap();
+    let split = random_split(&features, &spec.split.weights, spec.split.seed, None).unwrap();
     let evaluator = MulticlassClassificationEvaluator::new("f1");
     let mut f1 = vec![];
     for max_iter in [5, 100] {
