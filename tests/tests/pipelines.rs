@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use datafusion::arrow::array::{Array, AsArray, FixedSizeListArray};
-use datafusion::arrow::datatypes::Float64Type;
+use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::functions::core::expr_fn::get_field;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col};
@@ -204,6 +204,171 @@ async fn tutorial_2_flowers_and_saved_pipeline() {
         err.contains("format version 99") && err.contains("9.9.9"),
         "{err}"
     );
+}
+
+/// `(prediction, probability of the prediction)` per `id`.
+async fn predictions_by_id(df: DataFrame) -> BTreeMap<i64, (f64, f64)> {
+    let df = df
+        .select(vec![col("id"), col("prediction"), col("probability")])
+        .unwrap();
+    let mut rows = BTreeMap::new();
+    for b in df.collect().await.unwrap() {
+        let id = b.column(0).as_primitive::<Int64Type>();
+        let p = b.column(1).as_primitive::<Float64Type>();
+        let prob = b.column(2).as_fixed_size_list();
+        for i in 0..b.num_rows() {
+            let c = p.value(i);
+            let pc = prob
+                .value(i)
+                .as_primitive::<Float64Type>()
+                .value(c as usize);
+            rows.insert(id.value(i), (c, pc));
+        }
+    }
+    rows
+}
+
+/// MLlib's `VectorAssembler` before the logistic regression: null inputs by `handleInvalid`,
+/// the fitted pipeline saved and loaded, then applied on a scheduler + executor cluster
+/// with the same predictions; and `vector_assemble` / `vector_assemble_keep` as SQL
+/// functions on that cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vector_assembler_in_a_saved_pipeline_and_in_sql() {
+    let ctx = context().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    // Two classes told apart by a 2-vector column `a` and a number `b` together; row 7's `b`
+    // is null. Written by a plain DataFusion context: `generate_series` is a table function
+    // Ballista does not ship to its scheduler.
+    SessionContext::new()
+        .sql(
+            "SELECT value AS id, CAST(value % 2 AS DOUBLE) AS label, \
+         make_array(CAST(value % 2 AS DOUBLE) * 0.5 + sin(value), cos(value)) AS a, \
+         CASE WHEN value = 7 THEN NULL \
+              ELSE CAST(value % 2 AS DOUBLE) - 0.5 + sin(value * 7.0) * 0.4 END AS b \
+         FROM generate_series(1, 300)",
+        )
+        .await
+        .unwrap()
+        .write_parquet(data, DataFrameWriteOptions::new(), None)
+        .await
+        .unwrap();
+    let read = |ctx: SessionContext| async move {
+        ctx.read_parquet(data, ParquetReadOptions::default())
+            .await
+            .unwrap()
+    };
+    let pipeline = |handle_invalid: &str| {
+        Pipeline::new(vec![
+            serde_json::from_value(json!({
+                "type": "VectorAssembler", "inputCols": ["a", "b"], "handleInvalid": handle_invalid
+            }))
+            .unwrap(),
+            serde_json::from_value(json!({"type": "LogisticRegression", "maxIter": 30})).unwrap(),
+        ])
+    };
+
+    // Spark's default, `error`: the null fails the fit, naming the column.
+    let err = pipeline("error")
+        .fit(read(ctx.clone()).await)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("column 'b' is null") && err.contains("handleInvalid"),
+        "{err}"
+    );
+    // `skip`: the row is dropped, and counted out of the training rows.
+    let model = pipeline("skip").fit(read(ctx.clone()).await).await.unwrap();
+    assert_eq!(model.classifier().unwrap().summary.rows, 299);
+    let scored = model.transform(read(ctx.clone()).await).unwrap();
+    let features = scored
+        .clone()
+        .filter(col("id").eq(datafusion::prelude::lit(6i64)))
+        .unwrap()
+        .select(vec![col("a"), col("b"), col("features")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let row = &features[0];
+    let a = row.column(0).as_list::<i32>().value(0);
+    let a = a.as_primitive::<Float64Type>();
+    let b = row.column(1).as_primitive::<Float64Type>().value(0);
+    let f = row.column(2).as_list::<i32>().value(0);
+    assert_eq!(
+        f.as_primitive::<Float64Type>().values().to_vec(),
+        vec![a.value(0), a.value(1), b],
+        "features of row 6 are a then b"
+    );
+    let accuracy = MulticlassClassificationEvaluator::new("accuracy")
+        .evaluate(scored)
+        .await
+        .unwrap();
+    assert!(accuracy >= 0.95, "accuracy {accuracy}");
+    let here = predictions_by_id(model.transform(read(ctx.clone()).await).unwrap()).await;
+    assert_eq!(here.len(), 299);
+
+    // Saved and loaded: the assembler is a stage of pipeline.yaml.
+    let model_dir = dir.path().join("model");
+    model.save(&model_dir).unwrap();
+    let yaml = std::fs::read_to_string(model_dir.join("pipeline.yaml")).unwrap();
+    assert!(yaml.contains("type: VectorAssembler"), "{yaml}");
+    let loaded = PipelineModel::load(&model_dir).unwrap();
+    assert_eq!(loaded, model);
+
+    // On a scheduler and an executor in their own processes: the same predictions.
+    let cluster = Cluster::start(1, 2).unwrap();
+    let remote = dlp_plugin::session::remote_context(&cluster.url())
+        .await
+        .unwrap();
+    let there = predictions_by_id(loaded.transform(read(remote.clone()).await).unwrap()).await;
+    assert_eq!(here.len(), there.len());
+    for (id, (c, p)) in &here {
+        let (c2, p2) = there[id];
+        assert_eq!(*c, c2, "class of row {id}");
+        assert!(
+            (p - p2).abs() <= 1e-12,
+            "probability of row {id}: {p} vs {p2}"
+        );
+    }
+
+    // As SQL functions on the cluster.
+    remote
+        .register_parquet("t", data, ParquetReadOptions::default())
+        .await
+        .unwrap();
+    let rows = remote
+        .sql("SELECT id, vector_assemble_keep(a, b) AS f FROM t WHERE id IN (6, 7) ORDER BY id")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let f = rows[0].column(1).as_list::<i32>();
+    assert_eq!(rows[0].num_rows(), 2);
+    let six = f.value(0);
+    assert_eq!(
+        six.as_primitive::<Float64Type>().values().to_vec(),
+        vec![a.value(0), a.value(1), b]
+    );
+    let seven = f.value(1);
+    let seven = seven.as_primitive::<Float64Type>();
+    assert_eq!(seven.len(), 3);
+    assert!(
+        seven.value(2).is_nan() && !seven.value(0).is_nan(),
+        "{seven:?}"
+    );
+    let err = remote
+        .sql("SELECT vector_assemble(a, b) FROM t")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("column 'b' is null"), "{err}");
 }
 
 /// Features of a labelled folder written once to Parquet (origin, label, features): the
