@@ -18,7 +18,8 @@ use dlp_plugin::ImageContextExt;
 use dlp_plugin::image::ImageReadOptions;
 use dlp_plugin::pipeline::PipelineStage;
 use dlp_plugin::torch::{
-    DeepImageFeaturizer, ImageOutputMode, ModelZoo, ProcessTorchConfig, TorchImageTransformer,
+    DeepImageFeaturizer, FeatureLayer, ImageOutputMode, ModelZoo, ProcessTorchConfig,
+    TorchImageTransformer,
 };
 use dlp_tests::{local_path, max_abs_diff, python_script, shared_data, torch_reference, vectors};
 use serde_json::json;
@@ -401,6 +402,16 @@ async fn image_transformer_is_a_pipeline_stage_with_plan_time_errors() {
             .transform(df.clone()),
     );
     assert!(e.contains("label"), "{e}");
+    // featureLayer logits on a model without a class output points at the other layer.
+    let mut logits = DeepImageFeaturizer::new("gray_lines");
+    logits.feature_layer = FeatureLayer::Logits;
+    let e = err(logits.transform(df.clone()));
+    assert!(
+        e.contains("featureLayer 'logits'")
+            && e.contains("gray_lines has none")
+            && e.contains("'penultimate'"),
+        "{e}"
+    );
     let e = err(TorchImageTransformer::new("no_such", "v", ImageOutputMode::Image).transform(df));
     assert!(
         e.contains("unknown model 'no_such'") && e.contains("half_smooth"),

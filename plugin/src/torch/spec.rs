@@ -94,7 +94,7 @@ impl TorchSpec {
                 0
             }
             TorchTask::TopK(k) => {
-                check_classes(entry)?;
+                check_classes(entry, task)?;
                 if k == 0 || k > entry.manifest.num_classes {
                     return plan_err!(
                         "topK must be in 1..={} for model {model}, got {k}",
@@ -104,7 +104,7 @@ impl TorchSpec {
                 k
             }
             TorchTask::Probabilities | TorchTask::Logits => {
-                check_classes(entry)?;
+                check_classes(entry, task)?;
                 entry.manifest.num_classes
             }
         };
@@ -130,12 +130,18 @@ impl TorchSpec {
     }
 }
 
-fn check_classes(entry: &ModelEntry) -> Result<()> {
+fn check_classes(entry: &ModelEntry, task: TorchTask) -> Result<()> {
     if entry.manifest.outputs.logits.is_none() || entry.manifest.num_classes == 0 {
-        return plan_err!(
-            "model {} has no class output; use it as a featurizer",
-            entry.manifest.name
-        );
+        let name = &entry.manifest.name;
+        return if task == TorchTask::Logits {
+            plan_err!(
+                "featureLayer 'logits' needs a class output, and model {name} has none (its \
+                 manifest's outputs.logits and num_classes are not set); use featureLayer \
+                 'penultimate'"
+            )
+        } else {
+            plan_err!("model {name} has no class output; use it as a featurizer")
+        };
     }
     Ok(())
 }
