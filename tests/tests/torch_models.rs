@@ -244,6 +244,44 @@ async fn models_are_sql_functions_with_the_operators_results() {
         assert_eq!(o1, o2);
         assert!(max_abs_diff(a.as_ref().unwrap(), b.as_ref().unwrap()) < 1e-4);
     }
+
+    // The optional third argument is the featurizer's featureLayer.
+    let q = format!(
+        "SELECT image['origin'] AS origin, featurize('{MODEL}', image, 'logits') AS l, \
+         featurize('{MODEL}', image, 'penultimate') AS p FROM read_images('{}')",
+        dir.display()
+    );
+    let batches = ctx.sql(&q).await.unwrap().collect().await.unwrap();
+    let logits = origin_vectors(&batches, "l");
+    let op = featurized_rows(
+        &ctx,
+        &dir,
+        ImageReadOptions::default(),
+        DeepImageFeaturizer::new(MODEL).with_feature_layer(FeatureLayer::Logits),
+    )
+    .await;
+    assert_eq!(logits.len(), 2);
+    for ((o1, a), (o2, b)) in logits.iter().zip(&op) {
+        assert_eq!(o1, o2);
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!(a.len(), 1000);
+        assert!(max_abs_diff(a, b) < 1e-3, "logits of {o1}");
+    }
+    for ((_, a), (_, b)) in origin_vectors(&batches, "p").iter().zip(&sql) {
+        assert!(max_abs_diff(a.as_ref().unwrap(), b.as_ref().unwrap()) < 1e-4);
+    }
+    let e = ctx
+        .sql(&format!(
+            "SELECT featurize('{MODEL}', image, 'conv5') FROM read_images('{}')",
+            dir.display()
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("argument 3 (featureLayer)") && e.contains("'logits'") && e.contains("conv5"),
+        "{e}"
+    );
 }
 
 /// sparkdl's `KerasImageFileTransformer`: a column of file URIs through a model. The same

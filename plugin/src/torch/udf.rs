@@ -1,4 +1,5 @@
-//! Models as SQL functions: `featurize(model, image)` and `predict_topk(model, image, k)`.
+//! Models as SQL functions: `featurize(model, image[, featureLayer])` and
+//! `predict_topk(model, image, k)`.
 //! The return type comes from the model's manifest at plan time.
 
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
+    TypeSignature, Volatility,
 };
 
 use super::ProcessTorchConfig;
@@ -30,11 +31,15 @@ pub struct ModelFunction {
     signature: Signature,
 }
 
-/// `featurize(model_name, image)`: the model's feature vector.
+/// `featurize(model_name, image[, feature_layer])`: the model's feature vector, from the
+/// layer `'penultimate'` (default) or `'logits'` as `DeepImageFeaturizer.featureLayer`.
 pub fn featurize_udf() -> ScalarUDF {
     ScalarUDF::new_from_impl(ModelFunction {
         kind: Kind::Featurize,
-        signature: Signature::any(2, Volatility::Immutable),
+        signature: Signature::one_of(
+            vec![TypeSignature::Any(2), TypeSignature::Any(3)],
+            Volatility::Immutable,
+        ),
     })
 }
 
@@ -64,14 +69,30 @@ fn literal_usize(v: Option<&ScalarValue>, what: &str) -> Result<usize> {
     }
 }
 
+/// `featurize`'s optional third argument.
+fn feature_layer(v: Option<&ScalarValue>) -> Result<TorchTask> {
+    let Some(v) = v else {
+        return Ok(TorchTask::Features);
+    };
+    match literal_str(Some(v), "featurize: argument 3 (featureLayer)")? {
+        "penultimate" => Ok(TorchTask::Features),
+        "logits" => Ok(TorchTask::Logits),
+        other => plan_err!(
+            "featurize: argument 3 (featureLayer) must be 'penultimate' or 'logits', got '{other}'"
+        ),
+    }
+}
+
 impl ModelFunction {
-    fn spec(&self, model: &str, k: Option<usize>) -> Result<TorchSpec> {
-        let zoo = ProcessTorchConfig::get().zoo();
-        let task = match self.kind {
-            Kind::Featurize => TorchTask::Features,
-            Kind::PredictTopK => TorchTask::TopK(k.unwrap_or(5)),
-        };
-        TorchSpec::try_new(&zoo, model, "image", self.name(), task)
+    /// The task from the literal arguments after the image (`k` or `featureLayer`).
+    fn task(&self, third: Option<&ScalarValue>) -> Result<TorchTask> {
+        match self.kind {
+            Kind::Featurize => feature_layer(third),
+            Kind::PredictTopK => Ok(TorchTask::TopK(literal_usize(
+                third,
+                "predict_topk: argument 3 (k)",
+            )?)),
+        }
     }
 }
 
@@ -104,14 +125,12 @@ impl ScalarUDFImpl for ModelFunction {
             &format!("{name} argument 2"),
             args.arg_fields[1].data_type(),
         )?;
-        let k = match self.kind {
-            Kind::PredictTopK => Some(literal_usize(
-                args.scalar_arguments.get(2).copied().flatten(),
-                &format!("{name}: argument 3 (k)"),
-            )?),
-            Kind::Featurize => None,
-        };
-        let spec = self.spec(model, k)?;
+        if args.arg_fields.len() > 2 && args.scalar_arguments.get(2).copied().flatten().is_none() {
+            return plan_err!("{name}: argument 3 must be a literal");
+        }
+        let task = self.task(args.scalar_arguments.get(2).copied().flatten())?;
+        let zoo = ProcessTorchConfig::get().zoo();
+        let spec = TorchSpec::try_new(&zoo, model, "image", name, task)?;
         Ok(Arc::new(Field::new(
             name,
             spec.output_field().data_type().clone(),
@@ -124,21 +143,15 @@ impl ScalarUDFImpl for ModelFunction {
             ColumnarValue::Scalar(s) => literal_str(Some(s), "model name")?.to_string(),
             _ => return exec_err!("{}: the model name must be a literal", self.name()),
         };
-        let k = match self.kind {
-            Kind::PredictTopK => match &args.args[2] {
-                ColumnarValue::Scalar(s) => Some(literal_usize(Some(s), "k")?),
-                _ => return exec_err!("predict_topk: k must be a literal"),
-            },
-            Kind::Featurize => None,
+        let task = match args.args.get(2) {
+            None => self.task(None)?,
+            Some(ColumnarValue::Scalar(s)) => self.task(Some(s))?,
+            Some(_) => return exec_err!("{}: argument 3 must be a literal", self.name()),
         };
         let images: ArrayRef = args.args[1].to_array(args.number_rows)?;
         let process = ProcessTorchConfig::get();
         // One manifest lookup per batch, shared by the spec and the model cache.
         let entry = process.zoo().get(&model_name)?;
-        let task = match self.kind {
-            Kind::Featurize => TorchTask::Features,
-            Kind::PredictTopK => TorchTask::TopK(k.unwrap_or(5)),
-        };
         let spec = TorchSpec::for_entry(&entry, "image", self.name(), task)?;
         let device = process.device.resolve()?;
         let out = blocking(|| {
