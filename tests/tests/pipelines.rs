@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::Command;
 
 use datafusion::arrow::array::{Array, AsArray, FixedSizeListArray};
-use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::functions::core::expr_fn::get_field;
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, col};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext, cast, col};
 use dlp_plugin::image::{ImageReadOptions, ImageTableProvider};
 use dlp_plugin::ml::{LogisticRegression, LogisticRegressionParams};
 use dlp_plugin::pipeline::job::run_job;
@@ -65,10 +65,17 @@ async fn predictions(
 ) -> BTreeMap<String, (f64, f64)> {
     let options = ImageReadOptions::from_pairs([("recursiveFileLookup", "true")]).unwrap();
     let df = images_with_origin(ctx, folder, options);
-    let out = model
-        .transform(df)
-        .unwrap()
-        .select(vec![col("origin"), col("prediction"), col("probability")])
+    scored_rows(model.transform(df).unwrap(), "origin").await
+}
+
+/// `(class, probability of the class)` of scored rows by the text of their `key` column.
+async fn scored_rows(df: DataFrame, key: &str) -> BTreeMap<String, (f64, f64)> {
+    let out = df
+        .select(vec![
+            cast(col(key), DataType::Utf8),
+            col("prediction"),
+            col("probability"),
+        ])
         .unwrap();
     let mut rows = BTreeMap::new();
     for b in out.collect().await.unwrap() {
@@ -206,28 +213,6 @@ async fn tutorial_2_flowers_and_saved_pipeline() {
     );
 }
 
-/// `(prediction, probability of the prediction)` per `id`.
-async fn predictions_by_id(df: DataFrame) -> BTreeMap<i64, (f64, f64)> {
-    let df = df
-        .select(vec![col("id"), col("prediction"), col("probability")])
-        .unwrap();
-    let mut rows = BTreeMap::new();
-    for b in df.collect().await.unwrap() {
-        let id = b.column(0).as_primitive::<Int64Type>();
-        let p = b.column(1).as_primitive::<Float64Type>();
-        let prob = b.column(2).as_fixed_size_list();
-        for i in 0..b.num_rows() {
-            let c = p.value(i);
-            let pc = prob
-                .value(i)
-                .as_primitive::<Float64Type>()
-                .value(c as usize);
-            rows.insert(id.value(i), (c, pc));
-        }
-    }
-    rows
-}
-
 /// MLlib's `VectorAssembler` before the logistic regression: null inputs by `handleInvalid`,
 /// the fitted pipeline saved and loaded, then applied on a scheduler + executor cluster
 /// with the same predictions; and `vector_assemble` / `vector_assemble_keep` as SQL
@@ -303,11 +288,11 @@ async fn vector_assembler_in_a_saved_pipeline_and_in_sql() {
         "features of row 6 are a then b"
     );
     let accuracy = MulticlassClassificationEvaluator::new("accuracy")
-        .evaluate(scored)
+        .evaluate(scored.clone())
         .await
         .unwrap();
     assert!(accuracy >= 0.95, "accuracy {accuracy}");
-    let here = predictions_by_id(model.transform(read(ctx.clone()).await).unwrap()).await;
+    let here = scored_rows(scored, "id").await;
     assert_eq!(here.len(), 299);
 
     // Saved and loaded: the assembler is a stage of pipeline.yaml.
@@ -323,16 +308,8 @@ async fn vector_assembler_in_a_saved_pipeline_and_in_sql() {
     let remote = dlp_plugin::session::remote_context(&cluster.url())
         .await
         .unwrap();
-    let there = predictions_by_id(loaded.transform(read(remote.clone()).await).unwrap()).await;
-    assert_eq!(here.len(), there.len());
-    for (id, (c, p)) in &here {
-        let (c2, p2) = there[id];
-        assert_eq!(*c, c2, "class of row {id}");
-        assert!(
-            (p - p2).abs() <= 1e-12,
-            "probability of row {id}: {p} vs {p2}"
-        );
-    }
+    let there = scored_rows(loaded.transform(read(remote.clone()).await).unwrap(), "id").await;
+    assert_same_predictions("cluster", &here, &there, 1e-12);
 
     // As SQL functions on the cluster.
     remote

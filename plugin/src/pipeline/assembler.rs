@@ -11,7 +11,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{
@@ -209,13 +209,13 @@ impl ScalarUDFImpl for Assemble {
                     (0..a.len()).map(|r| (r, 1)).collect(),
                 )
             };
+            let values = values.as_primitive::<Float64Type>().clone();
             inputs.push((a, size, values, spans));
         }
         let mut out: Vec<f64> = vec![];
         let mut offsets: Vec<i32> = vec![0];
         for r in 0..rows {
             for (i, (a, size, values, spans)) in inputs.iter().enumerate() {
-                let values = values.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
                 if a.is_null(r) {
                     match (self.keep, size) {
                         (true, Some(n)) => out.extend(std::iter::repeat_n(f64::NAN, *n)),
@@ -319,11 +319,7 @@ mod tests {
             let list = b.column(0).as_fixed_size_list();
             for r in 0..list.len() {
                 let v = list.value(r);
-                out.push(
-                    v.as_primitive::<datafusion::arrow::datatypes::Float64Type>()
-                        .values()
-                        .to_vec(),
-                );
+                out.push(v.as_primitive::<Float64Type>().values().to_vec());
             }
         }
         out

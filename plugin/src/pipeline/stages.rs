@@ -47,6 +47,18 @@ impl PipelineStage {
             Self::LogisticRegression(_) => "LogisticRegression",
         }
     }
+
+    /// A transformer stage as it stands in a fitted pipeline (fitting leaves it as it is);
+    /// `None` for an estimator.
+    pub fn as_fitted_transformer(&self) -> Option<FittedStage> {
+        Some(match self {
+            Self::DeepImageFeaturizer(t) => FittedStage::DeepImageFeaturizer(t.clone()),
+            Self::DeepImagePredictor(t) => FittedStage::DeepImagePredictor(t.clone()),
+            Self::TorchImageTransformer(t) => FittedStage::TorchImageTransformer(t.clone()),
+            Self::VectorAssembler(t) => FittedStage::VectorAssembler(t.clone()),
+            Self::LogisticRegression(_) => return None,
+        })
+    }
 }
 
 /// A fitted stage of a [`PipelineModel`].
@@ -126,14 +138,6 @@ impl Pipeline {
         let mut fitted = Vec::with_capacity(self.stages.len());
         for (i, stage) in self.stages.iter().enumerate() {
             let f = match stage {
-                PipelineStage::DeepImageFeaturizer(t) => {
-                    FittedStage::DeepImageFeaturizer(t.clone())
-                }
-                PipelineStage::DeepImagePredictor(t) => FittedStage::DeepImagePredictor(t.clone()),
-                PipelineStage::TorchImageTransformer(t) => {
-                    FittedStage::TorchImageTransformer(t.clone())
-                }
-                PipelineStage::VectorAssembler(t) => FittedStage::VectorAssembler(t.clone()),
                 PipelineStage::LogisticRegression(p) => {
                     let m = LogisticRegression::new(p.clone())
                         .fit(df.clone())
@@ -146,6 +150,9 @@ impl Pipeline {
                         })?;
                     FittedStage::LogisticRegressionModel(Box::new(m))
                 }
+                transformer => transformer
+                    .as_fitted_transformer()
+                    .expect("every stage but the estimators is a transformer"),
             };
             if last_estimator.is_some_and(|l| i < l) {
                 df = f.transform(df)?;

@@ -505,16 +505,9 @@ impl Tuner {
             .await?;
         let mut stages: Vec<FittedStage> = candidates[best].stages[..first_est]
             .iter()
-            .map(|s| match s {
-                PipelineStage::DeepImageFeaturizer(t) => {
-                    FittedStage::DeepImageFeaturizer(t.clone())
-                }
-                PipelineStage::DeepImagePredictor(t) => FittedStage::DeepImagePredictor(t.clone()),
-                PipelineStage::TorchImageTransformer(t) => {
-                    FittedStage::TorchImageTransformer(t.clone())
-                }
-                PipelineStage::VectorAssembler(t) => FittedStage::VectorAssembler(t.clone()),
-                PipelineStage::LogisticRegression(_) => unreachable!("prefix has no estimator"),
+            .map(|s| {
+                s.as_fitted_transformer()
+                    .expect("the prefix has no estimator")
             })
             .collect();
         stages.extend(fitted_rest.stages);
