@@ -27,9 +27,14 @@ def main() -> int:
     parser.add_argument("spec", help="YAML job spec (paths relative to the scheduler's data root)")
     parser.add_argument("--uri", default="grpc://127.0.0.1:50050")
     parser.add_argument("--user", help="user name; the password comes from DLP_FLIGHT_PASSWORD")
+    parser.add_argument("--tls-root-certs", help="CA certificate (PEM) of a grpc+tls:// scheduler")
     args = parser.parse_args()
 
-    client = flight.FlightClient(args.uri)
+    if args.tls_root_certs:
+        with open(args.tls_root_certs, "rb") as f:
+            client = flight.FlightClient(args.uri, tls_root_certs=f.read())
+    else:
+        client = flight.FlightClient(args.uri)
     options = flight.FlightCallOptions()
     if args.user:
         header = client.authenticate_basic_token(args.user, os.environ.get("DLP_FLIGHT_PASSWORD", ""))

@@ -26,6 +26,19 @@ struct Cli {
     /// Scheduler of a Ballista DLP cluster, e.g. df://localhost:50050 (default: embedded).
     #[arg(long, global = true, env = "DLP_SCHEDULER")]
     scheduler: Option<String>,
+    /// User to log in as on a --scheduler that requires credentials. The password comes
+    /// from DLP_PASSWORD, else from --password-file (never from the command line).
+    #[arg(long, global = true, env = "DLP_USER")]
+    user: Option<String>,
+    /// File whose first line is the password of --user.
+    #[arg(long, global = true, env = "DLP_PASSWORD_FILE")]
+    password_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) of a --scheduler whose port speaks TLS (`df+tls://host:port`).
+    #[arg(long, global = true, env = "DLP_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Name in the scheduler's certificate, when it is not the host of --scheduler.
+    #[arg(long, global = true, env = "DLP_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     /// Task slots of the embedded executor (default: the number of cores).
     #[arg(long, global = true)]
     parallelism: Option<usize>,
@@ -104,7 +117,22 @@ async fn main() -> anyhow::Result<()> {
         return models::run(&zoo, cmd);
     }
     let work = async {
-        let ctx = connect(cli.scheduler.as_deref(), cli.parallelism).await?;
+        let login = match (&cli.user, cli.scheduler.is_some()) {
+            (Some(user), true) => Some((user.clone(), password(cli.password_file.as_deref())?)),
+            (Some(_), false) => {
+                anyhow::bail!("--user is for a --scheduler; the embedded cluster has no users")
+            }
+            (None, _) => None,
+        };
+        let tls = match &cli.tls_ca {
+            Some(ca) => Some(
+                dlp_plugin::credentials::TlsClient::from_file(ca)
+                    .map_err(|e| anyhow::anyhow!("--tls-ca: {e}"))?
+                    .with_domain(cli.tls_domain.clone()),
+            ),
+            None => None,
+        };
+        let ctx = connect(cli.scheduler.as_deref(), cli.parallelism, login, tls).await?;
         match cli.command {
             Command::Models(_) => unreachable!("handled above"),
             Command::Sql { query, format } => run_sql(&ctx, &query, format).await,
@@ -126,14 +154,52 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The password of --user: DLP_PASSWORD, else the first line of --password-file.
+fn password(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("DLP_PASSWORD") {
+        return Ok(p);
+    }
+    let Some(file) = file else {
+        anyhow::bail!("--user needs a password: set DLP_PASSWORD or pass --password-file");
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--password-file {}", file.display()))?;
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
 async fn connect(
     scheduler: Option<&str>,
     parallelism: Option<usize>,
+    login: Option<(String, String)>,
+    tls: Option<dlp_plugin::credentials::TlsClient>,
 ) -> anyhow::Result<SessionContext> {
     match scheduler {
-        Some(url) => dlp_plugin::session::remote_context(url)
-            .await
-            .with_context(|| format!("cannot connect to the scheduler at {url}")),
+        Some(url) => {
+            let url = match url.strip_prefix("df+tls://") {
+                Some(rest) if tls.is_some() => format!("df://{rest}"),
+                Some(_) => anyhow::bail!(
+                    "--scheduler {url}: TLS needs --tls-ca (DLP_TLS_CA), the CA certificate \
+                     that signed the scheduler's"
+                ),
+                None => url.to_string(),
+            };
+            let token = match login {
+                Some((user, password)) => Some(
+                    dlp_plugin::credentials::login(&url, &user, &password, tls.as_ref())
+                        .await
+                        .map_err(|e| anyhow::anyhow!(e))?,
+                ),
+                None => None,
+            };
+            let access = dlp_plugin::credentials::ClientAccess { token, tls };
+            let config = dlp_plugin::credentials::client_config(
+                dlp_plugin::session::session_config(),
+                &access,
+            );
+            dlp_plugin::session::remote_context_with_config(&url, config)
+                .await
+                .with_context(|| format!("cannot connect to the scheduler at {url}"))
+        }
         None => {
             let slots = parallelism.unwrap_or_else(|| {
                 std::thread::available_parallelism()

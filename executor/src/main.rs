@@ -2,7 +2,9 @@
 //! upstream `ballista-executor` flag keeps working; health probes are served on
 //! `--bind-health-port`.
 
-use std::net::SocketAddr;
+mod gate;
+
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,6 +21,9 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(flatten)]
     upstream: Config,
+    /// Ceilings clients cannot raise.
+    #[command(flatten)]
+    limits: dlp_plugin::limits::Limits,
     /// Device for torch operators: auto (CUDA when present), cpu, or cuda:N.
     #[arg(long, default_value = "auto", env = "DLP_DEVICE")]
     device: String,
@@ -31,10 +36,32 @@ struct Cli {
     /// Unset: no restriction.
     #[arg(long = "data-root", env = "DLP_DATA_ROOTS", value_delimiter = ':')]
     data_roots: Vec<PathBuf>,
+    /// Directories where anything is written for a client (COPY TO, INSERT INTO, saved
+    /// models, reports, logistic regression work files): repeatable, or ':'-separated in
+    /// DLP_WRITABLE_ROOTS. With data roots and no writable root, nothing is written.
+    #[arg(
+        long = "writable-root",
+        env = "DLP_WRITABLE_ROOTS",
+        value_delimiter = ':'
+    )]
+    writable_roots: Vec<PathBuf>,
     /// Device class announced to the scheduler's placement and autoscaler (the executor id
     /// is prefixed with it): cpu or gpu. Default: gpu when the resolved device is CUDA.
     #[arg(long, env = "DLP_DEVICE_CLASS")]
     device_class: Option<DeviceClassArg>,
+    /// File holding the cluster secret shared with the scheduler (at least 32 characters).
+    /// With it, the executor presents the cluster token to the scheduler and to other
+    /// executors, and its Flight and gRPC ports serve only requests that carry the token
+    /// (Ballista's servers move to loopback behind a gate on --external-host).
+    #[arg(long, env = "DLP_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// CA certificate (PEM) of a scheduler whose port speaks TLS (dlp-scheduler
+    /// --tls-cert): the executor then dials it over TLS.
+    #[arg(long, env = "DLP_SCHEDULER_TLS_CA")]
+    scheduler_tls_ca: Option<PathBuf>,
+    /// Name in the scheduler's certificate, when it is not --scheduler-host.
+    #[arg(long, env = "DLP_SCHEDULER_TLS_DOMAIN")]
+    scheduler_tls_domain: Option<String>,
     /// Serve Prometheus metrics (images decoded, invalid images, inference batches, images
     /// and time per model, the device) at http://<bind-host>:<port>/metrics.
     #[arg(long, env = "DLP_METRICS_PORT")]
@@ -103,13 +130,47 @@ fn new_uuid() -> String {
     config.executor_id
 }
 
+/// The address the gate listens on: --bind-host when it is a specific address, else the
+/// address --external-host resolves to.
+async fn gate_ip(bind_host: &str, external_host: Option<&str>) -> anyhow::Result<IpAddr> {
+    if let Ok(ip) = bind_host.parse::<IpAddr>()
+        && !ip.is_unspecified()
+    {
+        return Ok(ip);
+    }
+    let host = external_host.context(
+        "--cluster-secret-file with a wildcard --bind-host needs --external-host (the \
+         executor's own address, e.g. the pod IP): the gate listens there",
+    )?;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    tokio::net::lookup_host((host, 0))
+        .await
+        .with_context(|| format!("--external-host {host}: cannot resolve"))?
+        .next()
+        .map(|a| a.ip())
+        .with_context(|| format!("--external-host {host}: no address"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if !cli.data_roots.is_empty() {
-        dlp_plugin::access::DataRoots::new(&cli.data_roots)
-            .map_err(|e| anyhow::anyhow!("--data-root: {e}"))?
-            .install();
+    cli.limits.install();
+    let secret = match &cli.cluster_secret_file {
+        Some(path) => {
+            let secret = dlp_plugin::credentials::ClusterSecret::from_file(path)
+                .map_err(|e| anyhow::anyhow!("--cluster-secret-file: {e}"))?;
+            secret.clone().install();
+            Some(secret)
+        }
+        None => None,
+    };
+    if let Some(roots) =
+        dlp_plugin::access::DataRoots::from_flags(&cli.data_roots, &cli.writable_roots)
+            .map_err(|e| anyhow::anyhow!("--data-root / --writable-root: {e}"))?
+    {
+        roots.install();
     }
     let device: dlp_plugin::torch::DeviceSpec = cli
         .device
@@ -142,12 +203,45 @@ async fn main() -> anyhow::Result<()> {
     let mut upstream = cli.upstream;
     upstream.executor_id = Some(executor_id(class, upstream.executor_id.as_deref()));
     let cli = Cli { upstream, ..cli };
+    let scheduler_tls = match &cli.scheduler_tls_ca {
+        Some(ca) => Some(
+            dlp_plugin::credentials::TlsClient::from_file(ca)
+                .map_err(|e| anyhow::anyhow!("--scheduler-tls-ca: {e}"))?
+                .with_domain(cli.scheduler_tls_domain.clone()),
+        ),
+        None => None,
+    };
     let bind_host = cli.upstream.bind_host.clone();
     let health_port = cli.upstream.bind_health_port;
-    let config: ExecutorProcessConfig = cli
+    let external_host = cli.upstream.external_host.clone();
+    let mut config: ExecutorProcessConfig = cli
         .upstream
         .try_into()
         .map_err(|e| anyhow::anyhow!("invalid executor configuration: {e}"))?;
+    // The executor's ports behind the gate, and the cluster token on every channel it opens.
+    let gate = match secret {
+        Some(secret) => {
+            let ip = gate_ip(&bind_host, external_host.as_deref()).await?;
+            let internal = gate::internal_host(ip);
+            config.bind_host = internal.to_string();
+            Some((secret, ip, internal))
+        }
+        None => None,
+    };
+    // The scheduler channel: the cluster token, over TLS when the scheduler's port speaks it.
+    let tls = scheduler_tls.map(dlp_plugin::credentials::tls_override);
+    config.override_create_grpc_client_endpoint =
+        match dlp_plugin::credentials::ClusterSecret::get() {
+            Some(secret) => Some(dlp_plugin::credentials::agent_override(
+                format!(
+                    "{}{}",
+                    dlp_plugin::credentials::CLUSTER_AGENT,
+                    secret.token()
+                ),
+                tls,
+            )),
+            None => tls,
+        };
     let filter = std::env::var(EnvFilter::DEFAULT_ENV)
         .unwrap_or_else(|_| config.special_mod_log_level.clone());
     dlp_plugin::logging::init(
@@ -176,6 +270,16 @@ async fn main() -> anyhow::Result<()> {
             ("class", class.to_string()),
         ];
         spawn_metrics_server(addr, info).await?;
+    }
+    if let Some((secret, ip, internal)) = gate {
+        for port in [config.port, config.grpc_port] {
+            gate::spawn(
+                SocketAddr::new(ip, port),
+                SocketAddr::new(internal, port),
+                secret.clone(),
+            )
+            .await?;
+        }
     }
     let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
     let health = spawn_health_server(health_addr, config.health.clone(), health_stopped);

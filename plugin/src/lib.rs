@@ -7,8 +7,10 @@
 pub mod access;
 pub mod batches;
 pub mod codec;
+pub mod credentials;
 pub mod embedded;
 pub mod image;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod ml;

@@ -58,6 +58,8 @@ pub fn session_state(config: SessionConfig) -> Result<SessionState> {
 }
 
 fn register_plugin(state: &mut SessionState) {
+    // With data roots, DataFusion's own readers and writers are confined to them.
+    crate::access::register_store(state.runtime_env());
     state.register_udtf(READ_IMAGES, Arc::new(ReadImagesFunction));
     state
         .table_factories_mut()
@@ -118,13 +120,37 @@ pub fn scheduler_config(base: SchedulerConfig) -> SchedulerConfig {
 
 /// Applies the plugin to an executor config parsed from the upstream flags.
 pub fn executor_config(base: ExecutorProcessConfig) -> Result<ExecutorProcessConfig> {
+    // Ballista's default runtime (spill files in the work dir), with the rooted `file://`
+    // store when the process has data roots.
+    let temp = base
+        .work_dir
+        .clone()
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let runtime_producer: ballista_core::RuntimeProducer = Arc::new(move |_| {
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_temp_file_path(temp.clone())
+            .build()?;
+        crate::access::register_store(&runtime);
+        Ok(Arc::new(runtime))
+    });
     Ok(ExecutorProcessConfig {
+        override_runtime_producer: Some(runtime_producer),
         override_logical_codec: Some(logical_codec()),
         override_physical_codec: Some(physical_codec()),
         override_function_registry: Some(Arc::new(function_registry()?)),
-        override_config_producer: Some(Arc::new(session_config)),
+        override_config_producer: Some(Arc::new(executor_session_config)),
         ..base
     })
+}
+
+/// An executor's task config: [`session_config`], with the cluster token on the channels
+/// its shuffle reads open to other executors when the cluster has a secret.
+fn executor_session_config() -> SessionConfig {
+    match crate::credentials::cluster_endpoint_override() {
+        Some(f) => session_config().with_ballista_override_create_grpc_client_endpoint(f),
+        None => session_config(),
+    }
 }
 
 /// A client session on the embedded cluster (push-staged scheduler + one executor in this

@@ -14,11 +14,12 @@
 //!
 //! They need the bearer token of a Flight handshake (Basic credentials, as for Flight
 //! SQL) unless the scheduler allows anonymous access; a user sees only their own jobs.
+//!
+//! Every request passes the [gate](crate::gate) first; `DoGet` tickets are checked
+//! against the caller's jobs and the registered executors before they are redeemed.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
@@ -26,16 +27,14 @@ use arrow_flight::{
     HandshakeRequest, PollInfo, SchemaResult, Ticket,
 };
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 use ballista_core::extension::BallistaConfigGrpcEndpoint;
 use ballista_core::flight_proxy_service::BallistaFlightProxyService;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
-use ballista_flight_sql::{
-    AnonymousAuthenticator, Authenticator, BallistaFlightSqlService, QueryBackend, QueryResult,
-};
+use ballista_flight_sql::{BallistaFlightSqlService, QueryBackend, QueryResult};
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
@@ -45,14 +44,12 @@ use tonic::metadata::MetadataMap;
 use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Auth, GateAuthenticator, IDENTITY_HEADER, basic_credentials};
+use crate::gate::{Caller, Gate, GuardedScheduler, JobOwners, check_ticket, ticket_partition};
 use crate::jobs::{JobStatus, PipelineJobs};
 
 type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 type SqlService = BallistaFlightSqlService<DlpBackend>;
-
-/// How long a handshake's token stays valid for pipeline actions without use (Ballista's
-/// Flight SQL sessions expire after the same idle time).
-const TOKEN_IDLE: Duration = Duration::from_secs(3600);
 
 /// Ballista's scheduler as the Flight SQL backend, with the result schema checked.
 ///
@@ -106,9 +103,9 @@ impl QueryBackend for DlpBackend {
 /// Flight SQL plus the pipeline-job actions.
 pub struct DlpFlightService {
     sql: SqlService,
-    auth: Arc<dyn Authenticator>,
-    /// Bearer token -> (user, last use).
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    auth: Arc<Auth>,
+    owners: Arc<JobOwners>,
+    scheduler: Arc<Scheduler>,
     jobs: Arc<PipelineJobs>,
 }
 
@@ -153,26 +150,13 @@ fn json_result(value: &impl serde::Serialize) -> Result<arrow_flight::Result, St
 }
 
 impl DlpFlightService {
-    /// The caller's user name, from a handshake's bearer token.
-    fn user(&self, metadata: &MetadataMap) -> Result<String, Status> {
-        match bearer(metadata) {
-            Some(token) => {
-                let mut tokens = self.tokens.lock().unwrap();
-                match tokens.get_mut(token) {
-                    Some((user, last)) if last.elapsed() < TOKEN_IDLE => {
-                        *last = Instant::now();
-                        Ok(user.clone())
-                    }
-                    _ => Err(Status::unauthenticated(
-                        "unknown or expired session token; re-run the Flight handshake",
-                    )),
-                }
-            }
-            None if self.auth.allows_anonymous() => Ok("anonymous".into()),
-            None => Err(Status::unauthenticated(
-                "missing bearer token; authenticate with the Flight handshake first",
-            )),
-        }
+    /// The caller, as the gate established it.
+    fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no caller identity"))
     }
 
     async fn pipeline_action(
@@ -240,15 +224,30 @@ impl FlightService for DlpFlightService {
 
     async fn handshake(
         &self,
-        request: Request<Streaming<HandshakeRequest>>,
+        mut request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        let identity = self.auth.authenticate(request.metadata()).await?;
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let user = match basic_credentials(request.metadata()) {
+            Ok((user, password)) => Some(self.auth.login(peer, &user, &password).await?),
+            Err(_) if self.auth.anonymous() => None,
+            Err(e) => return Err(e),
+        };
+        // The inner service's authenticator takes the identity checked here.
+        let metadata = request.metadata_mut();
+        metadata.remove(IDENTITY_HEADER);
+        if let Some(user) = &user {
+            let value = user
+                .parse()
+                .map_err(|_| Status::invalid_argument("the user name is not a valid header"))?;
+            metadata.insert(IDENTITY_HEADER, value);
+        }
         let response = FlightService::handshake(&self.sql, request).await?;
         if let Some(token) = bearer(response.metadata()) {
-            let user = identity.user.unwrap_or_else(|| "anonymous".into());
-            let mut tokens = self.tokens.lock().unwrap();
-            tokens.retain(|_, (_, last)| last.elapsed() < TOKEN_IDLE);
-            tokens.insert(token.to_string(), (user, Instant::now()));
+            let user = user.unwrap_or_else(|| "anonymous".into());
+            self.auth.tokens.insert(token, &user);
         }
         Ok(response)
     }
@@ -264,7 +263,23 @@ impl FlightService for DlpFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        FlightService::get_flight_info(&self.sql, request).await
+        let caller = Self::caller(&request)?;
+        // SQL runs as the caller: CREATE FUNCTION records them as the function's owner.
+        let response = dlp_plugin::pipeline::functions::CURRENT_USER
+            .scope(
+                caller.owner().to_string(),
+                FlightService::get_flight_info(&self.sql, request),
+            )
+            .await?;
+        // The job behind the result partitions is the caller's.
+        for endpoint in &response.get_ref().endpoint {
+            if let Some(ticket) = &endpoint.ticket
+                && let Ok(Some(p)) = ticket_partition(&ticket.ticket)
+            {
+                self.owners.record(&p.job_id, caller.owner());
+            }
+        }
+        Ok(response)
     }
 
     async fn poll_flight_info(
@@ -285,6 +300,14 @@ impl FlightService for DlpFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
+        let caller = Self::caller(&request)?;
+        check_ticket(
+            &self.scheduler,
+            &self.owners,
+            &caller,
+            &request.get_ref().ticket,
+        )
+        .await?;
         FlightService::do_get(&self.sql, request).await
     }
 
@@ -307,10 +330,13 @@ impl FlightService for DlpFlightService {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         if !request.get_ref().r#type.starts_with("dlp.") {
-            let response = FlightService::do_action(&self.sql, request).await?;
+            let user = Self::caller(&request)?.owner().to_string();
+            let response = dlp_plugin::pipeline::functions::CURRENT_USER
+                .scope(user, FlightService::do_action(&self.sql, request))
+                .await?;
             return Ok(response.map(|s| s.boxed()));
         }
-        let user = self.user(request.metadata())?;
+        let user = Self::caller(&request)?.owner().to_string();
         let stream = self.pipeline_action(&user, request.get_ref()).await?;
         Ok(Response::new(stream))
     }
@@ -332,22 +358,28 @@ impl FlightService for DlpFlightService {
     }
 }
 
-/// Serves the scheduler on `listener` until it fails. `auth`: the Flight SQL
-/// authenticator (`None`: anonymous); `url`: how the pipeline jobs reach this scheduler.
+/// Serves the scheduler on `listener` (over TLS with `tls`) until it fails. `auth`: who may
+/// do what; `url`: how the pipeline jobs reach this scheduler (`internal`: a loopback
+/// listener for them when the port speaks TLS).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    internal: Option<tokio::net::TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     scheduler: Scheduler,
-    auth: Option<Arc<dyn Authenticator>>,
+    auth: Arc<Auth>,
     url: String,
+    job_limits: crate::jobs::JobLimits,
 ) -> anyhow::Result<()> {
     let config = scheduler.state.config.clone();
     let (max_decoding, max_encoding) = (
         config.grpc_server_max_decoding_message_size as usize,
         config.grpc_server_max_encoding_message_size as usize,
     );
+    let owners = Arc::new(JobOwners::default());
     let mut routes = RoutesBuilder::default();
     routes.add_service(
-        SchedulerGrpcServer::new(scheduler.clone())
+        SchedulerGrpcServer::new(GuardedScheduler::new(scheduler.clone(), owners.clone()))
             .max_encoding_message_size(max_encoding)
             .max_decoding_message_size(max_decoding),
     );
@@ -359,10 +391,11 @@ pub async fn serve(
         BallistaFlightProxyService::new(max_decoding, max_encoding, config.use_tls, endpoint);
     let scheduler = Arc::new(scheduler);
     if config.flight_sql_enabled() {
-        let auth = auth.unwrap_or_else(|| Arc::new(AnonymousAuthenticator));
         let sql = BallistaFlightSqlService::new(Arc::new(DlpBackend(scheduler.clone())), proxy)
-            .with_authenticator(auth.clone());
-        if auth.allows_anonymous() {
+            .with_authenticator(Arc::new(GateAuthenticator {
+                anonymous: auth.anonymous(),
+            }));
+        if auth.anonymous() {
             tracing::warn!(
                 "Flight SQL and pipeline jobs are served without authentication \
                  (--allow-anonymous): anyone who can reach this port can run queries and jobs"
@@ -370,9 +403,15 @@ pub async fn serve(
         }
         let service = DlpFlightService {
             sql,
-            auth,
-            tokens: Mutex::new(HashMap::new()),
-            jobs: Arc::new(PipelineJobs::new(scheduler.clone(), url)),
+            auth: auth.clone(),
+            owners: owners.clone(),
+            scheduler: scheduler.clone(),
+            jobs: Arc::new(PipelineJobs::new(
+                scheduler.clone(),
+                url,
+                auth.clone(),
+                job_limits,
+            )),
         };
         routes.add_service(
             FlightServiceServer::new(service)
@@ -380,6 +419,12 @@ pub async fn serve(
                 .max_encoding_message_size(max_encoding),
         );
     } else if config.enable_embedded_flight_proxy {
+        if !auth.anonymous() {
+            anyhow::bail!(
+                "with authentication, results are fetched through Flight SQL's service: \
+                 drop --no-flight-sql"
+            );
+        }
         routes.add_service(
             FlightServiceServer::new(proxy)
                 .max_decoding_message_size(max_decoding)
@@ -401,6 +446,10 @@ pub async fn serve(
             .merge(grpc)
             .merge(health)
     };
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        Arc::new(Gate { auth }),
+        crate::gate::gate,
+    ));
     let server = HeaderValue::from_str(&format!("ballista/{}", ballista_core::BALLISTA_VERSION))?;
     let app = app.layer(axum::middleware::map_response(
         move |mut r: HttpResponse| {
@@ -411,12 +460,19 @@ pub async fn serve(
             }
         },
     ));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await?;
-    Ok(())
+    if let Some(internal) = internal {
+        // The scheduler's own pipeline jobs, in plain text on loopback (same gate).
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::tls::serve_plain(internal, app).await {
+                tracing::error!("the loopback port of pipeline jobs failed: {e}");
+            }
+        });
+    }
+    match tls {
+        Some(acceptor) => crate::tls::serve(listener, app, acceptor).await,
+        None => crate::tls::serve_plain(listener, app).await,
+    }
 }
 
 /// 200 once the scheduler has its minimum of live executors, else 503 (as Ballista's).

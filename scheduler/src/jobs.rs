@@ -85,15 +85,26 @@ pub struct PipelineJobs {
     scheduler: Arc<Scheduler>,
     /// `df://host:port` of this scheduler, for the jobs' client sessions.
     url: String,
+    /// Mints the token a job's client session presents as its user.
+    auth: Arc<crate::auth::Auth>,
+    /// Per-user ceilings.
+    limits: JobLimits,
     next: AtomicU64,
     jobs: Mutex<BTreeMap<u64, Arc<Entry>>>,
 }
 
 impl PipelineJobs {
-    pub fn new(scheduler: Arc<Scheduler>, url: String) -> Self {
+    pub fn new(
+        scheduler: Arc<Scheduler>,
+        url: String,
+        auth: Arc<crate::auth::Auth>,
+        limits: JobLimits,
+    ) -> Self {
         Self {
             scheduler,
             url,
+            auth,
+            limits,
             next: AtomicU64::new(1),
             jobs: Mutex::new(BTreeMap::new()),
         }
@@ -101,8 +112,34 @@ impl PipelineJobs {
 
     /// Checks a spec and starts it; the new job's status.
     pub fn submit(self: &Arc<Self>, user: &str, yaml: &str) -> Result<JobStatus, String> {
+        refuse_work_dir(yaml)?;
         let spec = JobSpec::from_yaml(yaml, "pipeline spec").map_err(|e| e.strip_backtrace())?;
-        let spec = checked_outputs(spec)?;
+        let spec = checked_outputs(spec, user)?;
+        if let Some(t) = &spec.tuning
+            && t.parallelism > self.limits.max_tuning_parallelism
+        {
+            return Err(format!(
+                "pipeline spec: tuning.parallelism {} is above this scheduler's ceiling of {} \
+                 (--max-tuning-parallelism)",
+                t.parallelism, self.limits.max_tuning_parallelism
+            ));
+        }
+        let running = self
+            .jobs
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|e| {
+                let s = e.status.borrow();
+                s.user == user && !s.state.is_final()
+            })
+            .count();
+        if running >= self.limits.max_jobs_per_user {
+            return Err(format!(
+                "{user} has {running} pipeline jobs running, this scheduler's ceiling \
+                 (--max-jobs-per-user); wait for one to end or cancel one"
+            ));
+        }
         let tune = spec.tuning.is_some();
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let job_id = format!("pl-{n}");
@@ -145,6 +182,10 @@ impl PipelineJobs {
     async fn run(&self, entry: &Arc<Entry>, spec: &JobSpec, tune: bool) -> Result<Value, String> {
         let config = dlp_plugin::session::session_config()
             .set_str(ballista_core::config::BALLISTA_JOB_NAME, &entry.name);
+        // The job's Ballista jobs are its user's, through the gate like any client's.
+        let user = entry.status.borrow().user.clone();
+        let token = Revoke(self.auth.clone(), self.auth.tokens.mint(&user));
+        let config = dlp_plugin::credentials::with_bearer(config, &token.1);
         let ctx = dlp_plugin::session::remote_context_with_config(&self.url, config)
             .await
             .map_err(|e| format!("cannot open a session on the cluster: {e}"))?;
@@ -345,7 +386,52 @@ fn prune(jobs: &mut BTreeMap<u64, Arc<Entry>>) {
 /// the first data root) and checked against the data roots: a client must not make the
 /// scheduler write outside them. The report directory is a CLI feature: over Flight the
 /// report comes back in the job's status.
-fn checked_outputs(mut spec: JobSpec) -> Result<JobSpec, String> {
+/// Ceilings of pipeline jobs per user (flags of `dlp-scheduler`).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct JobLimits {
+    /// Pipeline jobs one user may have running at once.
+    #[arg(long, env = "DLP_MAX_JOBS_PER_USER", default_value_t = 4)]
+    pub max_jobs_per_user: usize,
+    /// Most candidate fits a tuning job may run at once (its tuning.parallelism).
+    #[arg(long, env = "DLP_MAX_TUNING_PARALLELISM", default_value_t = 4)]
+    pub max_tuning_parallelism: usize,
+}
+
+/// Revokes a minted token when the job is done with it.
+struct Revoke(Arc<crate::auth::Auth>, String);
+
+impl Drop for Revoke {
+    fn drop(&mut self) {
+        self.0.tokens.revoke(&self.1);
+    }
+}
+
+/// `workDir` is the server's (DLP_WORK_DIR): a spec may not set it, anywhere.
+fn refuse_work_dir(yaml: &str) -> Result<(), String> {
+    fn has(v: &serde_yaml::Value) -> bool {
+        match v {
+            serde_yaml::Value::Mapping(m) => m.iter().any(|(k, v)| {
+                k.as_str().is_some_and(|k| {
+                    k.eq_ignore_ascii_case("workdir") || k.eq_ignore_ascii_case("work_dir")
+                }) || has(v)
+            }),
+            serde_yaml::Value::Sequence(s) => s.iter().any(has),
+            serde_yaml::Value::Tagged(t) => has(&t.value),
+            _ => false,
+        }
+    }
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(yaml).map_err(|e| format!("pipeline spec: {e}"))?;
+    if has(&value) {
+        return Err(
+            "pipeline spec: workDir is set by the scheduler (DLP_WORK_DIR), not by a job spec"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn checked_outputs(mut spec: JobSpec, user: &str) -> Result<JobSpec, String> {
     if spec.output.report.is_some() {
         return Err(
             "pipeline spec: output.report is not written for jobs submitted over Flight; \
@@ -356,6 +442,11 @@ fn checked_outputs(mut spec: JobSpec) -> Result<JobSpec, String> {
     if let Some(dir) = &spec.output.model {
         spec.output.model = Some(resolve_output(dir).map_err(|e| format!("output.model: {e}"))?);
     }
+    if let Some(dir) = &spec.output.model {
+        dlp_plugin::pipeline::stages::may_save(dir, user, spec.output.overwrite)
+            .map_err(|e| e.strip_backtrace())?;
+    }
+    spec.output.owner = Some(user.to_string());
     Ok(spec)
 }
 
@@ -364,11 +455,11 @@ fn resolve_output(path: &Path) -> Result<PathBuf, String> {
         return Err(format!("'{}': '..' is not allowed", path.display()));
     }
     let path = match dlp_plugin::access::DataRoots::get() {
-        Some(r) if path.is_relative() => r.base().join(path),
+        Some(r) if path.is_relative() => r.write_base().unwrap_or(r.base()).join(path),
         _ => path.to_path_buf(),
     };
     let path = std::path::absolute(&path).map_err(|e| format!("'{}': {e}", path.display()))?;
-    dlp_plugin::access::check_path(&path)?;
+    dlp_plugin::access::check_write_path(&path)?;
     Ok(path)
 }
 

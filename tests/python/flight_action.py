@@ -1,7 +1,7 @@
 """Runs one Arrow Flight action with pyarrow and prints its results as a JSON array (each
 result body parsed as JSON). Used by the Rust integration tests for the pipeline-job
 actions. Credentials, when set: DLP_FLIGHT_USER and DLP_FLIGHT_PASSWORD (Basic, in the
-Flight handshake). On a Flight error: its class and message on stderr, exit status 1.
+Flight handshake); DLP_TLS_ROOT_CERTS: a CA file for grpc+tls:// URIs. On a Flight error: its class and message on stderr, exit status 1.
 
     flight_action.py URI TYPE [BODY]
 """
@@ -15,7 +15,12 @@ import pyarrow.flight as flight
 def main() -> int:
     uri, kind = sys.argv[1], sys.argv[2]
     body = sys.argv[3].encode() if len(sys.argv) > 3 else b""
-    client = flight.FlightClient(uri)
+    roots = os.environ.get("DLP_TLS_ROOT_CERTS")
+    if roots:
+        with open(roots, "rb") as f:
+            client = flight.FlightClient(uri, tls_root_certs=f.read())
+    else:
+        client = flight.FlightClient(uri)
     options = flight.FlightCallOptions()
     try:
         if "DLP_FLIGHT_USER" in os.environ:

@@ -1,7 +1,9 @@
 """Runs one SQL query against a Flight SQL endpoint with the ADBC driver and prints the
-rows as JSON (binary values as hex). Used by the Rust integration tests as a real client.
+rows as JSON (binary values as hex). Several statements separated by ';' run in order
+in one session (the last one's rows are printed). Used by the Rust integration tests as a real client.
 Credentials, when set: DLP_FLIGHT_USER and DLP_FLIGHT_PASSWORD (HTTP Basic in the Flight
-handshake, as ADBC does with username/password)."""
+handshake, as ADBC does with username/password); DLP_TLS_ROOT_CERTS: a CA file for
+grpc+tls:// URIs."""
 import json
 import os
 import sys
@@ -15,8 +17,16 @@ def main() -> None:
     if "DLP_FLIGHT_USER" in os.environ:
         db_kwargs["username"] = os.environ["DLP_FLIGHT_USER"]
         db_kwargs["password"] = os.environ.get("DLP_FLIGHT_PASSWORD", "")
+    if os.environ.get("DLP_TLS_ROOT_CERTS"):
+        with open(os.environ["DLP_TLS_ROOT_CERTS"]) as f:
+            db_kwargs["adbc.flight.sql.client_option.tls_root_certs"] = f.read()
     with flight_sql.connect(uri, db_kwargs=db_kwargs) as conn, conn.cursor() as cur:
-        cur.execute(query)
+        # Several statements separated by ';' run in one session; the last one's rows.
+        statements = [q for q in query.split(";") if q.strip()]
+        for q in statements[:-1]:
+            cur.execute(q)
+            cur.fetch_arrow_table()
+        cur.execute(statements[-1])
         table = cur.fetch_arrow_table()
     rows = []
     for row in table.to_pylist():

@@ -117,6 +117,40 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     (head.split_whitespace().nth(1)? == "200").then(|| body.to_string())
 }
 
+/// `METHOD path` on 127.0.0.1:`port` with HTTP Basic credentials when given: the status
+/// code and the body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    basic: Option<(&str, &str)>,
+) -> Option<(u16, String)> {
+    use base64::Engine;
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = basic
+        .map(|(u, p)| {
+            format!(
+                "Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        })
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((
+        head.split_whitespace().nth(1)?.parse().ok()?,
+        body.to_string(),
+    ))
+}
+
 /// The value of a Prometheus sample (`name` or `name{labels}`) in a text exposition.
 pub fn prometheus_value(text: &str, sample: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
@@ -161,6 +195,30 @@ impl Process {
         })
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.exited().is_none()
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
     /// The process's output so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -197,10 +255,35 @@ impl Drop for Process {
     }
 }
 
-/// `dlp-scheduler` and `n` `dlp-executor` processes on 127.0.0.1.
+/// A users file for `dlp-scheduler --auth-file`, made with `dlp-scheduler hash-password`
+/// (bcrypt at the lowest cost, 4, to keep tests fast).
+pub fn users_file(path: &Path, users: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for (user, password) in users {
+        let out = Command::new(binary("dlp-scheduler")?)
+            .args(["hash-password", "--user", user, "--cost", "4"])
+            .env("DLP_PASSWORD", password)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "hash-password failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        text.push_str(&String::from_utf8(out.stdout)?);
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// `dlp-scheduler` and `n` `dlp-executor` processes on 127.0.0.1, sharing a cluster secret
+/// (`--cluster-secret-file`): the executors' ports are behind their gates, as in a Helm
+/// install.
 pub struct Cluster {
     /// Scheduler gRPC / Flight SQL port.
     pub port: u16,
+    /// The cluster secret file the scheduler and the executors were given.
+    pub secret_file: PathBuf,
     /// The scheduler process.
     pub scheduler: Process,
     /// Executor processes.
@@ -235,6 +318,11 @@ impl Cluster {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let anonymous = (!scheduler_args.contains(&"--auth-file")).then_some("--allow-anonymous");
+        let secret_file = dir.path().join("cluster-secret");
+        let mut secret = [0u8; 24];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
+        std::fs::write(&secret_file, hex(&secret))?;
+        let secret_arg = format!("--cluster-secret-file={}", secret_file.display());
         let scheduler = Process::spawn(
             "scheduler",
             &binary("dlp-scheduler")?,
@@ -253,17 +341,27 @@ impl Cluster {
                     .chain(&anonymous)
                     .map(|s| s.to_string()),
             )
+            .chain([secret_arg])
             .collect::<Vec<String>>(),
             dir.path().join("scheduler.log"),
         )?;
         let mut cluster = Self {
             port,
+            secret_file,
             scheduler,
             executors: Vec::new(),
             _dir: dir,
         };
+        // A TLS port answers no plain HTTP: wait until it accepts connections.
+        let tls = scheduler_args.iter().any(|a| a.starts_with("--tls-cert"));
         cluster.wait_for(
-            |c| http_status(c.port, "/healthz") == Some(200),
+            |c| {
+                if tls {
+                    TcpStream::connect(("127.0.0.1", c.port)).is_ok()
+                } else {
+                    http_status(c.port, "/healthz") == Some(200)
+                }
+            },
             "scheduler /healthz",
         )?;
         let mut health_ports = Vec::new();
@@ -317,6 +415,7 @@ impl Cluster {
             format!("executor-{i}"),
             "--work-dir".into(),
             work.to_string_lossy().into_owned(),
+            format!("--cluster-secret-file={}", self.secret_file.display()),
         ])
         .chain(
             // --vcores in an executor's own flags wins

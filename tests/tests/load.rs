@@ -89,7 +89,7 @@ fn eight_clients_twenty_queries_each() {
         }
     }
     let users = dir.path().join("users");
-    std::fs::write(&users, "loader:s3cret load\n").unwrap();
+    dlp_tests::users_file(&users, &[("loader", "s3cret load")]).unwrap();
     let config = dir.path().join("dlp.yaml");
     std::fs::write(
         &config,
@@ -113,6 +113,8 @@ fn eight_clients_twenty_queries_each() {
             &root,
             "--auth-file",
             &users,
+            "--admin",
+            "loader",
             "--config",
             &config,
         ],
@@ -245,7 +247,17 @@ fn eight_clients_twenty_queries_each() {
     assert_eq!(images, (2 * 49 * PER_CLASS) as f64);
     assert!(decoded >= images, "{decoded} decoded");
     // The scheduler's (Ballista's) job metrics.
-    let scheduler = http_get(cluster.port, "/api/metrics").expect("scheduler /api/metrics");
+    let (status, scheduler) = dlp_tests::http_request(
+        cluster.port,
+        "GET",
+        "/api/metrics",
+        Some(("loader", "s3cret load")),
+    )
+    .expect("scheduler /api/metrics");
+    assert_eq!(
+        status, 200,
+        "the admin reads the scheduler's metrics: {scheduler}"
+    );
     let completed = prometheus_value(&scheduler, "job_completed_total").unwrap_or(0.0);
     assert!(
         completed >= 163.0,

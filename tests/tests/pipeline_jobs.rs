@@ -13,7 +13,7 @@ use dlp_plugin::pipeline::job::{JobSpec, run_job};
 use dlp_tests::{Cluster, python, shared_data};
 use serde_json::Value;
 
-const USERS: &str = "alice:wonder land\nbob:builder\n";
+const USERS: &[(&str, &str)] = &[("alice", "wonder land"), ("bob", "builder")];
 
 /// `small/{daisy,tulips}` with 12 photos each under `root`.
 fn small_flowers(root: &Path) {
@@ -93,15 +93,25 @@ async fn a_python_flight_client_runs_the_flowers_pipeline() {
     let root = dir.path().join("data");
     small_flowers(&root);
     let users = dir.path().join("users");
-    std::fs::write(&users, USERS).unwrap();
-    let (root_arg, users_arg) = (
+    dlp_tests::users_file(&users, USERS).unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let (root_arg, users_arg, out_arg) = (
         root.to_string_lossy().into_owned(),
         users.to_string_lossy().into_owned(),
+        out_dir.to_string_lossy().into_owned(),
     );
-    let executor: &[&str] = &["--data-root", &root_arg];
+    let executor: &[&str] = &["--data-root", &root_arg, "--writable-root", &out_arg];
     let cluster = Cluster::start_each(
         2,
-        &["--data-root", &root_arg, "--auth-file", &users_arg],
+        &[
+            "--data-root",
+            &root_arg,
+            "--writable-root",
+            &out_arg,
+            "--auth-file",
+            &users_arg,
+        ],
         &[executor, executor],
     )
     .expect("cluster");
@@ -147,7 +157,9 @@ async fn a_python_flight_client_runs_the_flowers_pipeline() {
     assert_eq!(status["user"], "alice");
     assert!(status["ballista_jobs"].as_u64().unwrap() >= 2, "{status}");
     let result = &status["result"];
-    let model_dir = root.join("models/flowers");
+    let model_dir = std::fs::canonicalize(&out_dir)
+        .unwrap()
+        .join("models/flowers");
     assert_eq!(
         result["model"].as_str(),
         Some(&*model_dir.to_string_lossy())
@@ -187,7 +199,7 @@ async fn a_python_flight_client_runs_the_flowers_pipeline() {
 
     // Credentials: none, or wrong, are refused before anything runs.
     let err = action(port, None, "dlp.pipeline.list", "").unwrap_err();
-    assert!(err.contains("missing bearer token"), "{err}");
+    assert!(err.contains("bearer token"), "{err}");
     let err = action(
         port,
         Some(("alice", "looking glass")),
@@ -207,11 +219,38 @@ async fn a_python_flight_client_runs_the_flowers_pipeline() {
     let bad = spec("small", "").replace("regParam", "regparam");
     let err = action(port, ALICE, "dlp.pipeline.submit", &bad).unwrap_err();
     assert!(err.contains("regparam"), "{err}");
-    let outside = spec("small", "output: {model: /etc/dlp}\n");
-    let err = action(port, ALICE, "dlp.pipeline.submit", &outside).unwrap_err();
-    assert!(
-        err.contains("output.model") && err.contains("outside the data roots"),
-        "{err}"
+    for model in ["/etc/dlp", "../data/models", &root_arg] {
+        let outside = spec("small", &format!("output: {{model: '{model}'}}\n"));
+        let err = action(port, ALICE, "dlp.pipeline.submit", &outside).unwrap_err();
+        assert!(
+            err.contains("output.model") && err.contains("writable root"),
+            "{model}: {err}"
+        );
+    }
+    // workDir is the server's; models belong to who saved them.
+    let work = spec("small", "").replace("regParam: 0.05", "regParam: 0.05, workDir: /tmp/x");
+    let err = action(port, ALICE, "dlp.pipeline.submit", &work).unwrap_err();
+    assert!(err.contains("workDir"), "{err}");
+    let theirs = spec(
+        "small",
+        "output: {model: models/flowers, overwrite: true}\n",
+    );
+    let err = action(
+        port,
+        Some(("bob", "builder")),
+        "dlp.pipeline.submit",
+        &theirs,
+    )
+    .unwrap_err();
+    assert!(err.contains("holds no model of yours"), "{err}");
+    let again = spec("small", "output: {model: models/flowers}\n");
+    let err = action(port, ALICE, "dlp.pipeline.submit", &again).unwrap_err();
+    assert!(err.contains("overwrite"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(model_dir.join(".dlp-owner"))
+            .unwrap()
+            .trim(),
+        "alice"
     );
     // Data outside the roots: the job fails and says why.
     let escape = action(port, ALICE, "dlp.pipeline.submit", &spec("../../etc", "")).unwrap();

@@ -72,7 +72,11 @@ fn scheduler_needs_credentials_or_explicit_anonymous_access() {
 fn flight_sql_requires_authentication() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
-    std::fs::write(&users, "alice:correct horse\nbob:battery staple\n").unwrap();
+    dlp_tests::users_file(
+        &users,
+        &[("alice", "correct horse"), ("bob", "battery staple")],
+    )
+    .unwrap();
     let users = users.to_string_lossy().into_owned();
     let cluster = Cluster::start_with(1, 2, &["--auth-file", &users], &[]).expect("cluster");
     let query = format!(

@@ -52,26 +52,59 @@ app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
 {{- printf "%s-executor-%s" (include "dlp.fullname" .root) .pool -}}
 {{- end -}}
 
+{{/* A label selector of every executor pool's pods, enabled or not. */}}
+{{- define "dlp.executorPods" -}}
+matchLabels:
+  {{- include "dlp.selectorLabels" (dict "root" . "component" "") | nindent 2 }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: ["executor-cpu", "executor-gpu"]
+{{- end -}}
+
 {{/* Name of the Secret with the Flight SQL users. */}}
 {{- define "dlp.authSecretName" -}}
 {{- default (printf "%s-auth" (include "dlp.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
 
 {{/*
-The `users` file of the chart's Secret: auth.users, else what the Secret already holds
-(an upgrade keeps the generated password), else user `dlp` with a random password.
+The data of the chart's users Secret. `users`: user:bcrypt-hash lines, from auth.users;
+else the user `dlp` with a generated password, which `password` holds for you to read
+(the scheduler mounts only `users`). An upgrade keeps the generated password (lookup),
+also one that an earlier chart version kept in plain text in `users`.
 */}}
-{{- define "dlp.authUsers" -}}
+{{- define "dlp.authData" -}}
 {{- if .Values.auth.users -}}
-{{- range .Values.auth.users }}{{ printf "%s:%s\n" .name .password }}{{ end -}}
+{{- $users := "" -}}
+{{- range .Values.auth.users -}}
+{{- $users = printf "%s%s:%s\n" $users .name .passwordHash -}}
+{{- end -}}
+users: {{ $users | b64enc | quote }}
 {{- else -}}
 {{- $live := lookup "v1" "Secret" .Release.Namespace (include "dlp.authSecretName" .) -}}
-{{- if and $live $live.data (index $live.data "users") -}}
-{{- index $live.data "users" | b64dec -}}
+{{- $data := dict -}}
+{{- if and $live $live.data -}}
+{{- $data = $live.data -}}
+{{- end -}}
+{{- $users := index $data "users" | default "" | b64dec -}}
+{{- $password := index $data "password" | default "" | b64dec -}}
+{{- if and $password (regexMatch "^dlp:\\$2[aby]\\$" $users) -}}
+{{- /* kept as it is */ -}}
+{{- else if regexMatch "^dlp:[A-Za-z0-9]{32}\n?$" $users -}}
+{{- $password = trimPrefix "dlp:" $users | trim -}}
+{{- $users = printf "%s\n" (htpasswd "dlp" $password) -}}
 {{- else -}}
-{{- printf "dlp:%s\n" (randAlphaNum 32) -}}
+{{- $password = randAlphaNum 32 -}}
+{{- $users = printf "%s\n" (htpasswd "dlp" $password) -}}
+{{- end -}}
+users: {{ $users | b64enc | quote }}
+password: {{ $password | b64enc | quote }}
 {{- end -}}
 {{- end -}}
+
+{{/* Name of the Secret with the cluster secret (key `secret`). */}}
+{{- define "dlp.clusterSecretName" -}}
+{{- default (printf "%s-cluster" (include "dlp.fullname" .)) .Values.clusterSecret.existingSecret -}}
 {{- end -}}
 
 {{/* Name of a data or model claim (pass a dict: root, volume = data|models). */}}
@@ -133,5 +166,28 @@ capabilities:
 {{- end -}}
 {{- if and .Values.auth.existingSecret .Values.auth.users -}}
 {{- fail "auth.existingSecret and auth.users exclude each other" -}}
+{{- end -}}
+{{- if and .Values.auth.admins .Values.auth.allowAnonymous -}}
+{{- fail "auth.admins needs authentication: auth.allowAnonymous is true" -}}
+{{- end -}}
+{{- if .Values.auth.users -}}
+{{- $names := list -}}
+{{- range .Values.auth.users }}{{ $names = append $names .name }}{{ end -}}
+{{- range .Values.auth.admins -}}
+{{- if not (has . $names) -}}
+{{- fail (printf "auth.admins: %s is not one of auth.users (%s)" . (join ", " $names)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range .Values.storage.writableRoots -}}
+{{- if not (or (eq . "/data") (hasPrefix "/data/" .)) -}}
+{{- fail (printf "storage.writableRoots: %s is not under /data (the only shared, writable volume)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
+{{- fail "tls.enabled needs tls.secretName (a kubernetes.io/tls Secret with tls.crt and tls.key)" -}}
+{{- end -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.auth.allowAnonymous) (not .Values.metrics.basicAuthSecret) -}}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.basicAuthSecret while authentication is on: /api/metrics answers only an admin user (auth.admins); name a Secret with the keys username and password of one" -}}
 {{- end -}}
 {{- end -}}

@@ -18,6 +18,9 @@ pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
 pub struct DecodeOptions {
     /// Images with more pixels than this are invalid (decompression-bomb guard).
     pub max_pixels: u64,
+    /// Images whose decoding needs more bytes than this are invalid (16-bit channels and
+    /// alpha make a pixel up to 8 bytes).
+    pub max_bytes: u64,
     /// Decode WebP (an extension: Spark reports WebP files as invalid).
     pub decode_webp: bool,
 }
@@ -26,6 +29,7 @@ impl Default for DecodeOptions {
     fn default() -> Self {
         Self {
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_bytes: crate::limits::Limits::default().max_image_bytes,
             decode_webp: true,
         }
     }
@@ -84,6 +88,17 @@ pub enum InvalidImage {
         /// The limit in force.
         max_pixels: u64,
     },
+    /// Decoding would take more memory than the configured limit.
+    TooManyBytes {
+        /// Width from the header.
+        width: u64,
+        /// Height from the header.
+        height: u64,
+        /// Bytes decoding needs.
+        bytes: u64,
+        /// The limit in force.
+        max_bytes: u64,
+    },
     /// The decoder failed (truncated or corrupt data).
     Corrupt(String),
     /// The file could not be read.
@@ -104,6 +119,16 @@ impl std::fmt::Display for InvalidImage {
                 "{width}x{height} = {} pixels exceeds maxPixels={max_pixels}",
                 width * height
             ),
+            Self::TooManyBytes {
+                width,
+                height,
+                bytes,
+                max_bytes,
+            } => write!(
+                f,
+                "{width}x{height} needs {bytes} bytes to decode, above this cluster's limit of \
+                 {max_bytes} (--max-image-bytes)"
+            ),
             Self::Corrupt(msg) => write!(f, "corrupt image: {msg}"),
             Self::Unreadable(msg) => write!(f, "unreadable file: {msg}"),
         }
@@ -115,6 +140,13 @@ type DecodeResult = Result<ImageRow, InvalidImage>;
 /// Decodes a whole file into Spark's image layout.
 pub fn decode_image(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
     let format = sniff_format(bytes).ok_or(InvalidImage::UnknownFormat)?;
+    // The process's ceilings bound whatever the client asked for.
+    let limits = crate::limits::Limits::get();
+    let options = &DecodeOptions {
+        max_pixels: options.max_pixels.min(limits.max_pixels),
+        max_bytes: options.max_bytes.min(limits.max_image_bytes),
+        ..*options
+    };
     // Decoders must never take an executor down: a panic (libjpeg reports fatal errors by
     // unwinding) becomes an invalid row.
     catch_unwind(AssertUnwindSafe(|| match format {
@@ -157,6 +189,23 @@ fn check_size(width: u64, height: u64, options: &DecodeOptions) -> Result<(), In
     Ok(())
 }
 
+fn check_bytes(
+    width: u64,
+    height: u64,
+    bytes: u64,
+    options: &DecodeOptions,
+) -> Result<(), InvalidImage> {
+    if bytes > options.max_bytes {
+        return Err(InvalidImage::TooManyBytes {
+            width,
+            height,
+            bytes,
+            max_bytes: options.max_bytes,
+        });
+    }
+    Ok(())
+}
+
 fn corrupt(e: impl std::fmt::Display) -> InvalidImage {
     InvalidImage::Corrupt(e.to_string())
 }
@@ -169,6 +218,13 @@ fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
     let decompress = Decompress::new_mem(bytes).map_err(corrupt)?;
     let (width, height) = decompress.size();
     check_size(width as u64, height as u64, options)?;
+    // at most 4 bytes a pixel (CMYK), and as much again for the BGR copy
+    check_bytes(
+        width as u64,
+        height as u64,
+        (width * height * 4) as u64,
+        options,
+    )?;
     match decompress.color_space() {
         ColorSpace::JCS_GRAYSCALE => {
             let mut started = decompress.grayscale().map_err(corrupt)?;
@@ -215,10 +271,29 @@ fn decode_png(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
     decoder.set_transformations(png::Transformations::IDENTITY);
     // The pixel limit is ours; the crate's own 64 MiB default would reject big photos.
     decoder.set_limits(png::Limits {
-        bytes: usize::try_from(options.max_pixels.saturating_mul(8)).unwrap_or(usize::MAX),
+        bytes: usize::try_from(options.max_pixels.saturating_mul(8).min(options.max_bytes))
+            .unwrap_or(usize::MAX),
     });
     let header = decoder.read_header_info().map_err(corrupt)?;
     check_size(header.width as u64, header.height as u64, options)?;
+    let bytes_per_sample = if header.bit_depth == png::BitDepth::Sixteen {
+        2
+    } else {
+        1
+    };
+    let samples = match header.color_type {
+        png::ColorType::Grayscale | png::ColorType::Indexed => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+    };
+    // the decoded buffer, then the image row (up to 4 bytes a pixel)
+    check_bytes(
+        header.width as u64,
+        header.height as u64,
+        header.width as u64 * header.height as u64 * (samples * bytes_per_sample + 4),
+        options,
+    )?;
     let mut reader = decoder.read_info().map_err(corrupt)?;
     let (width, height, color_type, bit_depth, palette, trns) = {
         let info = reader.info();
@@ -385,6 +460,12 @@ fn decode_gif(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
         None => return Err(corrupt("GIF has no image")),
     };
     check_size(width as u64, height as u64, options)?;
+    check_bytes(
+        width as u64,
+        height as u64,
+        (width * height * 5) as u64,
+        options,
+    )?;
     let mut indices = vec![0u8; decoder.buffer_size()];
     decoder.read_into_buffer(&mut indices).map_err(corrupt)?;
     let palette = local
@@ -418,6 +499,10 @@ fn decode_with_image_crate(
         .map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     check_size(width as u64, height as u64, options)?;
+    let total = decoder
+        .total_bytes()
+        .saturating_add(width as u64 * height as u64 * 4);
+    check_bytes(width as u64, height as u64, total, options)?;
     let img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     let (w, h) = (width as usize, height as usize);
     let row = match img {

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
@@ -369,6 +370,11 @@ pub(crate) fn read_and_decode(
     (row, bytes)
 }
 
+/// `O_NONBLOCK`: opening a FIFO that appeared after the type check returns at once.
+fn libc_nonblock() -> i32 {
+    0o4000
+}
+
 fn read_and_decode_uncounted(
     path: &str,
     options: &DecodeOptions,
@@ -378,10 +384,38 @@ fn read_and_decode_uncounted(
     if let Err(e) = crate::access::check_path(std::path::Path::new(path)) {
         return (Err(InvalidImage::Unreadable(e)), 0);
     }
-    let mut file = match std::fs::File::open(path) {
+    // Only regular files, of a bounded size: opening a FIFO would block the task forever,
+    // and a huge file would be read into memory whole.
+    let limit = crate::limits::Limits::get().max_file_bytes;
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return (
+                Err(InvalidImage::Unreadable("not a regular file".into())),
+                0,
+            );
+        }
+        Ok(m) if m.len() > limit => {
+            return (
+                Err(InvalidImage::Unreadable(format!(
+                    "{} bytes, above this cluster's limit of {limit} (--max-file-bytes)",
+                    m.len()
+                ))),
+                0,
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return (Err(unreadable(e)), 0),
+    }
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_nonblock())
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) => return (Err(unreadable(e)), 0),
     };
+    // A file that grew past the limit since it was looked at is cut there, and invalid.
+    let mut file = std::io::Read::take(file, limit + 1);
     let mut head = [0u8; 16];
     let mut got = 0;
     while got < head.len() {
@@ -399,5 +433,13 @@ fn read_and_decode_uncounted(
         return (Err(unreadable(e)), 0);
     }
     let n = bytes.len();
+    if n as u64 > limit {
+        return (
+            Err(InvalidImage::Unreadable(format!(
+                "more than this cluster's limit of {limit} bytes (--max-file-bytes)"
+            ))),
+            n,
+        );
+    }
     (decode_image(&bytes, options), n)
 }

@@ -264,6 +264,9 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64)>, seen: &mut HashSet<PathBuf>) 
         let path = entry.path();
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => walk(&path, out, seen)?,
+            // A FIFO, socket or device is no image and is never opened: listed with size 1
+            // so that it becomes an invalid row ("not a regular file"), not a hang.
+            Ok(m) if !m.is_file() => out.push((path, 1)),
             Ok(m) => out.push((path, m.len())),
             // A dangling link or a file that vanished: listed with size 1 so that reading it
             // reports it as an unreadable (invalid) row instead of losing it silently.

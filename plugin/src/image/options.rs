@@ -144,6 +144,7 @@ impl ImageReadOptions {
         DecodeOptions {
             max_pixels: self.max_pixels,
             decode_webp: self.decode_webp,
+            ..DecodeOptions::default()
         }
     }
 }

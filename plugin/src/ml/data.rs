@@ -86,7 +86,22 @@ impl Rows {
         for (i, v) in labels.iter().enumerate() {
             let row = first_row + i;
             match v {
-                Some(l) if l.is_finite() && l >= 0.0 && l.fract() == 0.0 => self.y.push(l),
+                Some(l)
+                    if l.is_finite()
+                        && l >= 0.0
+                        && l.fract() == 0.0
+                        && l < crate::limits::Limits::get().max_classes as f64 =>
+                {
+                    self.y.push(l)
+                }
+                Some(l) if l.is_finite() && l >= 0.0 && l.fract() == 0.0 => {
+                    return Err(exec_datafusion_err!(
+                        "label column '{}': class index {l} at row {row} of {where_} is not below \
+                         this cluster's limit of {} classes (--max-classes)",
+                        cols.label,
+                        crate::limits::Limits::get().max_classes
+                    ));
+                }
                 Some(l) => {
                     return Err(exec_datafusion_err!(
                         "label column '{}' must hold class indices 0, 1, ..., k-1; found {l} at row {row} of {where_}",

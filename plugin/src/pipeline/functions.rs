@@ -275,17 +275,64 @@ impl ScalarUDFImpl for ModelUdf {
     }
 }
 
-static REGISTRY: RwLock<BTreeMap<String, Arc<ScalarUDF>>> = RwLock::new(BTreeMap::new());
+/// A registered function and who registered it (`None`: the operator, through the
+/// scheduler's config, or the only user of an embedded session).
+struct Registered {
+    udf: Arc<ScalarUDF>,
+    owner: Option<String>,
+}
 
-/// Registers (or replaces) a function for every session started from now on in this
-/// process; returns it.
+static REGISTRY: RwLock<BTreeMap<String, Registered>> = RwLock::new(BTreeMap::new());
+
+tokio::task_local! {
+    /// The user on whose behalf SQL runs in this task (set by a shared scheduler around
+    /// each client request); `CREATE FUNCTION` records it as the function's owner.
+    pub static CURRENT_USER: String;
+}
+
+/// Registers (or replaces) a function for the operator (the scheduler's config at
+/// start-up), for every session started from now on in this process; returns it.
 pub fn register(name: &str, source: FunctionSource) -> Result<Arc<ScalarUDF>> {
+    register_owned(name, source, None, true)
+}
+
+/// Registers `name` for `owner`: a name another user or the operator registered is
+/// refused, and so is replacing one's own function without `replace` (`OR REPLACE`).
+fn register_owned(
+    name: &str,
+    source: FunctionSource,
+    owner: Option<String>,
+    replace: bool,
+) -> Result<Arc<ScalarUDF>> {
     let udf = Arc::new(ScalarUDF::new_from_impl(ModelUdf::try_new(name, source)?));
-    REGISTRY
-        .write()
-        .expect("function registry")
-        .insert(name.to_string(), udf.clone());
-    tracing::info!(function = name, "model function registered");
+    let mut registry = REGISTRY.write().expect("function registry");
+    if let Some(existing) = registry.get(name) {
+        match (&existing.owner, &owner) {
+            (a, b) if a == b && replace => {}
+            (a, b) if a == b => {
+                return plan_err!(
+                    "function {name} already exists; use CREATE OR REPLACE FUNCTION to replace it"
+                );
+            }
+            (None, _) => {
+                return plan_err!(
+                    "function {name} is configured by the operator (dlp.yaml) and cannot be \
+                     replaced"
+                );
+            }
+            (Some(_), _) => {
+                return plan_err!("function {name} belongs to another user; choose another name");
+            }
+        }
+    }
+    registry.insert(
+        name.to_string(),
+        Registered {
+            udf: udf.clone(),
+            owner: owner.clone(),
+        },
+    );
+    tracing::info!(function = name, owner = ?owner, "model function registered");
     Ok(udf)
 }
 
@@ -295,7 +342,7 @@ pub fn registered() -> Vec<Arc<ScalarUDF>> {
         .read()
         .expect("function registry")
         .values()
-        .cloned()
+        .map(|r| r.udf.clone())
         .collect()
 }
 
@@ -314,7 +361,7 @@ pub struct ModelFunctionFactory;
 impl FunctionFactory for ModelFunctionFactory {
     async fn create(
         &self,
-        _state: &SessionState,
+        state: &SessionState,
         statement: CreateFunction,
     ) -> Result<RegisterFunction> {
         let body = match &statement.params.function_body {
@@ -331,7 +378,40 @@ impl FunctionFactory for ModelFunctionFactory {
                 );
             }
         };
+        let name = statement.name.clone();
+        let registered = REGISTRY
+            .read()
+            .expect("function registry")
+            .contains_key(&name);
+        let builtin = state
+            .scalar_functions()
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case(&name))
+            || state
+                .aggregate_functions()
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case(&name))
+            || state
+                .window_functions()
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case(&name))
+            || state
+                .table_functions()
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case(&name));
+        if builtin && !registered {
+            return plan_err!(
+                "CREATE FUNCTION {name}: a built-in function has that name; model functions \
+                 cannot shadow it"
+            );
+        }
         let source = FunctionSource::parse(&body)?;
-        Ok(RegisterFunction::Scalar(register(&statement.name, source)?))
+        let owner = CURRENT_USER.try_with(Clone::clone).ok();
+        Ok(RegisterFunction::Scalar(register_owned(
+            &name,
+            source,
+            owner,
+            statement.or_replace,
+        )?))
     }
 }

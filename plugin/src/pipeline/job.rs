@@ -144,6 +144,12 @@ pub struct OutputSpec {
     pub model: Option<PathBuf>,
     /// Directory of the report (text, JSON, confusion matrix plots).
     pub report: Option<PathBuf>,
+    /// Replace a model already at `model` (Spark's `write().overwrite()`); on a shared
+    /// scheduler only the user who saved it may replace it.
+    pub overwrite: bool,
+    /// The user saving the model, set by a shared scheduler (never by the spec).
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
 
 impl JobSpec {
@@ -415,7 +421,10 @@ pub async fn run_job(
     let metrics = spec.evaluation.metrics(model.transform(test)?).await?;
     let evaluate_seconds = started.elapsed().as_secs_f64();
     if let Some(dir) = &spec.output.model {
-        model.save(dir)?;
+        match &spec.output.owner {
+            Some(owner) => model.save_owned(dir, owner, spec.output.overwrite)?,
+            None => model.save(dir)?,
+        }
     }
     Ok(JobReport {
         class_names: data.class_names,

@@ -242,11 +242,27 @@ impl PipelineModel {
         })
     }
 
-    /// Saves to `dir` (created; files of an earlier save there are replaced).
+    /// Saves to `dir`, atomically: the model is written beside it and renamed into place,
+    /// replacing an earlier save there; a failed save leaves what was there untouched.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        save_atomically(dir.as_ref(), |tmp| self.save_files(tmp))
+    }
+
+    /// Saves for `owner` on a shared scheduler: a model already at `dir` is replaced only
+    /// when `owner` saved it and `overwrite` is set; any other existing directory is left
+    /// alone. The owner is recorded beside the manifest.
+    pub fn save_owned(&self, dir: impl AsRef<Path>, owner: &str, overwrite: bool) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir)
-            .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", dir.display()))?;
+        may_save(dir, owner, overwrite)?;
+        save_atomically(dir, |tmp| {
+            self.save_files(tmp)?;
+            let path = tmp.join(OWNER_FILE);
+            std::fs::write(&path, format!("{owner}\n"))
+                .map_err(|e| exec_datafusion_err!("cannot write {}: {e}", path.display()))
+        })
+    }
+
+    fn save_files(&self, dir: &Path) -> Result<()> {
         let zoo = ProcessTorchConfig::get().zoo();
         let mut stages = vec![];
         for (i, s) in self.stages.iter().enumerate() {
@@ -382,4 +398,75 @@ impl PipelineModel {
             class_names: manifest.class_names,
         })
     }
+}
+
+/// Whether `owner` may save a model at `dir`: a new directory, or a model `owner` saved
+/// there with `overwrite` set. Checked at submission and again when saving.
+pub fn may_save(dir: &Path, owner: &str, overwrite: bool) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let saved_by = std::fs::read_to_string(dir.join(OWNER_FILE)).ok();
+    match saved_by.as_deref().map(str::trim) {
+        Some(o) if o == owner && overwrite => Ok(()),
+        Some(o) if o == owner => plan_err!(
+            "output.model {}: a model is already saved there; set output.overwrite: true \
+             to replace it",
+            dir.display()
+        ),
+        _ => plan_err!(
+            "output.model {}: the directory exists and holds no model of yours; choose \
+             another directory",
+            dir.display()
+        ),
+    }
+}
+
+/// Who saved a model on a shared scheduler (a file beside the manifest).
+pub const OWNER_FILE: &str = ".dlp-owner";
+
+/// Writes a directory with `write` into a temporary sibling of `dir`, then renames it into
+/// place (replacing what was at `dir`). A failure removes the temporary directory and
+/// leaves `dir` as it was.
+fn save_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| exec_datafusion_err!("{}: not a directory name", dir.display()))?;
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.saving-"))
+        .tempdir_in(&parent)
+        .map_err(|e| exec_datafusion_err!("cannot write in {}: {e}", parent.display()))?;
+    write(tmp.path())?;
+    let tmp = tmp.keep();
+    let old = if dir.exists() {
+        let old = parent.join(format!(".{name}.replaced-{:016x}", rand::random::<u64>()));
+        std::fs::rename(dir, &old).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            exec_datafusion_err!("cannot replace {}: {e}", dir.display())
+        })?;
+        Some(old)
+    } else {
+        None
+    };
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        if let Some(old) = &old {
+            let _ = std::fs::rename(old, dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(exec_datafusion_err!(
+            "cannot save to {}: {e}",
+            dir.display()
+        ));
+    }
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(())
 }

@@ -163,6 +163,8 @@ impl QueryPlanner for PluginQueryPlanner {
         logical_plan: &LogicalPlan,
         session_state: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        // Where the plan writes, checked against the writable roots (processes with roots).
+        crate::access::check_plan_writes(logical_plan)?;
         DefaultPhysicalPlanner::with_extension_planners(vec![
             Arc::new(TorchExtensionPlanner),
             Arc::new(crate::ml::MlExtensionPlanner),
@@ -306,6 +308,10 @@ impl ExecutionPlan for TorchInferenceExec {
         let spec = Arc::new(self.spec.clone());
         let schema = self.schema.clone();
         let idx = self.input_index;
+        // A batch size above the executor's ceiling fails here, before any batch is formed.
+        crate::limits::Limits::get()
+            .check_batch_size(&self.spec.output_col, self.spec.batch_size)
+            .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
         let batch_size = self.spec.batch_size.max(1);
         let threads = process.intra_threads();
         // The model is loaded (file read, hashed, deserialized) on the first blocking task

@@ -97,6 +97,9 @@ pub fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Res
 /// Runs the model on prepared images (in chunks of `spec.batch_size`) and builds the output
 /// column.
 pub fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result<ArrayRef> {
+    crate::limits::Limits::get()
+        .check_batch_size(&spec.output_col, spec.batch_size)
+        .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
     let started = std::time::Instant::now();
     let out = run_uncounted(model, spec, prepared)?;
     let n_valid = prepared.valid.len();

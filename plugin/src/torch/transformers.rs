@@ -161,6 +161,9 @@ fn zoo_spec(
 ) -> Result<TorchSpec> {
     let zoo = ProcessTorchConfig::get().zoo();
     let mut spec = TorchSpec::try_new(&zoo, model_name, input_col, output_col, task)?;
+    crate::limits::Limits::get()
+        .check_batch_size(output_col, batch_size)
+        .map_err(|e| datafusion::common::plan_datafusion_err!("{e}"))?;
     spec.batch_size = batch_size.max(1);
     spec.resize = resize;
     Ok(spec)

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_yaml::Value;
 
-use crate::objects::{Objects, args_of, at, container, containers, get, key, seq_at, show, str_at};
+use crate::objects::{
+    Objects, arg_values, args_of, at, container, containers, get, key, selects, seq_at, show,
+    str_at,
+};
 
 /// Settings that differ between renders.
 pub struct Expect<'a> {
@@ -67,8 +70,20 @@ pub fn consistency(label: &str, objs: &Objects, expect: &Expect) -> Vec<String> 
             }
         }
         let spec = at(d, "spec.template.spec");
-        if at(spec, "securityContext.runAsNonRoot").as_bool() != Some(true) {
-            p.push(format!("{what}: pods must run as non-root"));
+        p.extend(pod_security(&what, spec));
+        // A checksum of a Secret in a pod annotation would leak (to whoever may list
+        // pods) a way to test guesses of its content; only dlp.yaml's is there.
+        for (k, _) in at(d, "spec.template.metadata.annotations")
+            .as_mapping()
+            .into_iter()
+            .flatten()
+        {
+            let k = k.as_str().unwrap_or("");
+            if k.starts_with("checksum/") && k != "checksum/config" {
+                p.push(format!(
+                    "{what}: pod annotation {k}: no checksum other than of the ConfigMap (dlp.yaml)"
+                ));
+            }
         }
         let sa = str_at(spec, "serviceAccountName");
         if !exists("ServiceAccount", sa) {
@@ -254,6 +269,12 @@ pub fn consistency(label: &str, objs: &Objects, expect: &Expect) -> Vec<String> 
             "{what}: POD_NAMESPACE must come from the downward API"
         ));
     }
+
+    p.extend(shared_secrets_and_roots(
+        label, objs, expect, scheduler, &executors,
+    ));
+    p.extend(scheduler_tls(label, objs, expect, scheduler));
+    p.extend(network_policies(label, objs, scheduler, &executors));
 
     // Services: both select the scheduler pods; only registration publishes not-ready ones.
     let scheduler_labels = at(scheduler, "spec.template.metadata.labels");
@@ -552,6 +573,476 @@ pub fn consistency(label: &str, objs: &Objects, expect: &Expect) -> Vec<String> 
                 p.push(format!("{what}: a CPU executor asks for a GPU"));
             }
         }
+    }
+    p
+}
+
+/// Non-root, no privilege escalation, no capabilities, RuntimeDefault seccomp, read-only
+/// root filesystems with an emptyDir at /tmp: a pod spec and its containers.
+pub fn pod_security(what: &str, pod: &Value) -> Vec<String> {
+    let mut p = vec![];
+    let sc = at(pod, "securityContext");
+    if at(sc, "runAsNonRoot").as_bool() != Some(true) {
+        p.push(format!("{what}: pods must run as non-root (runAsNonRoot)"));
+    }
+    if at(sc, "runAsUser").as_i64().unwrap_or(0) <= 0 {
+        p.push(format!(
+            "{what}: runAsUser must be a non-root uid, is {}",
+            show(at(sc, "runAsUser"))
+        ));
+    }
+    if str_at(sc, "seccompProfile.type") != "RuntimeDefault" {
+        p.push(format!("{what}: seccompProfile must be RuntimeDefault"));
+    }
+    let volumes = seq_at(pod, "volumes");
+    for c in seq_at(pod, "containers") {
+        let what = format!("{what}: container {}", str_at(c, "name"));
+        let csc = at(c, "securityContext");
+        if at(csc, "allowPrivilegeEscalation").as_bool() != Some(false) {
+            p.push(format!("{what}: allowPrivilegeEscalation must be false"));
+        }
+        if at(csc, "readOnlyRootFilesystem").as_bool() != Some(true) {
+            p.push(format!("{what}: readOnlyRootFilesystem must be true"));
+        }
+        let drop: Vec<&str> = seq_at(csc, "capabilities.drop")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if drop != ["ALL"] || !at(csc, "capabilities.add").is_null() {
+            p.push(format!(
+                "{what}: capabilities must drop ALL and add none, is {}",
+                show(at(csc, "capabilities"))
+            ));
+        }
+        if at(csc, "privileged").as_bool() == Some(true) {
+            p.push(format!("{what}: privileged"));
+        }
+        // Writable scratch on a read-only root: /tmp is an emptyDir.
+        let tmp = seq_at(c, "volumeMounts")
+            .iter()
+            .find(|m| str_at(m, "mountPath") == "/tmp")
+            .and_then(|m| {
+                volumes
+                    .iter()
+                    .find(|v| str_at(v, "name") == str_at(m, "name"))
+            });
+        if tmp.is_none_or(|v| at(v, "emptyDir").is_null()) {
+            p.push(format!(
+                "{what}: /tmp must be an emptyDir (the root filesystem is read-only)"
+            ));
+        }
+    }
+    p
+}
+
+/// The mount (and its volume) of the directory of `file` in a Deployment's container.
+fn mount_of<'a>(d: &'a Value, dir: &str) -> Option<(&'a Value, &'a Value)> {
+    let c = container(d);
+    let m = seq_at(c, "volumeMounts")
+        .iter()
+        .find(|m| str_at(m, "mountPath") == dir)?;
+    let v = seq_at(d, "spec.template.spec.volumes")
+        .iter()
+        .find(|v| str_at(v, "name") == str_at(m, "name"))?;
+    Some((m, v))
+}
+
+/// `path` is a file of a Secret volume mounted read-only: its key `key` (items, if any,
+/// map it to the file's name); returns the Secret's name or the problem.
+fn secret_file(d: &Value, path: &str, key: &str) -> Result<String, String> {
+    let (dir, file) = path
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{path} is not an absolute path"))?;
+    let (m, v) = mount_of(d, dir).ok_or_else(|| format!("{dir} is not a mount"))?;
+    if at(m, "readOnly").as_bool() != Some(true) {
+        return Err(format!("{dir} must be mounted read-only"));
+    }
+    let secret = str_at(v, "secret.secretName");
+    if secret.is_empty() {
+        return Err(format!("{dir} is not a Secret volume: {}", show(v)));
+    }
+    let items = seq_at(v, "secret.items");
+    if !items.is_empty()
+        && !items
+            .iter()
+            .any(|i| str_at(i, "key") == key && str_at(i, "path") == file)
+    {
+        return Err(format!(
+            "{dir}: the Secret volume's items do not map key {key} to {file}: {}",
+            show(at(v, "secret.items"))
+        ));
+    }
+    if items.is_empty() && file != key {
+        return Err(format!(
+            "{path}: the Secret's key would be {file}, not {key}"
+        ));
+    }
+    Ok(secret.to_string())
+}
+
+/// The cluster secret (scheduler and every executor, one Secret with the key `secret`,
+/// read-only), the auth file's mount, the writable roots (the same everywhere, under the
+/// shared read-write data volume), /models read-only on the scheduler too.
+fn shared_secrets_and_roots(
+    label: &str,
+    objs: &Objects,
+    expect: &Expect,
+    scheduler: &Value,
+    executors: &BTreeMap<String, &Value>,
+) -> Vec<String> {
+    let mut p = vec![];
+    let exists = |kind: &str, name: &str| {
+        objs.contains_key(&(kind.to_string(), name.to_string())) || expect.external.contains(&name)
+    };
+    let mut secrets = BTreeSet::new();
+    let scheduler_roots = arg_values(container(scheduler), "writable-root");
+    if scheduler_roots.is_empty() {
+        p.push(format!(
+            "{label}: the scheduler has no --writable-root (COPY TO and outputs could go anywhere)"
+        ));
+    }
+    let all = std::iter::once(scheduler).chain(executors.values().copied());
+    for d in all {
+        let what = format!("{label}: Deployment/{}", str_at(d, "metadata.name"));
+        let c = container(d);
+        let args = args_of(c);
+        match args.get("cluster-secret-file") {
+            None => p.push(format!("{what}: no --cluster-secret-file")),
+            Some(path) => match secret_file(d, path, "secret") {
+                Ok(s) => {
+                    if !exists("Secret", &s) {
+                        p.push(format!("{what}: the cluster secret {s} is not rendered"));
+                    } else if let Some(obj) = objs.get(&("Secret".to_string(), s.clone()))
+                        && at(obj, "data.secret").is_null()
+                    {
+                        p.push(format!("{label}: Secret/{s} has no key `secret`"));
+                    }
+                    secrets.insert(s);
+                }
+                Err(e) => p.push(format!("{what}: --cluster-secret-file: {e}")),
+            },
+        }
+        if let Some(path) = args.get("auth-file")
+            && let Err(e) = secret_file(d, path, "users")
+        {
+            p.push(format!("{what}: --auth-file: {e}"));
+        }
+        let roots = arg_values(c, "writable-root");
+        if roots != scheduler_roots {
+            p.push(format!(
+                "{what}: --writable-root {roots:?}, not the scheduler's {scheduler_roots:?}"
+            ));
+        }
+        for root in &roots {
+            let m = seq_at(c, "volumeMounts").iter().find(|m| {
+                let mp = str_at(m, "mountPath");
+                root == mp || root.starts_with(&format!("{mp}/"))
+            });
+            let v = m.and_then(|m| {
+                seq_at(d, "spec.template.spec.volumes")
+                    .iter()
+                    .find(|v| str_at(v, "name") == str_at(m, "name"))
+            });
+            match (m, v) {
+                (Some(m), Some(v))
+                    if at(m, "readOnly").as_bool() != Some(true)
+                        && !at(v, "persistentVolumeClaim").is_null() => {}
+                _ => p.push(format!(
+                    "{what}: --writable-root={root} is not on a shared, writable volume"
+                )),
+            }
+        }
+        match mount_of(d, "/models") {
+            Some((m, v))
+                if at(m, "readOnly").as_bool() == Some(true)
+                    && at(v, "persistentVolumeClaim.readOnly").as_bool() == Some(true) => {}
+            _ => p.push(format!(
+                "{what}: /models must be mounted read-only (mount and claim)"
+            )),
+        }
+    }
+    if secrets.len() > 1 {
+        p.push(format!(
+            "{label}: the scheduler and the executors use different cluster secrets {secrets:?}"
+        ));
+    }
+    p
+}
+
+/// TLS on the scheduler's port: --tls-cert and --tls-key from a kubernetes.io/tls Secret
+/// mounted read-only, and HTTPS probes; without them, plain HTTP probes.
+fn scheduler_tls(label: &str, objs: &Objects, expect: &Expect, scheduler: &Value) -> Vec<String> {
+    let mut p = vec![];
+    let what = format!("{label}: Deployment/{}", str_at(scheduler, "metadata.name"));
+    let c = container(scheduler);
+    let args = args_of(c);
+    let tls = match (args.get("tls-cert"), args.get("tls-key")) {
+        (None, None) => false,
+        (Some(cert), Some(key)) => {
+            for (path, k) in [(cert, "tls.crt"), (key, "tls.key")] {
+                match secret_file(scheduler, path, k) {
+                    Ok(s) => {
+                        let external = expect.external.contains(&s.as_str());
+                        match objs.get(&("Secret".to_string(), s.clone())) {
+                            Some(obj) if str_at(obj, "type") != "kubernetes.io/tls" => p.push(
+                                format!("{what}: Secret/{s} is not of type kubernetes.io/tls"),
+                            ),
+                            None if !external => {
+                                p.push(format!("{what}: the TLS Secret {s} is not rendered"));
+                            }
+                            _ => {}
+                        }
+                    }
+                    Err(e) => p.push(format!("{what}: --tls-*: {e}")),
+                }
+            }
+            true
+        }
+        other => {
+            p.push(format!(
+                "{what}: --tls-cert and --tls-key go together: {other:?}"
+            ));
+            true
+        }
+    };
+    let (want, with) = if tls {
+        ("HTTPS", "with")
+    } else {
+        ("HTTP", "without")
+    };
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let scheme = str_at(c, &format!("{probe}.httpGet.scheme"));
+        let scheme = if scheme.is_empty() { "HTTP" } else { scheme };
+        if scheme != want {
+            p.push(format!(
+                "{what}: {probe} scheme {scheme} on a port {with} TLS"
+            ));
+        }
+    }
+    p
+}
+
+/// The NetworkPolicies, when rendered: executors accept only the scheduler and other
+/// executors on their Flight and gRPC ports; the scheduler's port accepts the executors
+/// and client namespaces; ingress only (egress is not restricted); the health ports have
+/// no rule (kubelet probes are not subject to NetworkPolicy).
+fn network_policies(
+    label: &str,
+    objs: &Objects,
+    scheduler: &Value,
+    executors: &BTreeMap<String, &Value>,
+) -> Vec<String> {
+    let mut p = vec![];
+    let policies: BTreeMap<&str, &Value> = objs
+        .iter()
+        .filter(|((k, _), _)| k == "NetworkPolicy")
+        .map(|((_, n), v)| (n.as_str(), v))
+        .collect();
+    if policies.is_empty() {
+        return p;
+    }
+    let scheduler_name = str_at(scheduler, "metadata.name");
+    let executor_policy = scheduler_name.replace("-scheduler", "-executor");
+    let names: BTreeSet<&str> = policies.keys().copied().collect();
+    if names != BTreeSet::from([scheduler_name, executor_policy.as_str()]) {
+        p.push(format!(
+            "{label}: NetworkPolicies {names:?}, not {scheduler_name} and {executor_policy}"
+        ));
+        return p;
+    }
+    let scheduler_labels = at(scheduler, "spec.template.metadata.labels").clone();
+    // The executor pools' pods, also of a pool that is not rendered (enabling it later
+    // must not need a new policy).
+    let mut executor_labels: Vec<Value> = executors
+        .values()
+        .map(|d| at(d, "spec.template.metadata.labels").clone())
+        .collect();
+    for pool in ["executor-cpu", "executor-gpu"] {
+        let mut l = scheduler_labels.clone();
+        if let Some(m) = l.as_mapping_mut() {
+            m.insert("app.kubernetes.io/component".into(), pool.into());
+        }
+        executor_labels.push(l);
+    }
+    let mut other = scheduler_labels.clone();
+    if let Some(m) = other.as_mapping_mut() {
+        m.insert("app.kubernetes.io/component".into(), "test".into());
+    }
+    let flight_proxy = args_of(container(scheduler)).contains_key("enable-embedded-flight-proxy");
+
+    // (ports of a rule, its peers)
+    let rules = |np: &Value| -> Vec<(BTreeSet<i64>, Vec<Value>)> {
+        seq_at(np, "spec.ingress")
+            .iter()
+            .map(|r| {
+                let ports = seq_at(r, "ports")
+                    .iter()
+                    .map(|port| at(port, "port").as_i64().unwrap_or(-1))
+                    .collect();
+                (ports, seq_at(r, "from").to_vec())
+            })
+            .collect()
+    };
+    // Whether a rule's peer admits a pod of this namespace with `labels`.
+    let admits_pod = |peer: &Value, labels: &Value| {
+        at(peer, "namespaceSelector").is_null()
+            && at(peer, "ipBlock").is_null()
+            && selects(at(peer, "podSelector"), labels)
+    };
+    let allowed = |np: &Value, labels: &Value, port: i64| {
+        rules(np).iter().any(|(ports, peers)| {
+            ports.contains(&port) && peers.iter().any(|x| admits_pod(x, labels))
+        })
+    };
+    let clients = |np: &Value, port: i64| {
+        rules(np).iter().any(|(ports, peers)| {
+            ports.contains(&port)
+                && peers.iter().any(|x| {
+                    !at(x, "namespaceSelector").is_null() && at(x, "podSelector").is_null()
+                })
+        })
+    };
+    for (name, np) in &policies {
+        let what = format!("{label}: NetworkPolicy/{name}");
+        let types: Vec<&str> = seq_at(np, "spec.policyTypes")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if types != ["Ingress"] || !at(np, "spec.egress").is_null() {
+            p.push(format!(
+                "{what}: ingress only (egress is not restricted), policyTypes {types:?}"
+            ));
+        }
+        for (ports, peers) in rules(np) {
+            if ports.is_empty() || peers.is_empty() {
+                p.push(format!(
+                    "{what}: a rule without ports or peers admits everything: {}",
+                    show(at(np, "spec.ingress"))
+                ));
+            }
+            for peer in &peers {
+                if !at(peer, "ipBlock").is_null() {
+                    p.push(format!("{what}: an ipBlock peer {}", show(peer)));
+                }
+            }
+            for port in &ports {
+                if ![50050, 50051, 50052].contains(port) {
+                    p.push(format!(
+                        "{what}: a rule for port {port} (health ports need none)"
+                    ));
+                }
+            }
+        }
+        for port in seq_at(np, "spec.ingress")
+            .iter()
+            .flat_map(|r| seq_at(r, "ports"))
+        {
+            if str_at(port, "protocol") != "TCP" {
+                p.push(format!("{what}: port {} is not TCP", show(port)));
+            }
+        }
+    }
+
+    // Executors.
+    let np = policies[executor_policy.as_str()];
+    let what = format!("{label}: NetworkPolicy/{executor_policy}");
+    let selector = at(np, "spec.podSelector");
+    if !executor_labels.iter().all(|l| selects(selector, l)) {
+        p.push(format!(
+            "{what}: does not select every executor pod: {}",
+            show(selector)
+        ));
+    }
+    if selects(selector, &scheduler_labels) || selects(selector, &other) {
+        p.push(format!(
+            "{what}: selects pods other than executors: {}",
+            show(selector)
+        ));
+    }
+    for (from, labels) in std::iter::once(("the scheduler", &scheduler_labels))
+        .chain(executor_labels.iter().map(|l| ("executors", l)))
+    {
+        for port in [50051, 50052] {
+            if !allowed(np, labels, port) {
+                p.push(format!("{what}: {from} cannot reach port {port}"));
+            }
+        }
+    }
+    for (ports, peers) in rules(np) {
+        for peer in &peers {
+            let pod_peer = at(peer, "namespaceSelector").is_null();
+            if pod_peer
+                && !(selects(at(peer, "podSelector"), &scheduler_labels)
+                    || executor_labels
+                        .iter()
+                        .any(|l| selects(at(peer, "podSelector"), l)))
+            {
+                p.push(format!(
+                    "{what}: a peer other than the scheduler and executors: {}",
+                    show(peer)
+                ));
+            }
+            if pod_peer && selects(at(peer, "podSelector"), &other) {
+                p.push(format!(
+                    "{what}: a peer admits any pod of the namespace: {}",
+                    show(peer)
+                ));
+            }
+            if !pod_peer && (flight_proxy || ports != BTreeSet::from([50051])) {
+                p.push(format!(
+                    "{what}: clients reach executors only without the scheduler's Flight proxy, and only port 50051: {}",
+                    show(peer)
+                ));
+            }
+        }
+    }
+    if !flight_proxy && !clients(np, 50051) {
+        p.push(format!(
+            "{what}: without the scheduler's Flight proxy clients must reach port 50051"
+        ));
+    }
+    // The ports are the executors' container ports.
+    for d in executors.values() {
+        let ports: BTreeSet<i64> = seq_at(container(d), "ports")
+            .iter()
+            .filter(|port| ["flight", "grpc"].contains(&str_at(port, "name")))
+            .filter_map(|port| at(port, "containerPort").as_i64())
+            .collect();
+        if ports != BTreeSet::from([50051, 50052]) {
+            p.push(format!(
+                "{what}: the executors' flight and grpc ports are {ports:?}"
+            ));
+        }
+    }
+
+    // The scheduler.
+    let np = policies[scheduler_name];
+    let what = format!("{label}: NetworkPolicy/{scheduler_name}");
+    let selector = at(np, "spec.podSelector");
+    if !selects(selector, &scheduler_labels)
+        || executor_labels.iter().any(|l| selects(selector, l))
+        || selects(selector, &other)
+    {
+        p.push(format!(
+            "{what}: must select the scheduler pods only: {}",
+            show(selector)
+        ));
+    }
+    for (ports, _) in rules(np) {
+        if ports != BTreeSet::from([50050]) {
+            p.push(format!("{what}: a rule for ports {ports:?}, not 50050"));
+        }
+    }
+    for labels in &executor_labels {
+        if !allowed(np, labels, 50050) {
+            p.push(format!(
+                "{what}: executors cannot reach port 50050 ({})",
+                show(labels)
+            ));
+        }
+    }
+    if !clients(np, 50050) {
+        p.push(format!("{what}: no client namespaces may reach port 50050"));
     }
     p
 }

@@ -1,8 +1,9 @@
 //! The Kubernetes deployment (`deploy/`, `helm/dlp`, `deploy/docker`): the kustomize
 //! overlays and the Helm chart render, pass strict schema validation (Kubernetes 1.33) and
 //! `helm lint --strict`, describe the same objects field by field, hang together
-//! (selectors, ports, volumes, the autoscaler's config and RBAC), and are accepted by a real
-//! kube-apiserver (v1.20, `scripts/kube-apiserver.sh`). The Dockerfile is linted (images
+//! (selectors, ports, volumes, the autoscaler's config and RBAC, NetworkPolicies, security
+//! contexts, the shared secrets), and are accepted by a real kube-apiserver (v1.20,
+//! `scripts/kube-apiserver.sh`). The Dockerfile is linted (images
 //! cannot be built here). Tools come from `scripts/setup.sh` (kubectl from the machine
 //! image); a missing one fails the test with that hint.
 
@@ -12,10 +13,10 @@ use serde_yaml::Value;
 
 use apiserver::ApiServer;
 use compare::compare;
-use consistency::{Expect, assert_no_problems, consistency};
+use consistency::{Expect, assert_no_problems, consistency, pod_security};
 use objects::{
-    Objects, args_of, at, container, decode_base64, get, ids, key, names, objects, seq_at, show,
-    str_at,
+    Objects, arg_values, args_of, at, container, decode_base64, get, ids, is_bcrypt, key, names,
+    objects, selects, seq_at, show, str_at,
 };
 use tools::{helm_template, helm_template_err, kustomize, repo, run_ok, tool, validate_strictly};
 
@@ -34,6 +35,9 @@ fn kustomize_ids(gpu: bool) -> BTreeSet<String> {
         "RoleBinding/dlp-scheduler-autoscaler",
         "ConfigMap/dlp-config",
         "Secret/dlp-auth",
+        "Secret/dlp-cluster",
+        "NetworkPolicy/dlp-scheduler",
+        "NetworkPolicy/dlp-executor",
         "Service/dlp-scheduler",
         "Service/dlp-scheduler-registration",
         "PersistentVolumeClaim/dlp-data",
@@ -79,8 +83,47 @@ fn kustomize_overlays_render_validate_strictly_and_hang_together() {
     }
 }
 
-/// The README's own overlay (images from a registry, Flight SQL users from a file)
-/// renders over the gpu overlay: the images and the `dlp-auth` Secret are replaced.
+/// A bcrypt hash (htpasswd -nbB -C 10 alice change-me) for users files of the tests.
+const ALICE_HASH: &str = "$2y$10$Copsb2jnmplDobbwaA5Zj.kNOfEYVL4rfPByYL5XTvAolg6NXkO4q";
+
+/// A cluster secret for the tests' overlays.
+const CLUSTER_SECRET: &str = "q5Zk0Xr3uVn8sLw2Ty7Hb1Jc4Md6Pf9GaEoRiNuKt";
+
+/// Renders an overlay of yours: `kustomization` (whose `../deploy/` paths mean this
+/// repository's deploy/) and `files` beside it in a temp directory `my-dlp`.
+fn my_overlay(kustomization: &str, files: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mine = dir.path().join("my-dlp");
+    // kustomize wants relative paths (from my-dlp/ up to /).
+    let ups = mine.components().count() - 1;
+    let deploy = format!(
+        "{}{}/",
+        "../".repeat(ups),
+        repo()
+            .join("deploy")
+            .to_string_lossy()
+            .trim_start_matches('/')
+    );
+    std::fs::create_dir(&mine).expect("my-dlp");
+    std::fs::write(
+        mine.join("kustomization.yaml"),
+        kustomization.replace("../deploy/", &deploy),
+    )
+    .expect("kustomization");
+    for (name, text) in files {
+        std::fs::write(mine.join(name), text).expect("a file of the overlay");
+    }
+    run_ok(
+        &tool("kubectl"),
+        &["kustomize", &mine.to_string_lossy()],
+        None,
+        &[],
+    )
+}
+
+/// The README's own overlay (images from a registry, Flight SQL users with bcrypt hashes
+/// and the cluster secret from files) renders over the gpu overlay: the images and the
+/// `dlp-auth` and `dlp-cluster` Secrets are replaced.
 #[test]
 fn the_readme_overlay_sets_images_and_users() {
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
@@ -89,31 +132,17 @@ fn the_readme_overlay_sets_images_and_users() {
         .expect("README: the my-dlp/kustomization.yaml example");
     let block = &readme[start + "```yaml\n".len()..];
     let block = &block[..block.find("```").expect("end of the example")];
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mine = dir.path().join("my-dlp");
-    // kustomize wants a relative path to the overlay (from my-dlp/ up to /).
-    let ups = mine.components().count() - 1;
-    let overlay = format!(
-        "{}{}",
-        "../".repeat(ups),
-        repo()
-            .join("deploy/overlays/gpu")
-            .to_string_lossy()
-            .trim_start_matches('/')
-    );
     assert!(
         block.contains("resources: [../deploy/overlays/gpu]"),
         "README example: {block}"
     );
-    let kustomization = block.replace("../deploy/overlays/gpu", &overlay);
-    std::fs::create_dir(&mine).expect("my-dlp");
-    std::fs::write(mine.join("kustomization.yaml"), kustomization).expect("kustomization");
-    std::fs::write(mine.join("users"), "alice:0123456789abcdef\n").expect("users");
-    let yaml = run_ok(
-        &tool("kubectl"),
-        &["kustomize", &mine.to_string_lossy()],
-        None,
-        &[],
+    let users = format!("alice:{ALICE_HASH}\n");
+    let yaml = my_overlay(
+        block,
+        &[
+            ("users", &users),
+            ("secret", &format!("{CLUSTER_SECRET}\n")),
+        ],
     );
     validate_strictly("README overlay", &yaml);
     let objs = objects("README overlay", &yaml);
@@ -122,11 +151,17 @@ fn the_readme_overlay_sets_images_and_users() {
         kustomize_ids(true),
         "README overlay: objects"
     );
-    let users = decode_base64(
-        "README overlay",
-        str_at(get(&objs, "Secret", "dlp-auth"), "data.users"),
+    let secret = |name: &str, key: &str| {
+        decode_base64(
+            "README overlay",
+            str_at(get(&objs, "Secret", name), &format!("data.{key}")),
+        )
+    };
+    assert_eq!(secret("dlp-auth", "users"), users);
+    assert_eq!(
+        secret("dlp-cluster", "secret"),
+        format!("{CLUSTER_SECRET}\n")
     );
-    assert_eq!(users, "alice:0123456789abcdef\n");
     for (deployment, image) in [
         (
             "dlp-scheduler",
@@ -151,6 +186,49 @@ fn the_readme_overlay_sets_images_and_users() {
         external: &[],
     };
     assert_no_problems(consistency("README overlay", &objs, &expect));
+    // The README's commands make what this test wrote: a bcrypt users file, a long secret.
+    assert!(
+        readme.contains("htpasswd -nbB -C 12 "),
+        "README: how to make a users file"
+    );
+}
+
+/// The TLS component (deploy/components/tls) over the gpu overlay renders what the chart
+/// does with tls.enabled, field by field.
+#[test]
+fn the_tls_component_matches_the_chart() {
+    let label = "gpu overlay + components/tls vs helm tls.enabled";
+    let k = my_overlay(
+        "resources: [../deploy/overlays/gpu]\ncomponents: [../deploy/components/tls]\n",
+        &[],
+    );
+    validate_strictly(label, &k);
+    let h = helm_template(
+        "dlp",
+        &["helm/dlp/ci/gpu-values.yaml"],
+        &["tls.enabled=true", "tls.secretName=dlp-tls"],
+    );
+    validate_strictly(label, &h);
+    let (k, h) = (objects(label, &k), objects(label, &h));
+    assert_no_problems(compare(label, &k, &h));
+    let expect = Expect {
+        prefix: "dlp",
+        external: &["dlp-tls"],
+    };
+    for objs in [&k, &h] {
+        assert_no_problems(consistency(label, objs, &expect));
+        let c = container(get(objs, "Deployment", "dlp-scheduler"));
+        let args = args_of(c);
+        assert_eq!(
+            (
+                args.get("tls-cert").map(String::as_str),
+                args.get("tls-key").map(String::as_str)
+            ),
+            (Some("/etc/dlp/tls/tls.crt"), Some("/etc/dlp/tls/tls.key")),
+            "{label}"
+        );
+        assert_eq!(str_at(c, "readinessProbe.httpGet.scheme"), "HTTPS");
+    }
 }
 
 #[test]
@@ -193,6 +271,10 @@ fn helm_chart_renders_validates_strictly_and_hangs_together() {
             key(test, "metadata.annotations", "helm.sh/hook").as_str(),
             Some("test")
         );
+        assert_no_problems(pod_security(
+            &format!("{label}: Pod/dlp-test-sql"),
+            at(test, "spec"),
+        ));
         let c = &seq_at(test, "spec.containers")[0];
         let scheduler_image = str_at(
             container(get(&objs, "Deployment", "dlp-scheduler")),
@@ -214,6 +296,23 @@ fn helm_chart_renders_validates_strictly_and_hangs_together() {
                 "SELECT 1 AS one"
             ],
             "{label}: test command"
+        );
+        // It logs in as the generated user, its password from the chart's Secret.
+        let env = |name: &str| {
+            seq_at(c, "env")
+                .iter()
+                .find(|e| str_at(e, "name") == name)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        assert_eq!(str_at(&env("DLP_USER"), "value"), "dlp", "{label}");
+        assert_eq!(
+            (
+                str_at(&env("DLP_PASSWORD"), "valueFrom.secretKeyRef.name"),
+                str_at(&env("DLP_PASSWORD"), "valueFrom.secretKeyRef.key")
+            ),
+            ("dlp-auth", "password"),
+            "{label}"
         );
     }
 }
@@ -278,38 +377,214 @@ fn chart_options_render_valid_manifests() {
         container(get(objs, "Deployment", &format!("{prefix}-scheduler"))).clone()
     };
 
-    // Users from values: the Secret holds them, the scheduler rolls when they change.
+    // Users from values, with bcrypt hashes: the Secret holds them; no pod annotation
+    // carries a checksum of it; admins become --admin flags.
     let label = "auth.users";
+    let bob_hash = "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
     let objs = render(
         label,
         &[
             "auth.users[0].name=alice",
-            "auth.users[0].password=pw1",
+            &format!("auth.users[0].passwordHash={ALICE_HASH}"),
             "auth.users[1].name=bob",
-            "auth.users[1].password=p:w2",
+            &format!("auth.users[1].passwordHash={bob_hash}"),
+            "auth.admins[0]=alice",
         ],
         "dlp",
     );
-    let users = decode_base64(
-        label,
-        str_at(get(&objs, "Secret", "dlp-auth"), "data.users"),
-    );
-    assert_eq!(users, "alice:pw1\nbob:p:w2\n");
-    let scheduler = get(&objs, "Deployment", "dlp-scheduler");
+    let secret = get(&objs, "Secret", "dlp-auth");
+    let users = decode_base64(label, str_at(secret, "data.users"));
+    assert_eq!(users, format!("alice:{ALICE_HASH}\nbob:{bob_hash}\n"));
     assert!(
-        !key(
-            scheduler,
-            "spec.template.metadata.annotations",
-            "checksum/auth"
-        )
-        .is_null(),
-        "{label}: checksum/auth"
+        at(secret, "data.password").is_null(),
+        "{label}: no generated password"
+    );
+    let scheduler = get(&objs, "Deployment", "dlp-scheduler");
+    let annotations = at(scheduler, "spec.template.metadata.annotations");
+    let checksums: Vec<&str> = annotations
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("checksum/"))
+        .collect();
+    assert_eq!(
+        checksums,
+        ["checksum/config"],
+        "{label}: no checksum of a Secret in pod annotations"
+    );
+    assert_eq!(
+        arg_values(container(scheduler), "admin"),
+        ["alice"],
+        "{label}: --admin"
     );
     let expect = Expect {
         prefix: "dlp",
         external: &[],
     };
     assert_no_problems(consistency(label, &objs, &expect));
+
+    // The generated user: a bcrypt hash in `users`, the password apart (not mounted).
+    let label = "generated user";
+    let objs = render(label, &[], "dlp");
+    let secret = get(&objs, "Secret", "dlp-auth");
+    let users = decode_base64(label, str_at(secret, "data.users"));
+    let password = decode_base64(label, str_at(secret, "data.password"));
+    let hash = users
+        .strip_prefix("dlp:")
+        .and_then(|u| u.strip_suffix('\n'))
+        .unwrap_or("");
+    assert!(
+        is_bcrypt(hash) && !users.contains(&password),
+        "{label}: users {users:?}"
+    );
+    let auth = seq_at(
+        get(&objs, "Deployment", "dlp-scheduler"),
+        "spec.template.spec.volumes",
+    )
+    .iter()
+    .find(|v| str_at(v, "name") == "auth")
+    .expect("the auth volume");
+    let items: Vec<&str> = seq_at(auth, "secret.items")
+        .iter()
+        .map(|i| str_at(i, "key"))
+        .collect();
+    assert_eq!(
+        items,
+        ["users"],
+        "{label}: the scheduler mounts only `users`"
+    );
+
+    // Plain-text passwords, and hashes that are not bcrypt, are refused by the schema.
+    let err = helm_template_err(&["auth.users[0].name=alice", "auth.users[0].password=pw1"]);
+    assert!(
+        err.contains("password") && err.contains("not allowed"),
+        "{err}"
+    );
+    let err = helm_template_err(&["auth.users[0].name=alice", "auth.users[0].passwordHash=pw1"]);
+    assert!(err.contains("passwordHash"), "{err}");
+    let err = helm_template_err(&[
+        "auth.users[0].name=alice",
+        "auth.users[0].passwordHash=$1$abcdefgh$0123456789012345678901",
+    ]);
+    assert!(err.contains("passwordHash"), "{err}");
+    let err = helm_template_err(&[
+        "auth.users[0].name=alice",
+        &format!("auth.users[0].passwordHash={ALICE_HASH}"),
+        "auth.admins[0]=bob",
+    ]);
+    assert!(
+        err.contains("auth.admins: bob is not one of auth.users"),
+        "{err}"
+    );
+
+    // The cluster secret from a Secret of yours: the chart makes none, every pod mounts it.
+    let label = "clusterSecret.existingSecret";
+    let objs = render(label, &["clusterSecret.existingSecret=my-cluster"], "dlp");
+    assert!(!names(&objs, "Secret").contains("dlp-cluster"), "{label}");
+    for d in ["dlp-scheduler", "dlp-executor-cpu", "dlp-executor-gpu"] {
+        let volumes = seq_at(get(&objs, "Deployment", d), "spec.template.spec.volumes");
+        assert!(
+            volumes
+                .iter()
+                .any(|v| str_at(v, "secret.secretName") == "my-cluster"),
+            "{label}: {d}: {}",
+            show(&Value::Sequence(volumes.to_vec()))
+        );
+    }
+    let expect = Expect {
+        prefix: "dlp",
+        external: &["my-cluster"],
+    };
+    assert_no_problems(consistency(label, &objs, &expect));
+
+    // Writable roots: the same flags on the scheduler and the executors; only under /data.
+    let label = "storage.writableRoots";
+    let objs = render(
+        label,
+        &[
+            "storage.writableRoots[0]=/data/out",
+            "storage.writableRoots[1]=/data/reports",
+        ],
+        "dlp",
+    );
+    for d in ["dlp-scheduler", "dlp-executor-cpu", "dlp-executor-gpu"] {
+        assert_eq!(
+            arg_values(container(get(&objs, "Deployment", d)), "writable-root"),
+            ["/data/out", "/data/reports"],
+            "{label}: {d}"
+        );
+    }
+    let expect = Expect {
+        prefix: "dlp",
+        external: &[],
+    };
+    assert_no_problems(consistency(label, &objs, &expect));
+    let err = helm_template_err(&["storage.writableRoots[0]=/etc"]);
+    assert!(
+        err.contains("storage.writableRoots: /etc is not under /data"),
+        "{err}"
+    );
+
+    // NetworkPolicies: off; narrowed client namespaces plus Prometheus'; without the
+    // Flight proxy clients reach the executors' Flight port.
+    let label = "networkPolicy.enabled=false";
+    let objs = render(label, &["networkPolicy.enabled=false"], "dlp");
+    assert!(names(&objs, "NetworkPolicy").is_empty(), "{label}");
+    assert_no_problems(consistency(label, &objs, &expect));
+    let label = "networkPolicy selectors, no Flight proxy";
+    let objs = render(
+        label,
+        &[
+            "networkPolicy.clientNamespaceSelector.matchLabels.team=analytics",
+            "networkPolicy.metricsNamespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+            "scheduler.flightProxy=false",
+        ],
+        "dlp",
+    );
+    assert_no_problems(consistency(label, &objs, &expect));
+    let from = seq_at(
+        &seq_at(get(&objs, "NetworkPolicy", "dlp-scheduler"), "spec.ingress")[0],
+        "from",
+    );
+    let namespace_selectors: Vec<String> = from
+        .iter()
+        .map(|peer| at(peer, "namespaceSelector"))
+        .filter(|s| !s.is_null())
+        .map(show)
+        .collect();
+    assert_eq!(
+        namespace_selectors,
+        [
+            r#"{"matchLabels":{"team":"analytics"}}"#,
+            r#"{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}"#
+        ],
+        "{label}"
+    );
+    let analytics: Value = serde_yaml::from_str("{team: analytics}").expect("labels");
+    let executor_rules = seq_at(get(&objs, "NetworkPolicy", "dlp-executor"), "spec.ingress");
+    assert!(
+        executor_rules.iter().any(|r| seq_at(r, "from")
+            .iter()
+            .any(|peer| selects(at(peer, "namespaceSelector"), &analytics))),
+        "{label}: clients reach the executors without the proxy"
+    );
+    // The default: every namespace's pods may connect to port 50050 (README: narrow it).
+    let objs = render("defaults", &[], "dlp");
+    let from = seq_at(
+        &seq_at(get(&objs, "NetworkPolicy", "dlp-scheduler"), "spec.ingress")[0],
+        "from",
+    );
+    assert!(
+        from.iter().any(|peer| at(peer, "namespaceSelector")
+            .as_mapping()
+            .is_some_and(|m| m.is_empty())),
+        "defaults: clientNamespaceSelector {{}}"
+    );
+
+    // TLS on the client port needs the Secret's name.
+    let err = helm_template_err(&["tls.enabled=true"]);
+    assert!(err.contains("tls.enabled needs tls.secretName"), "{err}");
 
     // An existing Secret: the chart makes none and mounts that one.
     let label = "auth.existingSecret";
@@ -332,10 +607,14 @@ fn chart_options_render_valid_manifests() {
     };
     assert_no_problems(consistency(label, &objs, &expect));
 
-    // Anonymous Flight SQL: no Secret, no --auth-file.
+    // Anonymous Flight SQL: no users Secret, no --auth-file (the cluster secret stays).
     let label = "auth.allowAnonymous";
     let objs = render(label, &["auth.allowAnonymous=true"], "dlp");
-    assert!(names(&objs, "Secret").is_empty(), "{label}");
+    assert_eq!(
+        names(&objs, "Secret"),
+        BTreeSet::from(["dlp-cluster".to_string()]),
+        "{label}"
+    );
     let args = args_of(&scheduler_of(&objs, "dlp"));
     assert!(
         args.contains_key("allow-anonymous") && !args.contains_key("auth-file"),
@@ -378,12 +657,17 @@ fn chart_options_render_valid_manifests() {
             "persistence.models.storageClass=-",
             "metrics.serviceMonitor.enabled=true",
             "metrics.serviceMonitor.labels.release=prometheus",
+            "metrics.basicAuthSecret=prometheus-dlp",
+            "auth.admins[0]=dlp",
+            "tls.enabled=true",
+            "tls.secretName=ml-dlp-tls",
+            "metrics.serviceMonitor.tlsConfig.insecureSkipVerify=true",
         ],
         "ml",
     );
     let expect = Expect {
         prefix: "ml-dlp",
-        external: &["shared-data"],
+        external: &["shared-data", "ml-dlp-tls"],
     };
     assert_no_problems(consistency(label, &objs, &expect));
     assert_eq!(
@@ -424,9 +708,28 @@ fn chart_options_render_valid_manifests() {
             "{label}: ServiceMonitor picks Service/{svc}"
         );
     }
+    let endpoint = &seq_at(monitor, "spec.endpoints")[0];
+    assert_eq!(str_at(endpoint, "path"), "/api/metrics");
+    // /api/metrics answers admins only: basic auth from the Secret; https with TLS.
+    for part in ["username", "password"] {
+        assert_eq!(
+            (
+                str_at(endpoint, &format!("basicAuth.{part}.name")),
+                str_at(endpoint, &format!("basicAuth.{part}.key"))
+            ),
+            ("prometheus-dlp", part),
+            "{label}: ServiceMonitor basicAuth"
+        );
+    }
+    assert_eq!(str_at(endpoint, "scheme"), "https");
     assert_eq!(
-        str_at(&seq_at(monitor, "spec.endpoints")[0], "path"),
-        "/api/metrics"
+        at(endpoint, "tlsConfig.insecureSkipVerify").as_bool(),
+        Some(true)
+    );
+    let err = helm_template_err(&["metrics.serviceMonitor.enabled=true"]);
+    assert!(
+        err.contains("metrics.serviceMonitor.enabled needs metrics.basicAuthSecret"),
+        "{err}"
     );
 
     // Values that cannot work are refused with a message.
@@ -514,8 +817,9 @@ fn dockerfile_lints_clean_and_agrees_with_setup_and_manifests() {
 
 /// The gpu overlay (kubectl, server-side apply) and the chart (helm) are accepted by a real
 /// kube-apiserver (v1.20, RBAC on): server-side dry runs, then real installs into separate
-/// namespaces; the autoscaler's account can read and scale the executor pools and nothing
-/// else; `helm upgrade` keeps the generated password and a scaled-up pool.
+/// namespaces (NetworkPolicies and Secrets included); the autoscaler's account can read and
+/// scale the executor pools and nothing else; `helm upgrade` keeps the generated password,
+/// the cluster secret and a scaled-up pool.
 #[test]
 fn kube_apiserver_accepts_the_overlay_and_the_chart() {
     let server = ApiServer::start("RBAC");
@@ -565,6 +869,25 @@ fn kube_apiserver_accepts_the_overlay_and_the_chart() {
         None,
     );
     assert_eq!(registration, "true");
+    let policies = |ns: &str| -> BTreeSet<String> {
+        server
+            .run(
+                "kubectl",
+                &["-n", ns, "get", "networkpolicies", "-o", "name"],
+                None,
+            )
+            .lines()
+            .map(|l| {
+                l.trim_start_matches("networkpolicy.networking.k8s.io/")
+                    .to_string()
+            })
+            .collect()
+    };
+    let expected_policies: BTreeSet<String> = ["dlp-scheduler", "dlp-executor"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(policies("dlp"), expected_policies, "NetworkPolicies in dlp");
 
     // RBAC: the scheduler's account reads and scales the executor pools, nothing else.
     let scheduler_sa = "--as=system:serviceaccount:dlp:dlp-scheduler";
@@ -582,6 +905,7 @@ fn kube_apiserver_accepts_the_overlay_and_the_chart() {
         &["scale", "deployment", "dlp-scheduler", "--replicas=2"][..],
         &["delete", "deployment", "dlp-executor-cpu"][..],
         &["get", "secret", "dlp-auth"][..],
+        &["get", "secret", "dlp-cluster"][..],
         &["-n", "default", "get", "deployments"][..],
     ] {
         let (ok, _, err) = as_scheduler(forbidden);
@@ -643,7 +967,30 @@ fn kube_apiserver_accepts_the_overlay_and_the_chart() {
         executors,
         "Deployments in dlp-helm"
     );
+    assert_eq!(
+        policies("dlp-helm"),
+        expected_policies,
+        "NetworkPolicies in dlp-helm"
+    );
+    // The generated password (and its hash) and the cluster secret.
     let password = || {
+        ["{.data.users}", "{.data.password}"].map(|field| {
+            server.run(
+                "kubectl",
+                &[
+                    "-n",
+                    "dlp-helm",
+                    "get",
+                    "secret",
+                    "dlp-auth",
+                    "-o",
+                    &format!("jsonpath={field}"),
+                ],
+                None,
+            )
+        })
+    };
+    let cluster_secret = || {
         server.run(
             "kubectl",
             &[
@@ -651,15 +998,24 @@ fn kube_apiserver_accepts_the_overlay_and_the_chart() {
                 "dlp-helm",
                 "get",
                 "secret",
-                "dlp-auth",
+                "dlp-cluster",
                 "-o",
-                "jsonpath={.data.users}",
+                "jsonpath={.data.secret}",
             ],
             None,
         )
     };
     let first = password();
-    assert!(!first.is_empty(), "a generated password");
+    let first_cluster = cluster_secret();
+    assert!(
+        first.iter().all(|f| !f.is_empty()),
+        "a generated password and its hash: {first:?}"
+    );
+    assert_eq!(
+        decode_base64("dlp-cluster", &first_cluster).len(),
+        48,
+        "a generated cluster secret"
+    );
     // The autoscaler scaled up; an upgrade keeps that and the password.
     server.run(
         "kubectl",
@@ -680,6 +1036,11 @@ fn kube_apiserver_accepts_the_overlay_and_the_chart() {
         password(),
         first,
         "helm upgrade changed the generated password"
+    );
+    assert_eq!(
+        cluster_secret(),
+        first_cluster,
+        "helm upgrade changed the cluster secret"
     );
     assert_eq!(server.replicas("dlp-helm", "dlp-executor-cpu"), "3");
     assert_eq!(server.replicas("dlp-helm", "dlp-executor-gpu"), "0");

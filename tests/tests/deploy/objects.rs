@@ -110,9 +110,66 @@ pub fn container(deployment: &Value) -> &Value {
     &c[0]
 }
 
+/// Secret data as kubectl and the API server read it: base64, line breaks ignored
+/// (kustomize folds long values at 70 characters).
 pub fn decode_base64(label: &str, text: &str) -> String {
+    let text: String = text.split_ascii_whitespace().collect();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
         .unwrap_or_else(|e| panic!("{label}: not base64: {e}"));
     String::from_utf8(bytes).unwrap_or_else(|e| panic!("{label}: not UTF-8: {e}"))
+}
+
+/// Every value of a repeatable `--key=value` argument, in order.
+pub fn arg_values(container: &Value, flag: &str) -> Vec<String> {
+    let prefix = format!("--{flag}=");
+    seq_at(container, "args")
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(|a| a.strip_prefix(&prefix))
+        .map(String::from)
+        .collect()
+}
+
+/// Whether a Kubernetes label selector (matchLabels, matchExpressions) selects `labels`.
+/// An empty selector selects everything; an unknown operator selects nothing.
+pub fn selects(selector: &Value, labels: &Value) -> bool {
+    let label = |k: &Value| labels.get(k).and_then(Value::as_str);
+    let match_labels = at(selector, "matchLabels")
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| label(k).is_some() && label(k) == v.as_str());
+    let match_expressions = seq_at(selector, "matchExpressions").iter().all(|e| {
+        let value = label(at(e, "key"));
+        let values: Vec<&str> = seq_at(e, "values")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        match str_at(e, "operator") {
+            "In" => value.is_some_and(|v| values.contains(&v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(&v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    match_labels && match_expressions
+}
+
+/// A bcrypt hash as htpasswd -B and the scheduler's users file have it:
+/// `$2a$`, `$2b$` or `$2y$`, a two-digit cost, `$`, then 53 characters of [./A-Za-z0-9].
+pub fn is_bcrypt(hash: &str) -> bool {
+    let b = hash.as_bytes();
+    b.len() == 60
+        && b[0] == b'$'
+        && b[1] == b'2'
+        && matches!(b[2], b'a' | b'b' | b'y')
+        && b[3] == b'$'
+        && b[4].is_ascii_digit()
+        && b[5].is_ascii_digit()
+        && b[6] == b'$'
+        && b[7..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
 }

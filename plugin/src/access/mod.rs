@@ -1,0 +1,467 @@
+//! Data access control: with data roots configured (`--data-root` on the scheduler and the
+//! executors), every file read for a client must resolve, after `..` and symlinks, under
+//! one of them (or under a writable root), and every file written under a writable root
+//! (`--writable-root`). Relative paths are taken from the first data root. Without roots
+//! (the embedded default, a developer's machine) nothing is restricted.
+//!
+//! The checks sit where files are opened: the plugin's own readers call [`check_path`],
+//! and DataFusion's readers and writers go through [`store::RootedFileSystem`], the
+//! `file://` object store of every process with roots. Any error while checking refuses
+//! the path.
+
+pub mod store;
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The configured roots, canonical.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataRoots {
+    roots: Vec<PathBuf>,
+    writable: Vec<PathBuf>,
+}
+
+static ROOTS: OnceLock<DataRoots> = OnceLock::new();
+
+impl DataRoots {
+    /// Roots from existing directories (canonicalized: symlinked roots are followed once,
+    /// here).
+    pub fn new(roots: &[PathBuf]) -> Result<Self, String> {
+        if roots.is_empty() {
+            return Err("no data roots given".into());
+        }
+        Ok(Self {
+            roots: canonical_dirs(roots, "data root")?,
+            writable: Vec::new(),
+        })
+    }
+
+    /// The roots with writable roots (`--writable-root`): the only places where anything
+    /// is written for a client; they may be read too.
+    pub fn with_writable(self, writable: &[PathBuf]) -> Result<Self, String> {
+        // A fresh volume has no output folder yet: make it.
+        for dir in writable {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("writable root {}: {e}", dir.display()))?;
+        }
+        Ok(Self {
+            writable: canonical_dirs(writable, "writable root")?,
+            ..self
+        })
+    }
+
+    /// Roots from the flags of a binary: `None` when neither is given. Writable roots alone
+    /// restrict reads to themselves.
+    pub fn from_flags(data: &[PathBuf], writable: &[PathBuf]) -> Result<Option<Self>, String> {
+        match (data.is_empty(), writable.is_empty()) {
+            (true, true) => Ok(None),
+            (false, _) => Ok(Some(Self::new(data)?.with_writable(writable)?)),
+            (true, false) => Ok(Some(Self::new(writable)?.with_writable(writable)?)),
+        }
+    }
+
+    /// Installs the process's roots (once, at start-up).
+    pub fn install(self) -> bool {
+        ROOTS.set(self).is_ok()
+    }
+
+    /// The process's roots, if restricted.
+    pub fn get() -> Option<&'static Self> {
+        ROOTS.get()
+    }
+
+    /// The roots, for messages.
+    pub fn describe(&self) -> String {
+        self.roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Where a relative path is taken from.
+    pub fn base(&self) -> &Path {
+        &self.roots[0]
+    }
+
+    /// Where a relative output path is taken from: the first writable root.
+    pub fn write_base(&self) -> Option<&Path> {
+        self.writable.first().map(PathBuf::as_path)
+    }
+
+    fn contains(&self, path: &Path) -> bool {
+        self.roots
+            .iter()
+            .chain(&self.writable)
+            .any(|r| path.starts_with(r))
+    }
+
+    fn contains_writable(&self, path: &Path) -> bool {
+        self.writable.iter().any(|r| path.starts_with(r))
+    }
+
+    /// The writable roots, for messages.
+    pub fn describe_writable(&self) -> String {
+        if self.writable.is_empty() {
+            return "none configured: start the scheduler and executors with --writable-root"
+                .into();
+        }
+        self.writable
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Checks a path to be written: absolute, without `..`, under a writable root as
+    /// written, and so is its nearest existing ancestor after following symlinks (a
+    /// symlinked directory cannot lead a write out). An existing symlink at the path itself
+    /// must resolve under a writable root too.
+    pub fn check_write(&self, path: &Path) -> Result<(), String> {
+        let outside = || {
+            format!(
+                "'{}' is not under a writable root ({}); writes go only there",
+                path.display(),
+                self.describe_writable()
+            )
+        };
+        if !path.is_absolute()
+            || path.components().any(|c| c == Component::ParentDir)
+            || !self.contains_writable(path)
+        {
+            return Err(outside());
+        }
+        let mut existing = path;
+        loop {
+            match std::fs::symlink_metadata(existing) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    existing = existing.parent().ok_or_else(outside)?;
+                }
+                Err(e) => return Err(format!("'{}': {e}", path.display())),
+            }
+        }
+        match std::fs::canonicalize(existing) {
+            Ok(real) if self.contains_writable(&real) => Ok(()),
+            Ok(_) => Err(format!(
+                "'{}' resolves (through a symlink) outside the writable roots ({})",
+                path.display(),
+                self.describe_writable()
+            )),
+            Err(e) => Err(format!("'{}': {e}", path.display())),
+        }
+    }
+
+    /// Checks an absolute, lexically normalized path: it must lie under a root as written
+    /// and, when it exists, after following symlinks. The message never says whether a
+    /// path outside the roots exists.
+    pub fn check(&self, path: &Path) -> Result<(), String> {
+        let outside = || {
+            format!(
+                "'{}' is outside the data roots ({}); paths must be under a configured \
+                 --data-root",
+                path.display(),
+                self.describe()
+            )
+        };
+        if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+            return Err(outside());
+        }
+        if !self.contains(path) {
+            return Err(outside());
+        }
+        match std::fs::canonicalize(path) {
+            Ok(real) if self.contains(&real) => Ok(()),
+            Ok(_) => Err(format!(
+                "'{}' resolves (through a symlink) outside the data roots ({})",
+                path.display(),
+                self.describe()
+            )),
+            // Not there: the caller reports a missing path under the root. Any other
+            // failure refuses the path.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A dangling symlink is not "missing": where it points is what counts.
+                match std::fs::symlink_metadata(path) {
+                    Ok(m) if m.file_type().is_symlink() => Err(format!(
+                        "'{}' is a symlink to a missing target",
+                        path.display()
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            Err(e) => Err(format!("'{}' cannot be checked: {e}", path.display())),
+        }
+    }
+}
+
+fn canonical_dirs(dirs: &[PathBuf], what: &str) -> Result<Vec<PathBuf>, String> {
+    dirs.iter()
+        .map(|r| {
+            std::fs::canonicalize(r)
+                .map_err(|e| format!("{what} {}: {e}", r.display()))
+                .and_then(|c| {
+                    if c.is_dir() {
+                        Ok(c)
+                    } else {
+                        Err(format!("{what} {} is not a directory", r.display()))
+                    }
+                })
+        })
+        .collect()
+}
+
+/// Checks where a plan writes (`COPY TO`) against the writable roots, at planning, so the
+/// error names the rule (the `file://` store refuses the write itself too).
+pub fn check_plan_writes(
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> datafusion::common::Result<()> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::datasource::listing::ListingTableUrl;
+    let Some(roots) = DataRoots::get() else {
+        return Ok(());
+    };
+    plan.apply(|node| {
+        if let datafusion::logical_expr::LogicalPlan::Copy(copy) = node {
+            let refuse = |e: String| {
+                datafusion::common::DataFusionError::Plan(format!(
+                    "COPY TO '{}': {e}",
+                    copy.output_url
+                ))
+            };
+            let base = roots.write_base().unwrap_or(roots.base());
+            let resolved = resolve_location_from(roots, base, &copy.output_url).map_err(refuse)?;
+            let url = ListingTableUrl::parse(&resolved).map_err(|e| refuse(e.to_string()))?;
+            let parsed: &url::Url = url.as_ref();
+            let path = parsed
+                .to_file_path()
+                .map_err(|_| refuse("not a local path".into()))?;
+            roots.check_write(&path).map_err(refuse)?;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(())
+}
+
+/// Checks a path to be written against the process's roots (nothing when unrestricted).
+pub fn check_write_path(path: &Path) -> Result<(), String> {
+    match DataRoots::get() {
+        Some(roots) => roots.check_write(path),
+        None => Ok(()),
+    }
+}
+
+/// Registers the process's `file://` store on `runtime` when it has roots.
+pub fn register_store(runtime: &datafusion::execution::runtime_env::RuntimeEnv) {
+    if let Some(store) = store::RootedFileSystem::for_process() {
+        let url = url::Url::parse("file://").expect("file:// is a URL");
+        runtime.register_object_store(&url, store);
+    }
+}
+
+/// Checks `path` against the process's roots (nothing when unrestricted).
+pub fn check_path(path: &Path) -> Result<(), String> {
+    match DataRoots::get() {
+        Some(roots) => roots.check(path),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_stay_under_the_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        let outside = dir.path().join("secret");
+        std::fs::create_dir_all(root.join("flowers")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("key.jpg"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+        std::os::unix::fs::symlink(root.join("flowers"), root.join("inside")).unwrap();
+        let roots = DataRoots::new(std::slice::from_ref(&root)).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        assert!(roots.check(&root.join("flowers")).is_ok());
+        assert!(
+            roots.check(&root.join("inside")).is_ok(),
+            "symlink within the root"
+        );
+        assert!(roots.check(&root.join("not-yet-there")).is_ok());
+        let e = roots.check(&root.join("escape/key.jpg")).unwrap_err();
+        assert!(e.contains("through a symlink"), "{e}");
+        let e = roots.check(Path::new("/etc/passwd")).unwrap_err();
+        assert!(e.contains("outside the data roots"), "{e}");
+        assert!(
+            roots.check(&root.join("../secret")).is_err(),
+            "unnormalized .."
+        );
+        assert!(roots.check(Path::new("flowers")).is_err(), "relative");
+        // a sibling whose name starts like the root
+        let e = roots
+            .check(&PathBuf::from(format!("{}-other/x", root.display())))
+            .unwrap_err();
+        assert!(e.contains("outside"), "{e}");
+        assert!(DataRoots::new(&[dir.path().join("missing")]).is_err());
+
+        // table locations, as DataFusion parses them
+        let paths = location_paths(&roots, "flowers/*.parquet").unwrap();
+        assert_eq!(paths, vec![root.join("flowers")]);
+        assert!(location_paths(&roots, "s3://bucket/x").is_err());
+        assert!(location_paths(&roots, "http://127.0.0.1/x").is_err());
+        let escape = location_paths(&roots, "escape/*.csv").unwrap();
+        assert!(escape.iter().any(|p| roots.check(p).is_err()), "{escape:?}");
+        // every spelling of /etc lands on /etc and is refused
+        for spelling in [
+            "/etc/passwd",
+            "File:/etc/passwd",
+            "FILE:///etc/passwd",
+            " file:/etc/passwd",
+            "file://localhost/etc/passwd",
+            "file:///%65tc/passwd",
+            "flowers/../../../../../../etc/passwd",
+            "file:///tmp/../etc/passwd",
+        ] {
+            let refused = match location_paths(&roots, spelling) {
+                Err(_) => true,
+                Ok(paths) => paths.iter().any(|p| roots.check(p).is_err()),
+            };
+            assert!(refused, "{spelling:?} is let through");
+        }
+        assert!(location_paths(&roots, "file://attacker.example/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn writes_need_a_writable_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        let (data, out) = (base.join("data"), base.join("out"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::os::unix::fs::symlink(&data, out.join("back")).unwrap();
+        let roots = DataRoots::new(std::slice::from_ref(&data)).unwrap();
+        let e = roots.check_write(&data.join("x.csv")).unwrap_err();
+        assert!(e.contains("--writable-root"), "{e}");
+        let roots = roots.with_writable(std::slice::from_ref(&out)).unwrap();
+        assert!(roots.check_write(&out.join("new/dir/x.csv")).is_ok());
+        assert!(roots.check_write(&out.join("back/x.csv")).is_err());
+        assert!(roots.check_write(&out.join("../data/x.csv")).is_err());
+        assert!(
+            roots.check(&out.join("x.csv")).is_ok(),
+            "writable roots are readable"
+        );
+        assert!(DataRoots::from_flags(&[], &[]).unwrap().is_none());
+    }
+}
+
+/// `CREATE EXTERNAL TABLE` under data roots: the location must be a local path (or
+/// `file:` URI) under a root; the real factory does the rest.
+#[derive(Debug)]
+pub struct CheckedTableFactory {
+    inner: std::sync::Arc<dyn datafusion::catalog::TableProviderFactory>,
+}
+
+impl CheckedTableFactory {
+    /// Wraps a factory.
+    pub fn new(inner: std::sync::Arc<dyn datafusion::catalog::TableProviderFactory>) -> Self {
+        Self { inner }
+    }
+}
+
+/// A table location as DataFusion will read it, made absolute under the data roots:
+/// relative locations are taken from the first root (DataFusion would take them from the
+/// process's working directory). `Err` for anything that is not a local path, or that
+/// DataFusion would not parse.
+fn resolve_location(roots: &DataRoots, location: &str) -> Result<String, String> {
+    resolve_location_from(roots, roots.base(), location)
+}
+
+fn resolve_location_from(roots: &DataRoots, base: &Path, location: &str) -> Result<String, String> {
+    use datafusion::datasource::listing::ListingTableUrl;
+    let refuse = |why: &str| {
+        format!(
+            "table location '{location}': {why}; only local paths under the data roots ({}) \
+             are allowed",
+            roots.describe()
+        )
+    };
+    let is_url = match url::Url::parse(location) {
+        Ok(u) => u.scheme().len() > 1,
+        Err(e) if location.contains("://") => {
+            return Err(refuse(&format!("not a valid URL ({e})")));
+        }
+        Err(_) => false,
+    };
+    let candidate = if is_url || Path::new(location).is_absolute() {
+        location.to_string()
+    } else {
+        // Relative (or a bare Windows-like drive): under the first root.
+        if location.trim_start().starts_with('/') {
+            return Err(refuse("leading whitespace before an absolute path"));
+        }
+        base.join(location).to_string_lossy().into_owned()
+    };
+    let url = ListingTableUrl::parse(&candidate).map_err(|e| refuse(&e.to_string()))?;
+    if url.scheme() != "file" {
+        return Err(refuse(&format!("scheme '{}'", url.scheme())));
+    }
+    let parsed: &url::Url = url.as_ref();
+    if let Some(host) = parsed.host_str()
+        && !host.is_empty()
+        && host != "localhost"
+    {
+        return Err(refuse(&format!("host '{host}'")));
+    }
+    Ok(candidate)
+}
+
+/// The paths a table location reads, as DataFusion parses it: the location's prefix (the
+/// directory or file) and, for a glob, that prefix only (its matches are checked where they
+/// are opened).
+fn location_paths(roots: &DataRoots, location: &str) -> Result<Vec<PathBuf>, String> {
+    use datafusion::datasource::listing::ListingTableUrl;
+    let resolved = resolve_location(roots, location)?;
+    let url = ListingTableUrl::parse(&resolved).map_err(|e| e.to_string())?;
+    let parsed: &url::Url = url.as_ref();
+    let prefix = parsed
+        .to_file_path()
+        .map_err(|_| format!("table location '{location}': not a local path"))?;
+    // `to_file_path` percent-decodes; `..` is resolved by the URL parser already, which
+    // is what DataFusion reads; a lexical check is kept for paths that bypass it.
+    if prefix.components().any(|c| c == Component::ParentDir) {
+        return Err(format!(
+            "table location '{location}': '..' is not allowed under data roots ({})",
+            roots.describe()
+        ));
+    }
+    Ok(vec![prefix])
+}
+
+#[async_trait::async_trait]
+impl datafusion::catalog::TableProviderFactory for CheckedTableFactory {
+    async fn create(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        cmd: &datafusion::logical_expr::CreateExternalTable,
+    ) -> datafusion::common::Result<std::sync::Arc<dyn datafusion::catalog::TableProvider>> {
+        let Some(roots) = DataRoots::get() else {
+            return self.inner.create(state, cmd).await;
+        };
+        let mut checked = cmd.clone();
+        checked.locations.clear();
+        for location in &cmd.locations {
+            for path in location_paths(roots, location)
+                .map_err(datafusion::common::DataFusionError::Plan)?
+            {
+                roots.check(&path).map_err(|e| {
+                    datafusion::common::DataFusionError::Plan(format!("table {}: {e}", cmd.name))
+                })?;
+            }
+            checked.locations.push(
+                resolve_location(roots, location)
+                    .map_err(datafusion::common::DataFusionError::Plan)?,
+            );
+        }
+        self.inner.create(state, &checked).await
+    }
+}
