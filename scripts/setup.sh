@@ -16,6 +16,14 @@ if ! command -v nasm >/dev/null 2>&1; then
 fi
 [ "$what" = build ] && exit 0
 
+# The TLS test makes its CA and certificates with the openssl command.
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "setup: installing openssl (the TLS test's CA)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq >/dev/null
+  $SUDO apt-get install -y -qq openssl >/dev/null
+fi
+
 # Python: pinned clients and peers. Re-installed only when this list changes.
 requirements="pyarrow==26.0.1
 adbc-driver-manager==1.13.0

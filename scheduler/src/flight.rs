@@ -419,10 +419,12 @@ pub async fn serve(
                 .max_encoding_message_size(max_encoding),
         );
     } else if config.enable_embedded_flight_proxy {
-        if !auth.anonymous() {
+        if !auth.anonymous() || auth.cluster.is_some() {
+            // Ballista's bare proxy checks no ticket and would carry the cluster token to
+            // any address a ticket names.
             anyhow::bail!(
-                "with authentication, results are fetched through Flight SQL's service: \
-                 drop --no-flight-sql"
+                "with authentication or a cluster secret, results are fetched through the \
+                 Flight SQL service, which checks tickets: drop --no-flight-sql"
             );
         }
         routes.add_service(

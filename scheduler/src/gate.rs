@@ -332,6 +332,19 @@ fn cluster_only<T>(request: &GrpcRequest<T>) -> Result<(), Status> {
     }
 }
 
+/// Users submit logical plans only: a physical (or Substrait) plan could read another job's
+/// shuffle output by naming its partitions, which the scheduler's planning never would.
+fn logical_plans_only(caller: &Caller, params: &ExecuteQueryParams) -> Result<(), Status> {
+    use ballista_core::serde::protobuf::execute_query_params::Query;
+    match (&params.query, caller) {
+        (Some(Query::LogicalPlan(_)), _) | (_, Caller::Anonymous) => Ok(()),
+        _ => Err(Status::permission_denied(
+            "this scheduler accepts logical plans only from users (a physical plan could \
+             name another job's shuffle data)",
+        )),
+    }
+}
+
 fn user_only<T>(request: &GrpcRequest<T>) -> Result<Caller, Status> {
     match caller(request)? {
         Caller::Cluster => Err(Status::permission_denied(
@@ -406,6 +419,7 @@ impl SchedulerGrpc for GuardedScheduler {
         request: GrpcRequest<ExecuteQueryParams>,
     ) -> Result<GrpcResponse<Self::ExecuteQueryPushStream>, Status> {
         let caller = user_only(&request)?;
+        logical_plans_only(&caller, request.get_ref())?;
         let owners = self.owners.clone();
         let response = SchedulerGrpc::execute_query_push(&self.inner, request).await?;
         Ok(response.map(move |stream| {
@@ -427,6 +441,7 @@ impl SchedulerGrpc for GuardedScheduler {
         request: GrpcRequest<ExecuteQueryParams>,
     ) -> Result<GrpcResponse<ExecuteQueryResult>, Status> {
         let caller = user_only(&request)?;
+        logical_plans_only(&caller, request.get_ref())?;
         let response = SchedulerGrpc::execute_query(&self.inner, request).await?;
         if let Some(execute_query_result::Result::Success(s)) = &response.get_ref().result {
             self.owners.record(&s.job_id, caller.owner());

@@ -240,7 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .try_into()
         .map_err(|e| anyhow::anyhow!("invalid scheduler configuration: {e}"))?;
     config.flight_sql = config.flight_sql || !cli.no_flight_sql;
-    if !auth.anonymous() {
+    if !auth.anonymous() || auth.cluster.is_some() {
         // Clients fetch results through this port (where tickets are checked), never from
         // the executors, whose ports only cluster processes may use.
         config.enable_embedded_flight_proxy = true;

@@ -10,6 +10,7 @@ import json
 import sys
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -47,6 +48,11 @@ def main():
         "recall": rec.tolist(),
         "f1ByLabel": f1.tolist(),
         "labels": labels,
+        # The 95% Wilson score interval of the accuracy (scipy).
+        "accuracyCi95": list(
+            binomtest(int(round(accuracy_score(y, p) * len(y))), len(y))
+            .proportion_ci(confidence_level=0.95, method="wilson")
+        ),
     }
     print(json.dumps(out))
 

@@ -525,6 +525,26 @@ async fn evaluator_matches_scikit_learn() {
     close("macroF1", m.macro_f1);
     close("rocAuc", m.roc_auc.unwrap());
     close("logLoss", m.log_loss.unwrap());
+    // The report's 95% interval of the accuracy: scipy's Wilson interval.
+    let ci = &sk["accuracyCi95"];
+    for (ours, theirs) in [m.accuracy_ci95.0, m.accuracy_ci95.1]
+        .iter()
+        .zip([&ci[0], &ci[1]])
+    {
+        let theirs = theirs.as_f64().unwrap();
+        assert!(
+            (ours - theirs).abs() <= 1e-6,
+            "Wilson interval: ours {:?}, scipy {ci}",
+            m.accuracy_ci95
+        );
+    }
+    // The bootstrap interval of F1 holds the estimate and is narrower than [0, 1].
+    let (lo, hi) = m.f1_ci95;
+    assert!(
+        lo <= m.weighted_f1 && m.weighted_f1 <= hi && hi - lo < 0.2,
+        "{:?}",
+        m.f1_ci95
+    );
     let confusion: Vec<Vec<f64>> = serde_json::from_value(sk["confusion"].clone()).unwrap();
     assert_eq!(m.confusion, confusion);
     for (i, c) in m.classes.iter().enumerate() {

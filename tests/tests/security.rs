@@ -269,6 +269,22 @@ async fn ballista_rpcs_rest_and_tickets_need_their_owner() {
     ))
     .await
     .expect("alice sees her job");
+    // A hand-made physical plan (it could name another job's shuffle partitions): refused.
+    let e = grpc
+        .execute_query(with_bearer(
+            ballista_core::serde::protobuf::ExecuteQueryParams {
+                query: Some(
+                    ballista_core::serde::protobuf::execute_query_params::Query::PhysicalPlan(
+                        vec![0; 16],
+                    ),
+                ),
+                ..Default::default()
+            },
+            &alice_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
 
     // DoGet: no token; bob with alice's job; alice with an address that is no executor
     // (nothing may connect to it).
@@ -359,6 +375,8 @@ async fn executors_need_the_cluster_secret() {
         if let Some(path) = secret {
             cmd.arg(format!("--cluster-secret-file={}", path.display()));
         }
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         let mut child = cmd.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline && child.try_wait().unwrap().is_none() {

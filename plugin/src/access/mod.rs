@@ -242,6 +242,59 @@ pub fn check_plan_writes(
     Ok(())
 }
 
+/// The work directory of this process's logistic regression parts and tuner features:
+/// `DLP_WORK_DIR`, else `<temp dir>/dlp-work`.
+pub fn work_base() -> PathBuf {
+    std::env::var_os("DLP_WORK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("dlp-work"))
+}
+
+/// Checks a work file or directory a plan names (logistic regression parts): on a process
+/// with roots it must lie under this process's work directory ([`work_base`]) or a
+/// writable root, as written and after symlinks, so a hand-made plan can neither write nor
+/// read files elsewhere.
+pub fn check_work_path(path: &Path) -> Result<(), String> {
+    match DataRoots::get() {
+        Some(roots) => roots.check_work(path),
+        None => Ok(()),
+    }
+}
+
+impl DataRoots {
+    /// [`check_work_path`] against these roots.
+    pub fn check_work(&self, path: &Path) -> Result<(), String> {
+        let roots = self;
+        let refuse = || {
+            format!(
+                "work path '{}' is outside this executor's work directory ({}) and the writable \
+             roots ({})",
+                path.display(),
+                work_base().display(),
+                roots.describe_writable()
+            )
+        };
+        if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+            return Err(refuse());
+        }
+        let base = work_base();
+        let base = std::fs::canonicalize(&base).unwrap_or(base);
+        let under = |p: &Path| p.starts_with(&base) || roots.contains_writable(p);
+        if !under(path) {
+            return Err(refuse());
+        }
+        // the nearest existing ancestor, after symlinks
+        let mut existing = path;
+        while std::fs::symlink_metadata(existing).is_err() {
+            existing = existing.parent().ok_or_else(refuse)?;
+        }
+        match std::fs::canonicalize(existing) {
+            Ok(real) if under(&real) => Ok(()),
+            _ => Err(refuse()),
+        }
+    }
+}
+
 /// Checks a path to be written against the process's roots (nothing when unrestricted).
 pub fn check_write_path(path: &Path) -> Result<(), String> {
     match DataRoots::get() {

@@ -65,14 +65,20 @@ impl RootedFileSystem {
     }
 
     fn read(&self, location: &StorePath) -> Result<()> {
+        let path = local(location);
         self.roots
-            .check(&local(location))
+            .check(&path)
+            .or_else(|e| self.roots.check_work(&path).map_err(|_| e))
             .map_err(|e| denied(location, e))
     }
 
+    /// Writes go under a writable root, or the process's work directory (the tuner's
+    /// features; scratch space, random names).
     fn write(&self, location: &StorePath) -> Result<()> {
+        let path = local(location);
         self.roots
-            .check_write(&local(location))
+            .check_write(&path)
+            .or_else(|e| self.roots.check_work(&path).map_err(|_| e))
             .map_err(|e| denied(location, e))
     }
 

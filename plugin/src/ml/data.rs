@@ -464,6 +464,8 @@ pub fn cache_get_or_load(path: &str) -> Result<(Shared, bool)> {
             return Ok((e.part.clone(), true));
         }
     }
+    crate::access::check_work_path(Path::new(path))
+        .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
     let rows = Rows::read_ipc(Path::new(path))?;
     Ok((cache_put(path, PartTensors::from_rows(&rows)), false))
 }

@@ -257,8 +257,80 @@ pub struct MulticlassMetrics {
     pub roc_auc: Option<f64>,
     /// Total weight (row count without weights).
     pub total: f64,
+    /// 95% Wilson score interval of the accuracy (over the effective number of rows,
+    /// `(sum w)^2 / sum w^2`, which is the row count without weights).
+    pub accuracy_ci95: (f64, f64),
+    /// 95% percentile-bootstrap interval of the weighted F1 (1,000 resamples of the rows,
+    /// seed 0).
+    pub f1_ci95: (f64, f64),
     #[serde(skip)]
     predictions: Predictions,
+}
+
+/// z of a two-sided 95% interval.
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// The Wilson score interval of a proportion `successes / n` at `z` (as scipy's
+/// `binomtest(k, n).proportion_ci(method="wilson")` and statsmodels' `proportion_confint`).
+pub fn wilson_interval(successes: f64, n: f64, z: f64) -> (f64, f64) {
+    if n <= 0.0 {
+        return (0.0, 1.0);
+    }
+    let p = successes / n;
+    let z2 = z * z;
+    let denom = 1.0 + z2 / n;
+    let center = (p + z2 / (2.0 * n)) / denom;
+    let half = z / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((center - half).max(0.0), (center + half).min(1.0))
+}
+
+/// Weighted F1 of labels / predictions (support-weighted mean of the per-class F1 over the
+/// classes in either), without the other metrics.
+fn weighted_f1(labels: &[f64], predictions: &[f64], weights: &[f64]) -> f64 {
+    let mut classes: Vec<f64> = labels.iter().chain(predictions).copied().collect();
+    classes.sort_by(f64::total_cmp);
+    classes.dedup();
+    let (mut total, mut acc) = (0.0, 0.0);
+    for &c in &classes {
+        let (mut tp, mut support, mut predicted) = (0.0, 0.0, 0.0);
+        for i in 0..labels.len() {
+            let (l, p, w) = (labels[i] == c, predictions[i] == c, weights[i]);
+            if l {
+                support += w;
+            }
+            if p {
+                predicted += w;
+            }
+            if l && p {
+                tp += w;
+            }
+        }
+        let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
+        acc += support * f_beta(precision, recall, 1.0);
+        total += support;
+    }
+    ratio(acc, total)
+}
+
+/// 95% percentile-bootstrap interval of the weighted F1: `resamples` draws of n rows with
+/// replacement (a seeded generator: the same rows give the same interval).
+fn bootstrap_f1(p: &Predictions, resamples: usize, seed: u64) -> (f64, f64) {
+    use rand::{Rng, SeedableRng};
+    let n = p.labels.len();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut l, mut q, mut w) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let mut scores: Vec<f64> = (0..resamples)
+        .map(|_| {
+            for j in 0..n {
+                let i = rng.random_range(0..n);
+                (l[j], q[j], w[j]) = (p.labels[i], p.predictions[i], p.weights[i]);
+            }
+            weighted_f1(&l, &q, &w)
+        })
+        .collect();
+    scores.sort_by(f64::total_cmp);
+    let at = |q: f64| scores[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
+    (at(0.025), at(0.975))
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -407,6 +479,12 @@ impl MulticlassMetrics {
             confusion,
             classes,
             total,
+            accuracy_ci95: {
+                let sq: f64 = p.weights.iter().map(|w| w * w).sum();
+                let n_eff = if sq > 0.0 { total * total / sq } else { 0.0 };
+                wilson_interval(correct / total * n_eff, n_eff, Z95)
+            },
+            f1_ci95: bootstrap_f1(p, 1000, 0),
             predictions: p.clone(),
         })
     }
@@ -509,6 +587,15 @@ impl MulticlassMetrics {
         );
         let _ = writeln!(
             s,
+            "{:>width$} {:>9} {:>9} {:>9} {:>9}",
+            "95% interval",
+            "",
+            "",
+            format!("{:.2}-{:.2}", self.accuracy_ci95.0, self.accuracy_ci95.1),
+            "Wilson"
+        );
+        let _ = writeln!(
+            s,
             "{:>width$} {:>9.2} {:>9.2} {:>9.2} {:>9}",
             "macro avg", self.macro_precision, self.macro_recall, self.macro_f1, self.total
         );
@@ -521,9 +608,24 @@ impl MulticlassMetrics {
             self.weighted_f1,
             self.total
         );
+        let _ = writeln!(
+            s,
+            "{:>width$} {:>9} {:>9} {:>9} {:>9}",
+            "95% interval",
+            "",
+            "",
+            format!("{:.2}-{:.2}", self.f1_ci95.0, self.f1_ci95.1),
+            "bootstrap"
+        );
         if let Some(auc) = self.roc_auc {
             let _ = writeln!(s, "\n{:>width$} {auc:>9.4}", "ROC AUC (ovr)");
         }
+        let _ = writeln!(
+            s,
+            "\nOn {} test rows the accuracy is known to within about +-{:.1} points (95%).",
+            self.total,
+            (self.accuracy_ci95.1 - self.accuracy_ci95.0) * 50.0
+        );
         s
     }
 
@@ -549,6 +651,8 @@ impl MulticlassMetrics {
             "hammingLoss": self.hamming_loss,
             "logLoss": self.log_loss,
             "rocAuc": self.roc_auc,
+            "accuracyCi95": [self.accuracy_ci95.0, self.accuracy_ci95.1],
+            "f1Ci95": [self.f1_ci95.0, self.f1_ci95.1],
             "rows": self.total,
             "labels": self.labels,
             "classNames": names,
