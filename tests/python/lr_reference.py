@@ -32,7 +32,11 @@ def blobs(args):
     dtype = np.float32 if args.float32 else np.float64
     item = pa.float32() if args.float32 else pa.float64()
     for name, n in (("train", args.rows), ("test", args.test_rows)):
-        y = rng.integers(0, args.classes, size=n)
+        if args.class_probs:
+            probs = np.asarray([float(v) for v in args.class_probs.split(",")])
+            y = rng.choice(args.classes, size=n, p=probs / probs.sum())
+        else:
+            y = rng.integers(0, args.classes, size=n)
         x = (centres[y] + rng.normal(size=(n, args.dim))).astype(dtype)
         features = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), item), args.dim)
         table = pa.table({
@@ -143,12 +147,20 @@ def sklearn(args):
         model = LogisticRegression(C=c, solver="saga", l1_ratio=alpha, penalty="elasticnet",
                                    tol=args.tol, max_iter=args.max_iter)
     else:
-        model = LogisticRegression(C=c, solver="lbfgs", tol=args.tol, max_iter=args.max_iter)
+        model = LogisticRegression(C=c, solver="lbfgs", tol=args.tol, max_iter=args.max_iter,
+                                   class_weight=args.class_weight)
     t0 = time.time()
     model.fit(x, y)
     seconds = time.time() - t0
     proba = np.clip(model.predict_proba(x), 1e-300, 1.0)
-    loss = -np.mean(np.log(proba[np.arange(n), y]))
+    if args.class_weight == "balanced":
+        counts = np.bincount(y)
+        cw = n / (len(np.unique(y)) * counts)
+        sw = cw[y]
+    else:
+        sw = np.ones(n)
+    # the mean of the (class-)weighted log loss: the objective both sides minimize
+    loss = -np.sum(sw * np.log(proba[np.arange(n), y])) / n
     w = model.coef_
     objective = loss + args.reg_param * (alpha * float(np.sum(np.abs(w)))
                                          + (1 - alpha) / 2 * float(np.sum(w ** 2)))
@@ -159,6 +171,9 @@ def sklearn(args):
         "test_accuracy": float(np.mean(model.predict(xt) == yt)),
         "fit_seconds": seconds,
         "non_zeros": int(np.count_nonzero(w)),
+        "test_predictions": model.predict(xt).tolist(),
+        "minority_recall": float(np.mean(model.predict(x)[y == np.argmin(np.bincount(y))]
+                                         == np.argmin(np.bincount(y)))),
     }))
 
 
@@ -175,6 +190,7 @@ def main():
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--float32", action="store_true")
     d.add_argument("--files", type=int, default=1, help="train split into this many files")
+    d.add_argument("--class-probs", help="comma-separated class frequencies (imbalanced data)")
     s = sub.add_parser("spark")
     s.add_argument("--jobs", required=True)
     s.add_argument("--warm", action="store_true")
@@ -185,6 +201,7 @@ def main():
     k.add_argument("--elastic-net-param", type=float, default=0.0)
     k.add_argument("--tol", type=float, default=1e-10)
     k.add_argument("--max-iter", type=int, default=10000)
+    k.add_argument("--class-weight", choices=["balanced"], help="scikit-learn's class_weight")
     args = p.parse_args()
     {"data": blobs, "spark": spark, "sklearn": sklearn}[args.cmd](args)
 

@@ -173,6 +173,152 @@ async fn matches_scikit_learn_l2_optimum() {
     }
 }
 
+/// Predictions of `model` on a Parquet file, in row order.
+async fn predictions(
+    ctx: &SessionContext,
+    model: &LogisticRegressionModel,
+    path: &str,
+) -> Vec<f64> {
+    let df = ctx
+        .read_parquet(path, ParquetReadOptions::default())
+        .await
+        .unwrap();
+    let mut out = vec![];
+    for b in model.transform(df).unwrap().collect().await.unwrap() {
+        let p = b
+            .column_by_name("prediction")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        out.extend(p.values().iter().copied());
+    }
+    out
+}
+
+/// classWeight=balanced on imbalanced classes: the same optimum and predictions as
+/// scikit-learn's `class_weight="balanced"`, and the minority class found more often than
+/// without class weights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn balanced_class_weights_match_scikit_learn() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context().await;
+    for (name, classes, probs) in [("binary", 2usize, "0.9,0.1"), ("multi", 3, "0.75,0.2,0.05")] {
+        let out = dir.path().join(name);
+        lr_reference(&[
+            "data",
+            "--out",
+            out.to_str().unwrap(),
+            "--rows",
+            "2000",
+            "--test-rows",
+            "1000",
+            "--dim",
+            "20",
+            "--classes",
+            &classes.to_string(),
+            "--center-std",
+            "0.3",
+            "--class-probs",
+            probs,
+        ]);
+        let train = out.join("train.parquet").to_string_lossy().into_owned();
+        let test = out.join("test.parquet").to_string_lossy().into_owned();
+        let sk = lr_reference(&[
+            "sklearn",
+            "--train",
+            &train,
+            "--test",
+            &test,
+            "--reg-param",
+            "0.01",
+            "--class-weight",
+            "balanced",
+        ]);
+        let plain = lr_reference(&[
+            "sklearn",
+            "--train",
+            &train,
+            "--test",
+            &test,
+            "--reg-param",
+            "0.01",
+        ]);
+        let balanced = fit(
+            &ctx,
+            &train,
+            params(json!({"regParam": 0.01, "standardization": false, "classWeight": "balanced"})),
+        )
+        .await;
+        let unweighted = fit(
+            &ctx,
+            &train,
+            params(json!({"regParam": 0.01, "standardization": false})),
+        )
+        .await;
+        let ours = balanced.summary.objective();
+        let theirs = sk["objective"].as_f64().unwrap();
+        eprintln!("{name}: balanced objective {ours:.10} vs scikit-learn {theirs:.10}");
+        assert!(rel(ours, theirs) <= 1e-5, "{name}: {ours} vs {theirs}");
+        // the class weights change the fit as they change scikit-learn's
+        assert!(
+            rel(ours, unweighted.summary.objective()) > 1e-3,
+            "{name}: class weights changed nothing"
+        );
+        let p_ours = predictions(&ctx, &balanced, &test).await;
+        let p_sk: Vec<f64> = sk["test_predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let same = p_ours.iter().zip(&p_sk).filter(|(a, b)| a == b).count();
+        assert!(
+            same as f64 >= 0.995 * p_sk.len() as f64,
+            "{name}: {same} of {} test predictions as scikit-learn's",
+            p_sk.len()
+        );
+        // and the minority class is found more often, as in scikit-learn
+        let minority = (classes - 1) as f64;
+        let recall = |pred: &[f64]| {
+            let truth = predictions_labels(&test);
+            let hits = truth
+                .iter()
+                .zip(pred)
+                .filter(|(t, p)| **t == minority && **p == minority)
+                .count();
+            hits as f64 / truth.iter().filter(|t| **t == minority).count() as f64
+        };
+        let p_plain = predictions(&ctx, &unweighted, &test).await;
+        eprintln!(
+            "{name}: minority recall {:.3} balanced, {:.3} unweighted (scikit-learn {:.3} / {:.3} on train)",
+            recall(&p_ours),
+            recall(&p_plain),
+            sk["minority_recall"].as_f64().unwrap(),
+            plain["minority_recall"].as_f64().unwrap()
+        );
+        assert!(recall(&p_ours) > recall(&p_plain), "{name}");
+    }
+}
+
+/// The labels of a Parquet file written by `lr_reference.py data`, in row order.
+fn predictions_labels(path: &str) -> Vec<f64> {
+    let file = std::fs::File::open(path).unwrap();
+    let reader =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+    let mut out = vec![];
+    for b in reader {
+        let b = b.unwrap();
+        let l = b
+            .column_by_name("label")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        out.extend(l.values().iter().copied());
+    }
+    out
+}
+
 async fn fit_sql(ctx: &SessionContext, sql: &str, p: LogisticRegressionParams) -> String {
     let df = ctx.sql(sql).await.unwrap();
     match LogisticRegression::new(p).fit(df).await {

@@ -75,6 +75,9 @@ pub struct GradientSpec {
     pub params: Vec<f64>,
     /// Part file per partition (empty partitions have none).
     pub parts: Vec<String>,
+    /// Weight of each class in the loss (`classWeight`), by class index.
+    #[serde(default)]
+    pub class_weights: Option<Vec<f64>>,
 }
 
 /// A fitted model applied to a features column.
@@ -529,6 +532,8 @@ fn materialize(
     let path = if rows.is_empty() {
         None
     } else {
+        crate::access::check_work_path(Path::new(&spec.run_dir))
+            .map_err(|e| exec_datafusion_err!("{e}"))?;
         std::fs::create_dir_all(&spec.run_dir).map_err(|e| {
             exec_datafusion_err!("cannot create the work dir {}: {e}", spec.run_dir)
         })?;
@@ -585,7 +590,13 @@ fn gradient(spec: &GradientSpec, batch: &RecordBatch, schema: SchemaRef) -> Resu
         // Parts are only listed when they hold rows: the path is never null.
         let (tensors, hit) = cache_get_or_load(paths.value(i))?;
         let tensors = tensors.lock().unwrap_or_else(|e| e.into_inner());
-        let p = partial(&tensors, &spec.layout, &spec.inv_std, &spec.params)?;
+        let p = partial(
+            &tensors,
+            &spec.layout,
+            &spec.inv_std,
+            &spec.params,
+            spec.class_weights.as_deref(),
+        )?;
         tracing::info!(
             target: LOG_TARGET,
             run = %spec.run_id,

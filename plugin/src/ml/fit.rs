@@ -259,13 +259,29 @@ impl LogisticRegression {
             inv_std: inv_std.clone(),
         };
         let l1 = reg.l1_weights();
+        // classWeight=balanced: n / (k * n_c) per class (scikit-learn's), and the loss is
+        // normalized by the class-weighted total.
+        let class_weights: Option<Vec<f64>> = p.class_weight.map(|_| {
+            let counts: Vec<f64> = s.class_counts.iter().map(|&c| c as f64).collect();
+            let n: f64 = counts.iter().sum();
+            let present = counts.iter().filter(|&&c| c > 0.0).count() as f64;
+            counts
+                .iter()
+                .map(|&c| if c > 0.0 { n / (present * c) } else { 0.0 })
+                .collect()
+        });
+        let weight_sum = match &class_weights {
+            Some(cw) => cw.iter().zip(&s.class_weights).map(|(a, b)| a * b).sum(),
+            None => s.weight_sum,
+        };
         let objective = JobObjective {
             state,
             handle: tokio::runtime::Handle::current(),
             run_id,
             parts: d.parts.clone(),
             rows: s.rows,
-            weight_sum: s.weight_sum,
+            weight_sum,
+            class_weights,
             reg,
             evaluations: 0,
             seconds: 0.0,
@@ -372,6 +388,7 @@ struct JobObjective {
     parts: Vec<String>,
     rows: u64,
     weight_sum: f64,
+    class_weights: Option<Vec<f64>>,
     reg: Regularization,
     evaluations: u64,
     seconds: f64,
@@ -439,6 +456,7 @@ impl Evaluate for JobObjective {
             inv_std: self.reg.inv_std.clone(),
             params: x.to_vec(),
             parts: self.parts.clone(),
+            class_weights: self.class_weights.clone(),
         };
         let handle = self.handle.clone();
         // A loss job only reads the materialized parts: it is safe to run again when it

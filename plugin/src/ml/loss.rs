@@ -73,6 +73,7 @@ pub fn partial(
     layout: &Layout,
     inv_std: &[f64],
     params: &[f64],
+    class_weights: Option<&[f64]>,
 ) -> Result<Partial> {
     if part.dim != layout.dim {
         return Err(exec_datafusion_err!(
@@ -82,6 +83,11 @@ pub fn partial(
         ));
     }
     let _guard = tch::no_grad_guard();
+    // Row weights, times the weight of each row's class when the loss has class weights.
+    let w = match class_weights {
+        Some(cw) => &part.w * Tensor::from_slice(cw).index_select(0, &part.y_index),
+        None => part.w.shallow_clone(),
+    };
     let (k, d) = (layout.sets as i64, layout.dim as i64);
     let coef = Tensor::from_slice(&params[..layout.intercepts_at()]).view([k, d]);
     let inv = Tensor::from_slice(inv_std).view([1, d]);
@@ -95,17 +101,17 @@ pub fn partial(
         let picked = margins
             .gather(1, &part.y_index.unsqueeze(1), false)
             .squeeze_dim(1);
-        let loss = ((&lse - picked) * &part.w).sum(Kind::Double);
+        let loss = ((&lse - picked) * &w).sum(Kind::Double);
         let p = (&margins - lse.unsqueeze(1)).exp();
         let onehot = p
             .zeros_like()
             .scatter_value(1, &part.y_index.unsqueeze(1), 1.0);
-        (loss, (p - onehot) * part.w.unsqueeze(1))
+        (loss, (p - onehot) * w.unsqueeze(1))
     } else {
         let m = margins.squeeze_dim(1);
         let softplus = m.clamp_min(0.0) + (-m.abs()).exp().log1p();
-        let loss = ((softplus - &part.y * &m) * &part.w).sum(Kind::Double);
-        (loss, ((m.sigmoid() - &part.y) * &part.w).unsqueeze(1))
+        let loss = ((softplus - &part.y * &m) * &w).sum(Kind::Double);
+        (loss, ((m.sigmoid() - &part.y) * &w).unsqueeze(1))
     };
     // g: rows x sets. Gradient w.r.t. the standardized coefficients: (g^T X) / std.
     let grad_coef = g.tr().f_matmul(&part.x).map_err(tch_err)? * &inv;
@@ -263,7 +269,14 @@ mod tests {
             let params: Vec<f64> = (0..layout.num_params())
                 .map(|i| 0.3 * i as f64 - 0.7)
                 .collect();
-            let got = partial(&PartTensors::from_rows(&r), &layout, &inv_std, &params).unwrap();
+            let got = partial(
+                &PartTensors::from_rows(&r),
+                &layout,
+                &inv_std,
+                &params,
+                None,
+            )
+            .unwrap();
             let (loss, grad) = reference(&r, &layout, &inv_std, &params);
             assert!((got.loss - loss).abs() < 1e-12, "{} vs {loss}", got.loss);
             for (a, b) in got.grad.iter().zip(&grad) {

@@ -19,4 +19,4 @@ pub mod summary;
 pub use exec::{MlExec, MlExtensionPlanner, MlNode};
 pub use fit::{LogisticRegression, TrainingData};
 pub use model::{LogisticRegressionModel, TrainingSummary};
-pub use params::{Family, LogisticRegressionParams};
+pub use params::{ClassWeight, Family, LogisticRegressionParams};

@@ -5,6 +5,15 @@ use std::path::PathBuf;
 use datafusion::common::{Result, plan_err};
 use serde::{Deserialize, Serialize};
 
+/// Per-class weights of the loss (scikit-learn's `class_weight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassWeight {
+    /// `n / (k * n_c)` for class `c` with `n_c` rows, `k` classes present and `n` rows:
+    /// every class weighs as much in the loss, whatever its size.
+    Balanced,
+}
+
 /// Model family.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,6 +66,9 @@ pub struct LogisticRegressionParams {
     pub thresholds: Option<Vec<f64>>,
     /// Instance weight column (all weights 1 when unset).
     pub weight_col: Option<String>,
+    /// Class weights of the loss (`balanced`), multiplied with the instance weights, as
+    /// scikit-learn's `class_weight="balanced"`. Unset: every row weighs its weight.
+    pub class_weight: Option<ClassWeight>,
     /// Features column (vector of float32/float64).
     pub features_col: String,
     /// Label column (class indices 0..k-1).
@@ -85,6 +97,7 @@ impl Default for LogisticRegressionParams {
             threshold: 0.5,
             thresholds: None,
             weight_col: None,
+            class_weight: None,
             features_col: "features".into(),
             label_col: "label".into(),
             prediction_col: "prediction".into(),
