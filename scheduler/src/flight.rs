@@ -152,11 +152,7 @@ fn json_result(value: &impl serde::Serialize) -> Result<arrow_flight::Result, St
 impl DlpFlightService {
     /// The caller, as the gate established it.
     fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-        request
-            .extensions()
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("no caller identity"))
+        crate::gate::caller(request)
     }
 
     async fn pipeline_action(

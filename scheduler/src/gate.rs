@@ -315,7 +315,8 @@ impl GuardedScheduler {
     }
 }
 
-fn caller<T>(request: &GrpcRequest<T>) -> Result<Caller, Status> {
+/// The caller the gate established for a request.
+pub fn caller<T>(request: &GrpcRequest<T>) -> Result<Caller, Status> {
     request
         .extensions()
         .get::<Caller>()

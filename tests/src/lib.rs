@@ -467,6 +467,24 @@ impl Cluster {
     }
 }
 
+/// Copies the first `per_class` photos (by name) of each of `classes` of
+/// `../shared/data/flowers` to `to/<class>/`.
+pub fn copy_flowers(to: &Path, classes: &[&str], per_class: usize) {
+    for class in classes {
+        let from = shared_data().join("flowers").join(class);
+        let mut photos: Vec<_> = std::fs::read_dir(&from)
+            .expect("flower photos")
+            .map(|e| e.expect("flower photo").path())
+            .collect();
+        photos.sort();
+        let dir = to.join(class);
+        std::fs::create_dir_all(&dir).expect("photo folder");
+        for p in &photos[..per_class] {
+            std::fs::copy(p, dir.join(p.file_name().expect("file name"))).expect("copy");
+        }
+    }
+}
+
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

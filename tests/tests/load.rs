@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use dlp_tests::{Cluster, free_port, http_get, prometheus_value, python, shared_data};
+use dlp_tests::{Cluster, free_port, http_get, prometheus_value, python};
 use serde_json::Value;
 
 const CLASSES: [&str; 5] = ["daisy", "dandelion", "roses", "sunflowers", "tulips"];
@@ -75,19 +75,7 @@ fn eight_clients_twenty_queries_each() {
     // A data root with 4 photos of each class; a user; a zoo model registered as `top3`.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    for class in CLASSES {
-        let from = shared_data().join("flowers").join(class);
-        let mut photos: Vec<_> = std::fs::read_dir(&from)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        photos.sort();
-        let to = root.join("small").join(class);
-        std::fs::create_dir_all(&to).unwrap();
-        for p in &photos[..PER_CLASS] {
-            std::fs::copy(p, to.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    dlp_tests::copy_flowers(&root.join("small"), &CLASSES, PER_CLASS);
     let users = dir.path().join("users");
     dlp_tests::users_file(&users, &[("loader", "s3cret load")]).unwrap();
     let config = dir.path().join("dlp.yaml");

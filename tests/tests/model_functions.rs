@@ -12,7 +12,7 @@ use datafusion::prelude::col;
 use dlp_plugin::image::{ImageReadOptions, ImageTableProvider};
 use dlp_plugin::pipeline::PipelineModel;
 use dlp_plugin::pipeline::job::{JobSpec, run_job};
-use dlp_tests::{Cluster, python, shared_data};
+use dlp_tests::{Cluster, python};
 use serde_json::Value;
 
 /// Runs the ADBC client; the parsed JSON or the client's error output.
@@ -63,19 +63,7 @@ async fn registered_pipeline_functions_predict_as_the_pipeline_api() {
     // photos and 25%, odds 1e-3).
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    for class in ["daisy", "tulips"] {
-        let from = shared_data().join("flowers").join(class);
-        let mut photos: Vec<_> = std::fs::read_dir(&from)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        photos.sort();
-        let to = root.join("small").join(class);
-        std::fs::create_dir_all(&to).unwrap();
-        for p in &photos[..20] {
-            std::fs::copy(p, to.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    dlp_tests::copy_flowers(&root.join("small"), &["daisy", "tulips"], 20);
     let model_dir = root.join("models/flowers");
     let yaml = format!(
         "data: {{path: {}, classes: [daisy, tulips]}}

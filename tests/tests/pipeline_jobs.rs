@@ -10,26 +10,14 @@ use std::time::{Duration, Instant};
 
 use dlp_plugin::pipeline::PipelineModel;
 use dlp_plugin::pipeline::job::{JobSpec, run_job};
-use dlp_tests::{Cluster, python, shared_data};
+use dlp_tests::{Cluster, python};
 use serde_json::Value;
 
 const USERS: &[(&str, &str)] = &[("alice", "wonder land"), ("bob", "builder")];
 
 /// `small/{daisy,tulips}` with 12 photos each under `root`.
 fn small_flowers(root: &Path) {
-    for class in ["daisy", "tulips"] {
-        let from = shared_data().join("flowers").join(class);
-        let mut photos: Vec<_> = std::fs::read_dir(&from)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        photos.sort();
-        let to = root.join("small").join(class);
-        std::fs::create_dir_all(&to).unwrap();
-        for p in &photos[..12] {
-            std::fs::copy(p, to.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    dlp_tests::copy_flowers(&root.join("small"), &["daisy", "tulips"], 12);
 }
 
 fn spec(data: &str, output: &str) -> String {

@@ -38,16 +38,7 @@ impl Secured {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
-        let daisy = shared_data().join("flowers/daisy");
-        let mut photos: Vec<_> = std::fs::read_dir(&daisy)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        photos.sort();
-        std::fs::create_dir_all(root.join("flowers/daisy")).unwrap();
-        for p in &photos[..6] {
-            std::fs::copy(p, root.join("flowers/daisy").join(p.file_name().unwrap())).unwrap();
-        }
+        dlp_tests::copy_flowers(&root.join("flowers"), &["daisy"], 6);
         let users = dir.path().join("users");
         users_file(&users, USERS).unwrap();
         let (root, users) = (
@@ -1042,19 +1033,7 @@ async fn everything_works_over_tls() {
     let base = std::fs::canonicalize(dir.path()).unwrap();
     let (ca, cert, key) = test_pki(&base);
     let root = base.join("data");
-    for class in ["daisy", "tulips"] {
-        let from = shared_data().join("flowers").join(class);
-        let mut photos: Vec<_> = std::fs::read_dir(&from)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        photos.sort();
-        let to = root.join("small").join(class);
-        std::fs::create_dir_all(&to).unwrap();
-        for p in &photos[..8] {
-            std::fs::copy(p, to.join(p.file_name().unwrap())).unwrap();
-        }
-    }
+    dlp_tests::copy_flowers(&root.join("small"), &["daisy", "tulips"], 8);
     let out = base.join("out");
     std::fs::create_dir_all(&out).unwrap();
     let users = base.join("users");
