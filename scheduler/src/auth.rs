@@ -327,7 +327,13 @@ pub struct Auth {
     pub throttle: Throttle,
     /// The cluster secret of the scheduler and its executors.
     pub cluster: Option<dlp_plugin::credentials::ClusterSecret>,
+    /// bcrypt checks running at once: a flood of logins from many addresses and names
+    /// waits here instead of taking every core.
+    pub checks: tokio::sync::Semaphore,
 }
+
+/// bcrypt checks at once (each takes a core for a fraction of a second at cost 12).
+pub const CONCURRENT_CHECKS: usize = 2;
 
 /// HTTP Basic credentials of a request.
 pub fn basic_credentials(headers: &MetadataMap) -> Result<(String, String), Status> {
@@ -382,6 +388,11 @@ impl Auth {
             )));
         }
         let (u, p) = (user.to_string(), password.to_string());
+        let _permit = self
+            .checks
+            .acquire()
+            .await
+            .map_err(|e| Status::internal(format!("password check failed: {e}")))?;
         let ok = tokio::task::spawn_blocking(move || users.verify(&u, &p))
             .await
             .map_err(|e| Status::internal(format!("password check failed: {e}")))?;

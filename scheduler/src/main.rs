@@ -225,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         throttle: auth::Throttle::new(auth::ThrottlePolicy::default()),
         cluster,
+        checks: tokio::sync::Semaphore::new(auth::CONCURRENT_CHECKS),
     });
     let device_placement = !cli.no_device_placement;
     let tls = match (&cli.tls_cert, &cli.tls_key) {
