@@ -129,10 +129,32 @@ output: {{model: {}}}
     .unwrap();
     let root_arg = root.to_string_lossy().into_owned();
     let config_arg = config.to_string_lossy().into_owned();
+    // executor-0 announces a GPU (the class is what placement reads); executor-1 is a CPU
+    // executor with room for every CPU task: the stages calling the model functions must
+    // go to executor-0, as featurize does.
+    let metrics = [dlp_tests::free_port(), dlp_tests::free_port()];
+    let (m0, m1) = (metrics[0].to_string(), metrics[1].to_string());
     let cluster = Cluster::start_each(
         2,
         &["--data-root", &root_arg, "--config", &config_arg],
-        &[&["--data-root", &root_arg], &["--data-root", &root_arg]],
+        &[
+            &[
+                "--data-root",
+                &root_arg,
+                "--device-class",
+                "gpu",
+                "--metrics-port",
+                &m0,
+            ],
+            &[
+                "--data-root",
+                &root_arg,
+                "--vcores",
+                "32",
+                "--metrics-port",
+                &m1,
+            ],
+        ],
     )
     .expect("cluster");
     let query = |f: &str| {
@@ -182,6 +204,23 @@ output: {{model: {}}}
         );
         assert!(worst <= 1e-4, "{name}: {worst}");
     }
+
+    // Both functions ran their model on the GPU-class executor only.
+    let through_model = |port: u16| {
+        let text = dlp_tests::http_get(port, "/metrics").expect("executor /metrics");
+        dlp_tests::prometheus_value(
+            &text,
+            "dlp_inference_images_total{model=\"efficientnet_lite0\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let (gpu, cpu) = (through_model(metrics[0]), through_model(metrics[1]));
+    println!("images through the model: {gpu} on the GPU-class executor, {cpu} on the CPU one");
+    assert!(
+        gpu > 0.0,
+        "the model functions ran on the GPU-class executor"
+    );
+    assert_eq!(cpu, 0.0, "no model function ran on the CPU executor");
 
     // Bad definitions are refused with what was expected.
     let err = adbc(cluster.port, "CREATE FUNCTION nope() AS 'onnx:/x'").unwrap_err();

@@ -14,7 +14,7 @@ use super::udf::ModelFunction;
 
 /// True when `plan` (one stage's plan, or any sub-plan) runs a torch model: a
 /// [`TorchInferenceExec`] (featurizer, predictor, user model, file-URI transformer), or a
-/// projection or filter calling a model SQL function (`featurize`, `predict_topk`).
+/// projection or filter calling a model SQL function ([`runs_model`]).
 pub fn plan_runs_torch(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let node = plan.as_ref();
     if node.is::<TorchInferenceExec>() {
@@ -31,13 +31,20 @@ pub fn plan_runs_torch(plan: &Arc<dyn ExecutionPlan>) -> bool {
     exprs.into_iter().any(expr_runs_torch) || plan.children().into_iter().any(plan_runs_torch)
 }
 
+/// The SQL functions that run a model, in one place: `featurize` / `predict_topk`
+/// ([`ModelFunction`]) and the functions registered from a saved pipeline or a zoo model
+/// (`CREATE FUNCTION ... AS 'pipeline:...' | 'model:...'`, `dlp.yaml`).
+pub fn runs_model(udf: &dyn datafusion::logical_expr::ScalarUDFImpl) -> bool {
+    udf.is::<ModelFunction>() || udf.is::<crate::pipeline::functions::ModelUdf>()
+}
+
 fn expr_runs_torch(expr: &Arc<dyn PhysicalExpr>) -> bool {
     let mut found = false;
     // The closure never fails; `apply` only reports its own errors.
     let _ = expr.apply(|e| {
         found = e
             .downcast_ref::<ScalarFunctionExpr>()
-            .is_some_and(|f| f.fun().inner().is::<ModelFunction>());
+            .is_some_and(|f| runs_model(f.fun().inner().as_ref()));
         Ok(if found {
             TreeNodeRecursion::Stop
         } else {
