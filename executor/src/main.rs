@@ -229,19 +229,10 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     // The scheduler channel: the cluster token, over TLS when the scheduler's port speaks it.
-    let tls = scheduler_tls.map(dlp_plugin::credentials::tls_override);
     config.override_create_grpc_client_endpoint =
-        match dlp_plugin::credentials::ClusterSecret::get() {
-            Some(secret) => Some(dlp_plugin::credentials::agent_override(
-                format!(
-                    "{}{}",
-                    dlp_plugin::credentials::CLUSTER_AGENT,
-                    secret.token()
-                ),
-                tls,
-            )),
-            None => tls,
-        };
+        dlp_plugin::credentials::cluster_endpoint_override(
+            scheduler_tls.map(dlp_plugin::credentials::tls_override),
+        );
     let filter = std::env::var(EnvFilter::DEFAULT_ENV)
         .unwrap_or_else(|_| config.special_mod_log_level.clone());
     dlp_plugin::logging::init(

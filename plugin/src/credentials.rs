@@ -38,7 +38,6 @@ pub const MIN_SECRET_LEN: usize = 32;
 #[derive(Clone)]
 pub struct ClusterSecret {
     token: String,
-    signing: [u8; 32],
 }
 
 impl std::fmt::Debug for ClusterSecret {
@@ -79,7 +78,6 @@ impl ClusterSecret {
         }
         Ok(Self {
             token: hex(&derive("dlp-cluster-token-v1", secret)),
-            signing: derive("dlp-ticket-signing-v1", secret),
         })
     }
 
@@ -112,11 +110,6 @@ impl ClusterSecret {
     /// Whether `presented` is this cluster's token.
     pub fn verify(&self, presented: &str) -> bool {
         constant_time_eq(presented.trim().as_bytes(), self.token.as_bytes())
-    }
-
-    /// A key for signing what the scheduler hands out (tickets), distinct from the token.
-    pub fn signing_key(&self) -> &[u8; 32] {
-        &self.signing
     }
 }
 
@@ -153,10 +146,17 @@ pub fn agent_override(agent: String, then: Option<EndpointOverrideFn>) -> Endpoi
     })
 }
 
-/// The endpoint override of a cluster process: its cluster token on every channel it opens
-/// (nothing when the cluster has no secret).
-pub fn cluster_endpoint_override() -> Option<EndpointOverrideFn> {
-    ClusterSecret::get().map(|s| agent_override(format!("{CLUSTER_AGENT}{}", s.token()), None))
+/// The endpoint override of a cluster process: its cluster token on every channel it opens,
+/// after `then` (e.g. TLS towards the scheduler); `then` alone when the cluster has no
+/// secret.
+pub fn cluster_endpoint_override(then: Option<EndpointOverrideFn>) -> Option<EndpointOverrideFn> {
+    match ClusterSecret::get() {
+        Some(s) => Some(agent_override(
+            format!("{CLUSTER_AGENT}{}", s.token()),
+            then,
+        )),
+        None => then,
+    }
 }
 
 /// TLS towards a scheduler whose port speaks TLS: the CA certificate(s) to trust (PEM) and,
@@ -342,7 +342,6 @@ mod tests {
         assert!(!s.token().contains("xxxx"), "the token is not the secret");
         assert!(s.verify(s.token()));
         assert!(!s.verify(&"x".repeat(40)));
-        assert_ne!(s.signing_key().as_slice(), s.token().as_bytes());
         assert!(format!("{s:?}").ends_with("(..)"));
     }
 

@@ -147,7 +147,7 @@ pub fn executor_config(base: ExecutorProcessConfig) -> Result<ExecutorProcessCon
 /// An executor's task config: [`session_config`], with the cluster token on the channels
 /// its shuffle reads open to other executors when the cluster has a secret.
 fn executor_session_config() -> SessionConfig {
-    match crate::credentials::cluster_endpoint_override() {
+    match crate::credentials::cluster_endpoint_override(None) {
         Some(f) => session_config().with_ballista_override_create_grpc_client_endpoint(f),
         None => session_config(),
     }

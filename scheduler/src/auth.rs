@@ -168,10 +168,7 @@ impl Tokens {
     pub fn insert(&self, token: &str, user: &str) {
         let now = Instant::now();
         let mut sessions = self.sessions.lock().unwrap();
-        sessions.retain(|_, s| {
-            now.duration_since(s.created) < self.policy.lifetime
-                && now.duration_since(s.last) < self.policy.idle
-        });
+        sessions.retain(|_, s| self.live(s, now));
         sessions.insert(
             token.to_string(),
             Session {
@@ -291,28 +288,37 @@ impl Throttle {
         let now = Instant::now();
         let p = self.policy;
         if let Some(ip) = peer {
-            let mut peers = self.peers.lock().unwrap();
-            if peers.len() > 100_000 {
-                peers.retain(|_, b| now.duration_since(b.at).as_secs_f64() < 3600.0);
-            }
-            let b = peers.entry(ip).or_insert(Bucket {
-                level: p.peer_burst,
-                at: now,
-            });
-            refill(b, p.peer_burst, p.peer_every, now);
-            b.level -= 1.0;
+            spend(&self.peers, ip, p.peer_burst, p.peer_every, now);
         }
-        let mut users = self.users.lock().unwrap();
-        if users.len() > 100_000 {
-            users.retain(|_, b| now.duration_since(b.at).as_secs_f64() < 3600.0);
-        }
-        let b = users.entry(user.to_string()).or_insert(Bucket {
-            level: p.user_burst,
-            at: now,
-        });
-        refill(b, p.user_burst, p.user_every, now);
-        b.level -= 1.0;
+        spend(
+            &self.users,
+            user.to_string(),
+            p.user_burst,
+            p.user_every,
+            now,
+        );
     }
+}
+
+/// Takes one failure from `key`'s bucket (full at first); buckets untouched for an hour
+/// are forgotten once the map is large.
+fn spend<K: std::hash::Hash + Eq>(
+    buckets: &Mutex<HashMap<K, Bucket>>,
+    key: K,
+    burst: f64,
+    every: f64,
+    now: Instant,
+) {
+    let mut buckets = buckets.lock().unwrap();
+    if buckets.len() > 100_000 {
+        buckets.retain(|_, b| now.duration_since(b.at).as_secs_f64() < 3600.0);
+    }
+    let b = buckets.entry(key).or_insert(Bucket {
+        level: burst,
+        at: now,
+    });
+    refill(b, burst, every, now);
+    b.level -= 1.0;
 }
 
 /// Everything the scheduler checks credentials with.

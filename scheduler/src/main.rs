@@ -249,7 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // The cluster token on every channel the scheduler opens (to executors).
     config.override_create_grpc_client_endpoint =
-        dlp_plugin::credentials::cluster_endpoint_override();
+        dlp_plugin::credentials::cluster_endpoint_override(None);
     let mut config = dlp_plugin::session::scheduler_config(config);
     // Queries that run inside the scheduler get a bounded memory pool.
     let memory = cli.scheduler_query_memory;

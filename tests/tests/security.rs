@@ -146,6 +146,33 @@ fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     r
 }
 
+/// `GetJobStatus` (or `CancelJob`) of `job` presenting `token` (none: no credentials); the
+/// refusal's code.
+async fn job_call(
+    grpc: &mut SchedulerGrpcClient<Channel>,
+    job: &str,
+    token: Option<&str>,
+    cancel: bool,
+) -> Result<(), tonic::Code> {
+    fn request<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+        match token {
+            Some(t) => with_bearer(message, t),
+            None => tonic::Request::new(message),
+        }
+    }
+    let job_id = job.to_string();
+    let result = if cancel {
+        grpc.cancel_job(request(CancelJobParams { job_id }, token))
+            .await
+            .map(|_| ())
+    } else {
+        grpc.get_job_status(request(GetJobStatusParams { job_id }, token))
+            .await
+            .map(|_| ())
+    };
+    result.map_err(|e| e.code())
+}
+
 fn fetch_ticket(job_id: &str, host: &str, port: u16) -> Ticket {
     let action = Action {
         action_type: Some(ActionType::FetchPartition(FetchPartition {
@@ -215,51 +242,19 @@ async fn ballista_rpcs_rest_and_tickets_need_their_owner() {
     // Ballista gRPC: bob cannot see or cancel alice's job; alice can see it.
     let (alice_token, bob_token) = (s.token("alice").await, s.token("bob").await);
     let mut grpc = SchedulerGrpcClient::new(s.channel().await);
-    let e = grpc
-        .get_job_status(GetJobStatusParams {
-            job_id: job.clone(),
-        })
+    use tonic::Code::{NotFound, Unauthenticated};
+    for (token, cancel, refused) in [
+        (None, false, Unauthenticated),
+        (Some(bob_token.as_str()), false, NotFound),
+        (Some(bob_token.as_str()), true, NotFound),
+        (Some("forged-token"), false, Unauthenticated),
+    ] {
+        let got = job_call(&mut grpc, &job, token, cancel).await;
+        assert_eq!(got, Err(refused), "token {token:?}, cancel {cancel}");
+    }
+    job_call(&mut grpc, &job, Some(&alice_token), false)
         .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
-    let e = grpc
-        .get_job_status(with_bearer(
-            GetJobStatusParams {
-                job_id: job.clone(),
-            },
-            &bob_token,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
-    let e = grpc
-        .cancel_job(with_bearer(
-            CancelJobParams {
-                job_id: job.clone(),
-            },
-            &bob_token,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
-    let e = grpc
-        .get_job_status(with_bearer(
-            GetJobStatusParams {
-                job_id: job.clone(),
-            },
-            "forged-token",
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
-    grpc.get_job_status(with_bearer(
-        GetJobStatusParams {
-            job_id: job.clone(),
-        },
-        &alice_token,
-    ))
-    .await
-    .expect("alice sees her job");
+        .expect("alice sees her job");
     // A hand-made physical plan (it could name another job's shuffle partitions): refused.
     let e = grpc
         .execute_query(with_bearer(

@@ -216,7 +216,6 @@ pub fn check_plan_writes(
     plan: &datafusion::logical_expr::LogicalPlan,
 ) -> datafusion::common::Result<()> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    use datafusion::datasource::listing::ListingTableUrl;
     let Some(roots) = DataRoots::get() else {
         return Ok(());
     };
@@ -229,12 +228,7 @@ pub fn check_plan_writes(
                 ))
             };
             let base = roots.write_base().unwrap_or(roots.base());
-            let resolved = resolve_location_from(roots, base, &copy.output_url).map_err(refuse)?;
-            let url = ListingTableUrl::parse(&resolved).map_err(|e| refuse(e.to_string()))?;
-            let parsed: &url::Url = url.as_ref();
-            let path = parsed
-                .to_file_path()
-                .map_err(|_| refuse("not a local path".into()))?;
+            let (_, path) = local_location(roots, base, &copy.output_url).map_err(refuse)?;
             roots.check_write(&path).map_err(refuse)?;
         }
         Ok(TreeNodeRecursion::Continue)
@@ -421,20 +415,21 @@ impl CheckedTableFactory {
     }
 }
 
-/// A table location as DataFusion will read it, made absolute under the data roots:
-/// relative locations are taken from the first root (DataFusion would take them from the
-/// process's working directory). `Err` for anything that is not a local path, or that
-/// DataFusion would not parse.
-fn resolve_location(roots: &DataRoots, location: &str) -> Result<String, String> {
-    resolve_location_from(roots, roots.base(), location)
-}
-
-fn resolve_location_from(roots: &DataRoots, base: &Path, location: &str) -> Result<String, String> {
+/// A location as DataFusion will read it (table locations, `COPY TO` outputs), made
+/// absolute: relative locations are taken from `base` (DataFusion would take them from the
+/// process's working directory). Returns the location to hand on and the local path it
+/// names (its prefix before any glob), parsed once with DataFusion's `ListingTableUrl`.
+/// `Err` for anything that is not a local path, or that DataFusion would not parse.
+fn local_location(
+    roots: &DataRoots,
+    base: &Path,
+    location: &str,
+) -> Result<(String, PathBuf), String> {
     use datafusion::datasource::listing::ListingTableUrl;
     let refuse = |why: &str| {
         format!(
-            "table location '{location}': {why}; only local paths under the data roots ({}) \
-             are allowed",
+            "location '{location}': {why}; only local paths under the data roots ({}) are \
+             allowed",
             roots.describe()
         )
     };
@@ -448,7 +443,7 @@ fn resolve_location_from(roots: &DataRoots, base: &Path, location: &str) -> Resu
     let candidate = if is_url || Path::new(location).is_absolute() {
         location.to_string()
     } else {
-        // Relative (or a bare Windows-like drive): under the first root.
+        // Relative (or a bare Windows-like drive): under the base.
         if location.trim_start().starts_with('/') {
             return Err(refuse("leading whitespace before an absolute path"));
         }
@@ -465,29 +460,22 @@ fn resolve_location_from(roots: &DataRoots, base: &Path, location: &str) -> Resu
     {
         return Err(refuse(&format!("host '{host}'")));
     }
-    Ok(candidate)
-}
-
-/// The paths a table location reads, as DataFusion parses it: the location's prefix (the
-/// directory or file) and, for a glob, that prefix only (its matches are checked where they
-/// are opened).
-fn location_paths(roots: &DataRoots, location: &str) -> Result<Vec<PathBuf>, String> {
-    use datafusion::datasource::listing::ListingTableUrl;
-    let resolved = resolve_location(roots, location)?;
-    let url = ListingTableUrl::parse(&resolved).map_err(|e| e.to_string())?;
-    let parsed: &url::Url = url.as_ref();
     let prefix = parsed
         .to_file_path()
-        .map_err(|_| format!("table location '{location}': not a local path"))?;
+        .map_err(|_| refuse("not a local path"))?;
     // `to_file_path` percent-decodes; `..` is resolved by the URL parser already, which
     // is what DataFusion reads; a lexical check is kept for paths that bypass it.
     if prefix.components().any(|c| c == Component::ParentDir) {
-        return Err(format!(
-            "table location '{location}': '..' is not allowed under data roots ({})",
-            roots.describe()
-        ));
+        return Err(refuse("'..' is not allowed"));
     }
-    Ok(vec![prefix])
+    Ok((candidate, prefix))
+}
+
+/// The paths a table location reads (its prefix: a glob's matches are checked where they
+/// are opened).
+#[cfg(test)]
+fn location_paths(roots: &DataRoots, location: &str) -> Result<Vec<PathBuf>, String> {
+    local_location(roots, roots.base(), location).map(|(_, prefix)| vec![prefix])
 }
 
 #[async_trait::async_trait]
@@ -503,17 +491,12 @@ impl datafusion::catalog::TableProviderFactory for CheckedTableFactory {
         let mut checked = cmd.clone();
         checked.locations.clear();
         for location in &cmd.locations {
-            for path in location_paths(roots, location)
-                .map_err(datafusion::common::DataFusionError::Plan)?
-            {
-                roots.check(&path).map_err(|e| {
-                    datafusion::common::DataFusionError::Plan(format!("table {}: {e}", cmd.name))
-                })?;
-            }
-            checked.locations.push(
-                resolve_location(roots, location)
-                    .map_err(datafusion::common::DataFusionError::Plan)?,
-            );
+            let (resolved, path) = local_location(roots, roots.base(), location)
+                .map_err(|e| datafusion::common::DataFusionError::Plan(format!("table {e}")))?;
+            roots.check(&path).map_err(|e| {
+                datafusion::common::DataFusionError::Plan(format!("table {}: {e}", cmd.name))
+            })?;
+            checked.locations.push(resolved);
         }
         self.inner.create(state, &checked).await
     }

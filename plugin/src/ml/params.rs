@@ -80,7 +80,7 @@ pub struct LogisticRegressionParams {
     /// Output: raw margins.
     pub raw_prediction_col: String,
     /// Where the training features are materialized for the iterations; must be storage
-    /// every executor sees. Default: `$DLP_WORK_DIR`, else the temp dir.
+    /// every executor sees. Default: `$DLP_WORK_DIR`, else `<temp dir>/dlp-work`.
     pub work_dir: Option<PathBuf>,
 }
 
@@ -156,13 +156,12 @@ impl LogisticRegressionParams {
         self.reg_param * (1.0 - self.elastic_net_param)
     }
 
-    /// The work dir for materialized features.
+    /// The work dir for materialized features (default: the process's
+    /// [`work_base`](crate::access::work_base)).
     pub fn resolved_work_dir(&self) -> PathBuf {
-        self.work_dir.clone().unwrap_or_else(|| {
-            std::env::var_os("DLP_WORK_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| std::env::temp_dir().join("dlp-work"))
-        })
+        self.work_dir
+            .clone()
+            .unwrap_or_else(crate::access::work_base)
     }
 }
 

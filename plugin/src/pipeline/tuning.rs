@@ -217,7 +217,7 @@ pub struct Tuner {
     /// Row key of the folds (default: the image origin, see `randomSplit`).
     pub key_col: Option<String>,
     /// Where the shared stages' output is written (storage every executor sees); default
-    /// `$DLP_WORK_DIR`, else the temp dir.
+    /// `$DLP_WORK_DIR`, else `<temp dir>/dlp-work` ([`crate::access::work_base`]).
     pub work_dir: Option<PathBuf>,
     pub progress: Option<TuningProgress>,
 }
@@ -324,11 +324,12 @@ impl Tuner {
             .unwrap_or(self.estimator.stages.len());
         let key = key_expr(df.schema(), self.key_col.as_deref())?;
         let keyed = df.with_column(KEY, key)?;
+        // The same work directory as the logistic regression's parts, which executors with
+        // data roots let plans write to.
         let run_dir = self
             .work_dir
             .clone()
-            .or_else(|| std::env::var_os("DLP_WORK_DIR").map(PathBuf::from))
-            .unwrap_or_else(std::env::temp_dir)
+            .unwrap_or_else(crate::access::work_base)
             .join(format!("tune-{:016x}", rand::random::<u64>()));
         let _cleanup = Cleanup(run_dir.clone());
         let mut prefixes: Vec<Vec<PipelineStage>> = vec![];
