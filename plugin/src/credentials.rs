@@ -275,17 +275,13 @@ pub fn with_bearer(config: SessionConfig, token: &str) -> SessionConfig {
     )
 }
 
-/// Logs in to a scheduler (`df://host:port`) with the Flight handshake (HTTP Basic) and
-/// returns the session's bearer token; over TLS with `tls`.
-pub async fn login(
-    url: &str,
-    user: &str,
-    password: &str,
-    tls: Option<&TlsClient>,
-) -> Result<String, String> {
-    use arrow_flight::HandshakeRequest;
-    use arrow_flight::flight_service_client::FlightServiceClient;
-    use base64::Engine;
+/// An Arrow Flight client of a scheduler's port.
+pub type FlightClient =
+    arrow_flight::flight_service_client::FlightServiceClient<tonic::transport::Channel>;
+
+/// A Flight client of the scheduler at `url` (`df://host:port`), connected; over TLS with
+/// `tls`. Errors name the URL and say why the connection failed (e.g. connection refused).
+pub async fn flight_client(url: &str, tls: Option<&TlsClient>) -> Result<FlightClient, String> {
     let http = match url.split_once("://") {
         Some(("df", rest)) | Some(("grpc", rest)) | Some(("http", rest)) => {
             format!("http://{rest}")
@@ -298,13 +294,55 @@ pub async fn login(
                 .parse()
                 .map_err(|e| format!("scheduler URL {url}: {e}"))?,
         )?,
-        None => Endpoint::from_shared(http).map_err(|e| format!("scheduler URL {url}: {e}"))?,
+        None => Endpoint::from_shared(http)
+            .map_err(|e| format!("scheduler URL {url}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(20))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_while_idle(true),
     };
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to the scheduler at {url}: {e}"))?;
-    let mut client = FlightServiceClient::new(channel);
+    let channel = endpoint.connect().await.map_err(|e| {
+        // tonic's own message is "transport error": the cause (e.g. connection refused) is
+        // in its sources, some of which repeat the one before.
+        let mut why: Vec<String> = vec![];
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if why.last().is_none_or(|last| !last.contains(&text)) {
+                why.push(text);
+            }
+            source = s.source();
+        }
+        format!(
+            "cannot connect to the scheduler at {url}: {}",
+            why.join(": ")
+        )
+    })?;
+    Ok(FlightClient::new(channel))
+}
+
+/// Logs in to a scheduler (`df://host:port`) with the Flight handshake (HTTP Basic) and
+/// returns the session's bearer token; over TLS with `tls`.
+pub async fn login(
+    url: &str,
+    user: &str,
+    password: &str,
+    tls: Option<&TlsClient>,
+) -> Result<String, String> {
+    let mut client = flight_client(url, tls).await?;
+    login_with(&mut client, url, user, password).await
+}
+
+/// [`login`] on a connected [`flight_client`] (`url` for messages), which may then make
+/// calls with the token.
+pub async fn login_with(
+    client: &mut FlightClient,
+    url: &str,
+    user: &str,
+    password: &str,
+) -> Result<String, String> {
+    use arrow_flight::HandshakeRequest;
+    use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let mut request = tonic::Request::new(futures::stream::iter([HandshakeRequest::default()]));
     request.metadata_mut().insert(

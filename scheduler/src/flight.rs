@@ -109,7 +109,7 @@ pub struct DlpFlightService {
     jobs: Arc<PipelineJobs>,
 }
 
-const ACTIONS: [(&str, &str); 5] = [
+const ACTIONS: [(&str, &str); 8] = [
     (
         "dlp.pipeline.submit",
         "Starts a pipeline job. Body: a YAML job spec (data, split, stages, evaluation, \
@@ -132,6 +132,21 @@ const ACTIONS: [(&str, &str); 5] = [
     (
         "dlp.pipeline.list",
         "Result: the caller's pipeline jobs, as a JSON array of statuses.",
+    ),
+    (
+        "dlp.model.describe",
+        "Body: a saved PipelineModel's directory. Checks that it loads and answers its \
+         path, classNames, stages and manifest (pipeline.yaml) as JSON.",
+    ),
+    (
+        "dlp.function.list",
+        "Result: the registered model functions as a JSON array of {name, kind, ..., owner} \
+         (owner null: configured by the operator).",
+    ),
+    (
+        "dlp.model.save",
+        "Body: JSON {from, to, overwrite}. Saves the PipelineModel at `from` again at `to` \
+         (under a writable root, owned by the caller). Result: as dlp.model.describe.",
     ),
 ];
 
@@ -192,6 +207,27 @@ impl DlpFlightService {
                 Ok(one(json_result(&status)))
             }
             "dlp.pipeline.list" => Ok(one(json_result(&self.jobs.list(user).await))),
+            "dlp.function.list" => {
+                let list: Vec<serde_json::Value> = dlp_plugin::pipeline::functions::listed()
+                    .into_iter()
+                    .map(|(name, source, owner)| {
+                        let mut v = serde_json::to_value(&source).unwrap_or_default();
+                        v["name"] = name.into();
+                        v["owner"] = owner.into();
+                        v
+                    })
+                    .collect();
+                Ok(one(json_result(&list)))
+            }
+            "dlp.model.describe" => {
+                let model = crate::jobs::describe_model(body).map_err(Status::invalid_argument)?;
+                Ok(one(json_result(&model)))
+            }
+            "dlp.model.save" => {
+                let model =
+                    crate::jobs::save_model(user, body).map_err(Status::invalid_argument)?;
+                Ok(one(json_result(&model)))
+            }
             "dlp.pipeline.watch" => {
                 let statuses = self
                     .jobs
@@ -366,6 +402,7 @@ pub async fn serve(
     auth: Arc<Auth>,
     url: String,
     job_limits: crate::jobs::JobLimits,
+    state_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let config = scheduler.state.config.clone();
     let (max_decoding, max_encoding) = (
@@ -402,12 +439,16 @@ pub async fn serve(
             auth: auth.clone(),
             owners: owners.clone(),
             scheduler: scheduler.clone(),
-            jobs: Arc::new(PipelineJobs::new(
-                scheduler.clone(),
-                url,
-                auth.clone(),
-                job_limits,
-            )),
+            jobs: Arc::new(
+                PipelineJobs::new(
+                    scheduler.clone(),
+                    url,
+                    auth.clone(),
+                    job_limits,
+                    state_dir.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!(e))?,
+            ),
         };
         routes.add_service(
             FlightServiceServer::new(service)

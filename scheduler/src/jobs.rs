@@ -15,8 +15,8 @@ use ballista_core::serde::protobuf::job_status;
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use dlp_plugin::pipeline::TuningEvent;
-use dlp_plugin::pipeline::job::{JobEvent, JobReport, JobSpec, run_job};
-use serde::Serialize;
+use dlp_plugin::pipeline::job::{JobEvent, JobReport, JobSpec, fit_query, run_job};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -28,7 +28,7 @@ const KEEP_FINISHED: usize = 100;
 const KEEP_EVENTS: usize = 200;
 
 /// Where a pipeline job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Running,
@@ -44,17 +44,22 @@ impl State {
 }
 
 /// A phase message, seconds after submission.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub at_s: f64,
     pub message: String,
 }
 
 /// What a client sees of a job (`dlp.pipeline.status`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobStatus {
     pub job_id: String,
     pub user: String,
+    /// When it was submitted and when it ended (seconds since the Unix epoch).
+    #[serde(default)]
+    pub submitted_at: u64,
+    #[serde(default)]
+    pub ended_at: Option<u64>,
     /// `fit` or `tune`.
     pub mode: String,
     pub state: State,
@@ -91,6 +96,14 @@ pub struct PipelineJobs {
     limits: JobLimits,
     next: AtomicU64,
     jobs: Mutex<BTreeMap<u64, Arc<Entry>>>,
+    /// Where job records are kept across restarts (`<state-dir>/jobs/pl-N.json`).
+    records: Option<PathBuf>,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl PipelineJobs {
@@ -99,15 +112,49 @@ impl PipelineJobs {
         url: String,
         auth: Arc<crate::auth::Auth>,
         limits: JobLimits,
-    ) -> Self {
-        Self {
+        state_dir: Option<&Path>,
+    ) -> Result<Self, String> {
+        let mut jobs = BTreeMap::new();
+        let records = match state_dir {
+            Some(dir) => {
+                let dir = dir.join("jobs");
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("--state-dir: cannot create {}: {e}", dir.display()))?;
+                for (n, status) in load_records(&dir)? {
+                    jobs.insert(
+                        n,
+                        Arc::new(Entry {
+                            name: format!("dlp-pipeline-{}", status.job_id),
+                            started: Instant::now(),
+                            status: watch::channel(status).0,
+                            task: Mutex::new(None),
+                        }),
+                    );
+                }
+                Some(dir)
+            }
+            None => None,
+        };
+        let next = jobs.keys().next_back().map_or(1, |n| n + 1);
+        let me = Self {
             scheduler,
             url,
             auth,
             limits,
-            next: AtomicU64::new(1),
-            jobs: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(next),
+            jobs: Mutex::new(jobs),
+            records,
+        };
+        // Jobs cut by the restart were marked failed while loading: write that down.
+        for e in me.jobs.lock().unwrap().values() {
+            me.persist(&e.status.borrow());
         }
+        Ok(me)
+    }
+
+    /// Writes a job's record (when the scheduler keeps state).
+    fn persist(&self, status: &JobStatus) {
+        persist_record(self.records.as_deref(), status);
     }
 
     /// Checks a spec and starts it; the new job's status.
@@ -146,6 +193,8 @@ impl PipelineJobs {
         let status = JobStatus {
             job_id: job_id.clone(),
             user: user.to_string(),
+            submitted_at: now_unix(),
+            ended_at: None,
             mode: if tune { "tune" } else { "fit" }.into(),
             state: State::Running,
             phase: "submitted".into(),
@@ -164,16 +213,28 @@ impl PipelineJobs {
             status: watch::channel(status.clone()).0,
             task: Mutex::new(None),
         });
-        {
+        let pruned = {
             let mut jobs = self.jobs.lock().unwrap();
             jobs.insert(n, entry.clone());
-            prune(&mut jobs);
+            prune(&mut jobs)
+        };
+        if let Some(dir) = &self.records {
+            for id in pruned {
+                let _ = std::fs::remove_file(dir.join(format!("{id}.json")));
+            }
         }
-        tracing::info!(%job_id, user, mode = %status.mode, data = %spec.data.path, "pipeline job submitted");
+        self.persist(&status);
+        let data = spec
+            .data
+            .sql
+            .as_deref()
+            .map_or(spec.data.path.as_str(), |_| "a query");
+        tracing::info!(%job_id, user, mode = %status.mode, data, "pipeline job submitted");
         let (me, running) = (self.clone(), entry.clone());
         let task = tokio::spawn(async move {
             let outcome = me.run(&running, &spec, tune).await;
             finish(&running, outcome);
+            me.persist(&running.status.borrow());
         });
         *entry.task.lock().unwrap() = Some(task.abort_handle());
         Ok(status)
@@ -190,7 +251,9 @@ impl PipelineJobs {
             .await
             .map_err(|e| format!("cannot open a session on the cluster: {e}"))?;
         let events = entry.clone();
+        let records = self.records.clone();
         let progress = Arc::new(move |e: JobEvent| {
+            let phase = matches!(e, JobEvent::Phase(_));
             events.status.send_modify(|s| match e {
                 JobEvent::Phase(p) => push_event(s, &events.started, p),
                 JobEvent::Tuning(TuningEvent::Preparing { done, total }) => push_event(
@@ -208,8 +271,24 @@ impl PipelineJobs {
                 JobEvent::Tuning(TuningEvent::Refitting) => {
                     push_event(s, &events.started, "tuning: refitting the best".into())
                 }
-            })
+            });
+            if phase {
+                // The record knows the phase a restart would cut.
+                persist_record(records.as_deref(), &events.status.borrow());
+            }
         });
+        if spec.data.sql.is_some() {
+            let fit = fit_query(&ctx, spec, tune, Some(progress))
+                .await
+                .map_err(|e| e.strip_backtrace())?;
+            return Ok(json!({
+                "model": spec.output.model,
+                "classNames": fit.model.class_names,
+                "stages": fit.model.stages.iter().map(|s| s.type_name()).collect::<Vec<_>>(),
+                "fitSeconds": fit.fit_seconds,
+                "tuning": fit.tuning.as_ref().map(tuning_json),
+            }));
+        }
         let report = run_job(&ctx, spec, tune, Some(progress))
             .await
             .map_err(|e| e.strip_backtrace())?;
@@ -303,20 +382,24 @@ impl PipelineJobs {
                 return false;
             }
             s.state = State::Cancelled;
+            s.ended_at = Some(now_unix());
             s.elapsed_s = entry.started.elapsed().as_secs_f64();
             push_event(s, &entry.started, "cancelled by the client".into());
             true
         });
         if cancelled {
-            if let Ok(running) = self.scheduler.state.task_manager.get_running_jobs().await {
-                for j in running.into_iter().filter(|j| j.job_name == entry.name) {
-                    let id: JobId = j.job_id.clone();
-                    if let Err(e) = self.scheduler.cancel_job(id).await {
-                        tracing::warn!(job_id = %j.job_id, "cannot cancel: {e}");
-                    }
+            cancel_named(&self.scheduler, &entry.name).await;
+            // A Ballista job the aborted task was submitting as it stopped lands a moment
+            // later: sweep again for a few seconds.
+            let (scheduler, name) = (self.scheduler.clone(), entry.name.clone());
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    cancel_named(&scheduler, &name).await;
                 }
-            }
+            });
             tracing::info!(job_id, user, "pipeline job cancelled");
+            self.persist(&entry.status.borrow());
         }
         Ok(self.refresh(&entry).await)
     }
@@ -351,6 +434,7 @@ fn finish(entry: &Entry, outcome: Result<Value, String>) {
             return; // cancelled meanwhile
         }
         s.elapsed_s = entry.started.elapsed().as_secs_f64();
+        s.ended_at = Some(now_unix());
         match outcome {
             Ok(result) => {
                 s.state = State::Succeeded;
@@ -367,19 +451,103 @@ fn finish(entry: &Entry, outcome: Result<Value, String>) {
     });
 }
 
-/// Drops the oldest finished jobs beyond [`KEEP_FINISHED`].
-fn prune(jobs: &mut BTreeMap<u64, Arc<Entry>>) {
+/// Cancels the queued and running Ballista jobs named `name` (a pipeline job's).
+async fn cancel_named(scheduler: &Scheduler, name: &str) {
+    let Ok(all) = scheduler.state.task_manager.get_all_jobs().await else {
+        return;
+    };
+    for j in all.into_iter().filter(|j| {
+        j.job_name == name
+            && matches!(
+                j.status.status,
+                Some(job_status::Status::Running(_) | job_status::Status::Queued(_))
+            )
+    }) {
+        let id: JobId = j.job_id.clone();
+        if let Err(e) = scheduler.cancel_job(id).await {
+            tracing::warn!(job_id = %j.job_id, "cannot cancel: {e}");
+        }
+    }
+}
+
+/// Writes a job's record into `dir` (if the scheduler keeps state), replacing the old one
+/// at once; a failure is logged and the job goes on.
+fn persist_record(dir: Option<&Path>, status: &JobStatus) {
+    let Some(dir) = dir else { return };
+    let file = dir.join(format!("{}.json", status.job_id));
+    let tmp = dir.join(format!(".{}.json.tmp", status.job_id));
+    let written = serde_json::to_vec_pretty(status)
+        .map_err(std::io::Error::other)
+        .and_then(|text| std::fs::write(&tmp, text))
+        .and_then(|_| std::fs::rename(&tmp, &file));
+    if let Err(e) = written {
+        tracing::warn!(job_id = %status.job_id, "cannot write the job record {}: {e}", file.display());
+    }
+}
+
+/// Drops the oldest finished jobs beyond [`KEEP_FINISHED`]; their ids.
+fn prune(jobs: &mut BTreeMap<u64, Arc<Entry>>) -> Vec<String> {
     let finished: Vec<u64> = jobs
         .iter()
         .filter(|(_, e)| e.status.borrow().state.is_final())
         .map(|(n, _)| *n)
         .collect();
-    for n in finished
+    let drop = finished.len().saturating_sub(KEEP_FINISHED);
+    finished[..drop]
         .iter()
-        .take(finished.len().saturating_sub(KEEP_FINISHED))
-    {
-        jobs.remove(n);
+        .map(|n| {
+            jobs.remove(n);
+            format!("pl-{n}")
+        })
+        .collect()
+}
+
+/// The job records in `dir`, by number. A job that was running when the scheduler stopped
+/// is marked failed with that cause: it is never silently gone. An unreadable record is
+/// logged and skipped.
+fn load_records(dir: &Path) -> Result<Vec<(u64, JobStatus)>, String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut out = vec![];
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(n) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("pl-")?.strip_suffix(".json"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let status = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<JobStatus>(&b).map_err(|e| e.to_string()));
+        let mut status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("skipping the job record {}: {e}", path.display());
+                continue;
+            }
+        };
+        if !status.state.is_final() {
+            status.state = State::Failed;
+            status.error = Some(format!(
+                "the scheduler stopped while this job was running (phase: {}); it was not \
+                 finished and its model was not saved. Submit it again.",
+                status.phase
+            ));
+            status.ended_at = Some(now_unix());
+            status.events.push(Event {
+                at_s: status.elapsed_s,
+                message: "failed: the scheduler restarted".into(),
+            });
+            status.phase = "failed: the scheduler restarted".into();
+            status.running_stages = None;
+        }
+        out.push((n, status));
     }
+    out.sort_by_key(|(n, _)| *n);
+    Ok(out)
 }
 
 /// The spec with its output paths resolved like `read_images` paths (relative ones from
@@ -463,6 +631,84 @@ fn resolve_output(path: &Path) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// A path a client names for reading, resolved like `read_images` paths (relative ones
+/// from the first data root) and checked against the data roots.
+fn resolve_input(path: &str) -> Result<PathBuf, String> {
+    let path = Path::new(path);
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("'{}': '..' is not allowed", path.display()));
+    }
+    // A relative path is taken from the first writable root when it names something
+    // there (a model this scheduler saved for a client), else from the first data root.
+    let path = match dlp_plugin::access::DataRoots::get() {
+        Some(r) if path.is_relative() => match r.write_base() {
+            Some(w) if w.join(path).exists() => w.join(path),
+            _ => r.base().join(path),
+        },
+        _ => path.to_path_buf(),
+    };
+    let path = std::path::absolute(&path).map_err(|e| format!("'{}': {e}", path.display()))?;
+    dlp_plugin::access::check_path(&path)?;
+    Ok(path)
+}
+
+/// `dlp.model.describe`: the saved PipelineModel at `path` (checked as a load checks it:
+/// format, weights, the torch models' sha256) and its manifest as JSON, with `path`
+/// resolved.
+pub fn describe_model(path: &str) -> Result<Value, String> {
+    let dir = resolve_input(path)?;
+    let model = dlp_plugin::pipeline::PipelineModel::load(&dir).map_err(|e| e.strip_backtrace())?;
+    let manifest = std::fs::read_to_string(dir.join("pipeline.yaml"))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let manifest: Value = serde_yaml::from_str(&manifest)
+        .map_err(|e| format!("{}/pipeline.yaml: {e}", dir.display()))?;
+    Ok(json!({
+        "path": dir,
+        "classNames": model.class_names,
+        "stages": model.stages.iter().map(|s| s.type_name()).collect::<Vec<_>>(),
+        "manifest": manifest,
+    }))
+}
+
+/// What `dlp.model.save` takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveModel {
+    pub from: String,
+    pub to: String,
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// `dlp.model.save`: the PipelineModel at `from` saved again at `to` (under a writable
+/// root, owned by `user`; a model there that someone else saved is never replaced).
+pub fn save_model(user: &str, body: &str) -> Result<Value, String> {
+    let req: SaveModel = serde_json::from_str(body).map_err(|e| {
+        format!("dlp.model.save: expected {{\"from\", \"to\", \"overwrite\"}}: {e}")
+    })?;
+    let from = resolve_input(&req.from).map_err(|e| format!("from: {e}"))?;
+    let to = resolve_output(Path::new(&req.to)).map_err(|e| format!("to: {e}"))?;
+    let model =
+        dlp_plugin::pipeline::PipelineModel::load(&from).map_err(|e| e.strip_backtrace())?;
+    model
+        .save_owned(&to, user, req.overwrite)
+        .map_err(|e| e.strip_backtrace())?;
+    tracing::info!(user, from = %from.display(), to = %to.display(), "model saved");
+    describe_model(&to.to_string_lossy())
+}
+
+fn tuning_json(t: &dlp_plugin::pipeline::TuningModel) -> Value {
+    json!({
+        "metricName": t.metric_name,
+        "bestIndex": t.best_index,
+        "bestParams": t.best_params(),
+        "paramMaps": t.param_maps,
+        "avgMetrics": t.avg_metrics,
+        "stdMetrics": t.std_metrics,
+        "seconds": t.seconds,
+    })
+}
+
 fn result_json(spec: &JobSpec, r: &JobReport) -> Value {
     let metric = r
         .metrics
@@ -472,17 +718,7 @@ fn result_json(spec: &JobSpec, r: &JobReport) -> Value {
             spec.evaluation.beta,
         )
         .ok();
-    let tuning = r.tuning.as_ref().map(|t| {
-        json!({
-            "metricName": t.metric_name,
-            "bestIndex": t.best_index,
-            "bestParams": t.best_params(),
-            "paramMaps": t.param_maps,
-            "avgMetrics": t.avg_metrics,
-            "stdMetrics": t.std_metrics,
-            "seconds": t.seconds,
-        })
-    });
+    let tuning = r.tuning.as_ref().map(tuning_json);
     json!({
         "metricName": spec.evaluation.metric_name,
         "metric": metric,
@@ -521,6 +757,8 @@ mod tests {
             let s = JobStatus {
                 job_id: String::new(),
                 user: String::new(),
+                submitted_at: 0,
+                ended_at: None,
                 mode: "fit".into(),
                 state,
                 phase: String::new(),

@@ -104,6 +104,11 @@ struct Cli {
         value_delimiter = ':'
     )]
     writable_roots: Vec<PathBuf>,
+    /// Directory where pipeline job records and the functions users register with CREATE
+    /// FUNCTION are kept, so that a restart loses neither (a job cut by the restart is
+    /// shown failed with that cause). Unset: in memory only.
+    #[arg(long, env = "DLP_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Ballista's own task distribution (--task-distribution) instead of the GPU-aware
     /// placement.
     #[arg(long)]
@@ -188,6 +193,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for (name, source) in &dlp_config.functions {
         dlp_plugin::pipeline::functions::register(name, source.clone())
             .map_err(|e| anyhow::anyhow!("config functions.{name}: {e}"))?;
+    }
+    if let Some(dir) = &cli.state_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--state-dir: cannot create {}", dir.display()))?;
+        let restored = dlp_plugin::pipeline::functions::persist_in(&dir.join("functions.json"))
+            .map_err(|e| anyhow::anyhow!("--state-dir: {}", e.strip_backtrace()))?;
+        tracing::info!(restored, state_dir = %dir.display(), "registered functions restored");
     }
     let users = match (&cli.auth_file, cli.allow_anonymous) {
         (Some(path), _) => Some(Arc::new(auth::Users::from_file(path)?)),
@@ -315,6 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         auth,
         own,
         cli.job_limits,
+        cli.state_dir.clone(),
     )
     .await
     .context("scheduler failed")

@@ -291,6 +291,8 @@ pub struct Cluster {
     pub scheduler: Process,
     /// Executor processes.
     pub executors: Vec<Process>,
+    scheduler_args: Vec<String>,
+    restarts: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -326,37 +328,40 @@ impl Cluster {
         std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
         std::fs::write(&secret_file, hex(&secret))?;
         let secret_arg = format!("--cluster-secret-file={}", secret_file.display());
+        let tls = scheduler_args.iter().any(|a| a.starts_with("--tls-cert"));
+        let scheduler_args: Vec<String> = [
+            "--bind-host".into(),
+            "127.0.0.1".into(),
+            "--external-host".into(),
+            "127.0.0.1".into(),
+            "--bind-port".into(),
+            port.to_string(),
+        ]
+        .into_iter()
+        .chain(
+            scheduler_args
+                .iter()
+                .chain(&anonymous)
+                .map(|s| s.to_string()),
+        )
+        .chain([secret_arg])
+        .collect::<Vec<String>>();
         let scheduler = Process::spawn(
             "scheduler",
             &binary("dlp-scheduler")?,
-            &[
-                "--bind-host".into(),
-                "127.0.0.1".into(),
-                "--external-host".into(),
-                "127.0.0.1".into(),
-                "--bind-port".into(),
-                port.to_string(),
-            ]
-            .into_iter()
-            .chain(
-                scheduler_args
-                    .iter()
-                    .chain(&anonymous)
-                    .map(|s| s.to_string()),
-            )
-            .chain([secret_arg])
-            .collect::<Vec<String>>(),
+            &scheduler_args,
             dir.path().join("scheduler.log"),
         )?;
         let mut cluster = Self {
             port,
             secret_file,
             scheduler,
+            scheduler_args,
+            restarts: 0,
             executors: Vec::new(),
             _dir: dir,
         };
         // A TLS port answers no plain HTTP: wait until it accepts connections.
-        let tls = scheduler_args.iter().any(|a| a.starts_with("--tls-cert"));
         cluster.wait_for(
             |c| {
                 if tls {
@@ -378,6 +383,27 @@ impl Cluster {
             )?;
         }
         Ok(cluster)
+    }
+
+    /// Kills the scheduler (SIGKILL) and starts it again with the same flags on the same
+    /// port; waits until it answers /healthz.
+    pub fn restart_scheduler(&mut self) -> anyhow::Result<()> {
+        self.scheduler.kill();
+        self.restarts += 1;
+        let log = self
+            ._dir
+            .path()
+            .join(format!("scheduler-{}.log", self.restarts));
+        self.scheduler = Process::spawn(
+            "scheduler",
+            &binary("dlp-scheduler")?,
+            &self.scheduler_args,
+            log,
+        )?;
+        self.wait_for(
+            |c| http_status(c.port, "/healthz") == Some(200),
+            "scheduler /healthz after a restart",
+        )
     }
 
     /// Starts one more executor (`executor-<n>`) and waits until it is ready.

@@ -107,7 +107,7 @@ password: {{ $password | b64enc | quote }}
 {{- default (printf "%s-cluster" (include "dlp.fullname" .)) .Values.clusterSecret.existingSecret -}}
 {{- end -}}
 
-{{/* Name of a data or model claim (pass a dict: root, volume = data|models). */}}
+{{/* Name of a data, model or scheduler state claim (pass a dict: root, volume = data|models|state). */}}
 {{- define "dlp.claimName" -}}
 {{- $v := index .root.Values.persistence .volume -}}
 {{- default (printf "%s-%s" (include "dlp.fullname" .root) .volume) $v.existingClaim -}}
@@ -182,6 +182,11 @@ capabilities:
 {{- range .Values.storage.writableRoots -}}
 {{- if not (or (eq . "/data") (hasPrefix "/data/" .)) -}}
 {{- fail (printf "storage.writableRoots: %s is not under /data (the only shared, writable volume)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.persistence.state -}}
+{{- if and .enabled .existingClaim (has .existingClaim (list (include "dlp.claimName" (dict "root" $ "volume" "data")) (include "dlp.claimName" (dict "root" $ "volume" "models")))) -}}
+{{- fail (printf "persistence.state.existingClaim: %s is the data or model claim, which every pod mounts and users read with SQL; the scheduler's state (job records of every user) needs a claim of its own" .existingClaim) -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}

@@ -244,6 +244,16 @@ pub fn work_base() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("dlp-work"))
 }
 
+/// Where a job writes files through its own plans (the tuner's features, written with
+/// COPY TO): on a process with a writable root, `<first writable root>/.dlp-work`, the
+/// only place such plans may write; else [`work_base`].
+pub fn plan_work_base() -> PathBuf {
+    match DataRoots::get().and_then(DataRoots::write_base) {
+        Some(w) => w.join(".dlp-work"),
+        None => work_base(),
+    }
+}
+
 /// Checks a work file or directory a plan names (logistic regression parts): on a process
 /// with roots it must lie under this process's work directory ([`work_base`]) or a
 /// writable root, as written and after symlinks, so a hand-made plan can neither write nor
@@ -272,6 +282,10 @@ impl DataRoots {
             return Err(refuse());
         }
         let base = work_base();
+        // This process's own work directory: made here if it does not exist yet, so that a
+        // first work path under it resolves (its nearest existing ancestor would otherwise
+        // be the temp dir, outside it).
+        let _ = std::fs::create_dir_all(&base);
         let base = std::fs::canonicalize(&base).unwrap_or(base);
         let under = |p: &Path| p.starts_with(&base) || roots.contains_writable(p);
         if !under(path) {

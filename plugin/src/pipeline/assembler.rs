@@ -183,16 +183,51 @@ impl ScalarUDFImpl for Assemble {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
-        let name = |i: usize| {
-            args.arg_fields
-                .get(i)
-                .map_or(format!("argument {}", i + 1), |f| f.name().clone())
-        };
-        let arrays: Vec<ArrayRef> = args
+        let inputs: Vec<(String, ArrayRef)> = args
             .args
             .iter()
-            .map(|a| a.to_array(rows))
+            .enumerate()
+            .map(|(i, a)| {
+                let name = args
+                    .arg_fields
+                    .get(i)
+                    .map_or(format!("argument {}", i + 1), |f| f.name().clone());
+                Ok((name, a.to_array(rows)?))
+            })
             .collect::<Result<_>>()?;
+        Ok(ColumnarValue::Array(assemble_rows(
+            &inputs,
+            self.keep,
+            rows,
+            args.return_type(),
+        )?))
+    }
+}
+
+/// The float64 concatenation of named input arrays (vectors or numbers), row by row, as
+/// `vector_assemble` (`keep`: `vector_assemble_keep`) computes it.
+pub fn assemble(inputs: &[(String, ArrayRef)], keep: bool) -> Result<ArrayRef> {
+    let rows = inputs.first().map_or(0, |(_, a)| a.len());
+    let mut total = Some(0usize);
+    for (name, a) in inputs {
+        total = total.zip(size_of(name, a.data_type())?).map(|(a, b)| a + b);
+    }
+    let return_type = match total {
+        Some(n) => DataType::FixedSizeList(item(), n as i32),
+        None => DataType::List(item()),
+    };
+    assemble_rows(inputs, keep, rows, &return_type)
+}
+
+fn assemble_rows(
+    inputs_in: &[(String, ArrayRef)],
+    keep: bool,
+    rows: usize,
+    return_type: &DataType,
+) -> Result<ArrayRef> {
+    {
+        let name = |i: usize| inputs_in[i].0.clone();
+        let arrays: Vec<ArrayRef> = inputs_in.iter().map(|(_, a)| a.clone()).collect();
         // Per input: the float64 values and each row's (start, len) in them.
         let mut inputs = Vec::with_capacity(arrays.len());
         for (i, a) in arrays.iter().enumerate() {
@@ -217,7 +252,7 @@ impl ScalarUDFImpl for Assemble {
         for r in 0..rows {
             for (i, (a, size, values, spans)) in inputs.iter().enumerate() {
                 if a.is_null(r) {
-                    match (self.keep, size) {
+                    match (keep, size) {
                         (true, Some(n)) => out.extend(std::iter::repeat_n(f64::NAN, *n)),
                         (true, None) => {
                             return exec_err!(
@@ -237,7 +272,7 @@ impl ScalarUDFImpl for Assemble {
                 let (start, len) = spans[r];
                 for j in start..start + len {
                     if values.is_null(j) {
-                        if !self.keep {
+                        if !keep {
                             return exec_err!(
                                 "VectorAssembler: column '{}' holds a null value inside a vector; set handleInvalid to 'keep' to read it as NaN",
                                 name(i)
@@ -252,10 +287,10 @@ impl ScalarUDFImpl for Assemble {
             offsets.push(out.len() as i32);
         }
         let values = Arc::new(Float64Array::from(out)) as ArrayRef;
-        let array: ArrayRef = match args.return_type() {
+        let array: ArrayRef = match return_type {
             DataType::FixedSizeList(_, n) => {
                 if rows == 0 {
-                    new_null_array(args.return_type(), 0)
+                    new_null_array(return_type, 0)
                 } else {
                     Arc::new(FixedSizeListArray::try_new(item(), *n, values, None)?)
                 }
@@ -267,7 +302,7 @@ impl ScalarUDFImpl for Assemble {
                 None,
             )?),
         };
-        Ok(ColumnarValue::Array(array))
+        Ok(array)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Models as SQL functions (sparkdl's `registerKerasImageUDF`): a saved PipelineModel
-//! (DeepImageFeaturizer + LogisticRegression) or a zoo model's top-K predictions,
+//! (DeepImageFeaturizers, an optional VectorAssembler, LogisticRegression) or a zoo
+//! model's top-K predictions,
 //! registered under a name, then `SELECT path, flowers_predict(image) FROM read_images(...)`.
 //!
 //! Registered by the scheduler's config at start-up (`functions:` in `dlp.yaml`), or at run
@@ -33,8 +34,9 @@ use crate::torch::{ProcessTorchConfig, TorchSpec, TorchTask};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum FunctionSource {
-    /// A saved PipelineModel directory: DeepImageFeaturizer then LogisticRegression; the
-    /// function returns `{prediction, label, probability}`.
+    /// A saved PipelineModel directory: one or more DeepImageFeaturizers, an optional
+    /// VectorAssembler of their outputs, then LogisticRegression; the function returns
+    /// `{prediction, label, probability}`.
     Pipeline {
         /// The saved model's directory (as every process sees it).
         dir: String,
@@ -86,12 +88,81 @@ impl FunctionSource {
     }
 }
 
-/// The loaded parts of a pipeline function.
+/// The loaded parts of a pipeline function: one or more featurizers (all reading the
+/// function's image argument), optionally a VectorAssembler of their outputs, then the
+/// logistic regression.
 #[derive(Debug)]
 struct PipelineParts {
-    features: TorchSpec,
+    featurizers: Vec<TorchSpec>,
+    /// The assembler's input columns (featurizer outputs, in order) and whether it keeps
+    /// invalid values as NaN; `None`: one featurizer feeds the classifier directly.
+    assemble: Option<(Vec<String>, bool)>,
     classifier: LogisticRegressionModel,
     class_names: Vec<String>,
+}
+
+impl PipelineParts {
+    /// Recognizes `DeepImageFeaturizer+ [VectorAssembler] LogisticRegressionModel`.
+    fn of(model: &PipelineModel) -> std::result::Result<Self, String> {
+        let shape = || {
+            let kinds: Vec<_> = model.stages.iter().map(|s| s.type_name()).collect();
+            format!(
+                "has stages {kinds:?}; a SQL function needs one or more DeepImageFeaturizer \
+                 stages (on the same image column), an optional VectorAssembler of their \
+                 outputs, then LogisticRegressionModel"
+            )
+        };
+        let Some((FittedStage::LogisticRegressionModel(lr), rest)) = model.stages.split_last()
+        else {
+            return Err(shape());
+        };
+        let (rest, assemble) = match rest.split_last() {
+            Some((FittedStage::VectorAssembler(a), rest)) => (
+                rest,
+                Some((
+                    a.input_cols.clone(),
+                    a.handle_invalid == super::assembler::HandleInvalid::Keep,
+                )),
+            ),
+            _ => (rest, None),
+        };
+        let mut featurizers = vec![];
+        for s in rest {
+            match s {
+                FittedStage::DeepImageFeaturizer(f) => {
+                    featurizers.push(f.spec().map_err(|e| e.strip_backtrace())?)
+                }
+                _ => return Err(shape()),
+            }
+        }
+        if featurizers.is_empty()
+            || featurizers
+                .iter()
+                .any(|f| f.input_col != featurizers[0].input_col)
+        {
+            return Err(shape());
+        }
+        match &assemble {
+            None if featurizers.len() != 1 => return Err(shape()),
+            Some((cols, _)) => {
+                for c in cols {
+                    if !featurizers.iter().any(|f| &f.output_col == c) {
+                        return Err(format!(
+                            "has a VectorAssembler input '{c}' that no featurizer makes; a SQL \
+                             function assembles featurizer outputs only"
+                        ));
+                    }
+                }
+            }
+            None => {}
+        }
+        Ok(Self {
+            featurizers,
+            assemble,
+            classifier: (**lr).clone(),
+            class_names: model.class_names.clone(),
+        })
+    }
 }
 
 /// A registered model function.
@@ -155,23 +226,9 @@ impl ModelUdf {
                 }
                 let model = PipelineModel::load(&path)
                     .map_err(|e| plan_datafusion_err!("function {name}: {e}"))?;
-                let parts = match model.stages.as_slice() {
-                    [
-                        FittedStage::DeepImageFeaturizer(f),
-                        FittedStage::LogisticRegressionModel(lr),
-                    ] => PipelineParts {
-                        features: f.spec()?,
-                        classifier: (**lr).clone(),
-                        class_names: model.class_names.clone(),
-                    },
-                    other => {
-                        let kinds: Vec<_> = other.iter().map(|s| s.type_name()).collect();
-                        return plan_err!(
-                            "function {name}: the pipeline in {dir} has stages {kinds:?}; a SQL \
-                             function needs DeepImageFeaturizer then LogisticRegressionModel"
-                        );
-                    }
-                };
+                let parts = PipelineParts::of(&model).map_err(|e| {
+                    plan_datafusion_err!("function {name}: the pipeline in {dir} {e}")
+                })?;
                 let out = output_of_pipeline(parts.classifier.num_classes);
                 (Some(parts), out)
             }
@@ -192,14 +249,34 @@ impl ModelUdf {
 
     fn apply_pipeline(&self, parts: &PipelineParts, images: &dyn Array) -> Result<ArrayRef> {
         let process = ProcessTorchConfig::get();
-        let entry = process.zoo().get(&parts.features.model)?;
         let device = process.device.resolve()?;
-        let features = crate::torch::udf::blocking(|| {
-            crate::torch::model::init_threads(process.intra_threads());
-            let model = load_model(&entry, device)?;
-            let prepared = prepare(&model, &parts.features, images)?;
-            run(&model, &parts.features, &prepared)
-        })?;
+        let mut outputs = Vec::with_capacity(parts.featurizers.len());
+        for spec in &parts.featurizers {
+            let entry = process.zoo().get(&spec.model)?;
+            outputs.push(crate::torch::udf::blocking(|| {
+                crate::torch::model::init_threads(process.intra_threads());
+                let model = load_model(&entry, device)?;
+                let prepared = prepare(&model, spec, images)?;
+                run(&model, spec, &prepared)
+            })?);
+        }
+        let features = match &parts.assemble {
+            None => outputs.remove(0),
+            Some((cols, keep)) => {
+                let inputs: Vec<(String, ArrayRef)> = cols
+                    .iter()
+                    .map(|c| {
+                        let i = parts
+                            .featurizers
+                            .iter()
+                            .position(|f| &f.output_col == c)
+                            .expect("checked when loaded");
+                        (c.clone(), outputs[i].clone())
+                    })
+                    .collect();
+                super::assembler::assemble(&inputs, *keep)?
+            }
+        };
         let spec = parts.classifier.predict_spec();
         let input = Schema::new(vec![Field::new(
             &spec.features_col,
@@ -332,8 +409,95 @@ fn register_owned(
             owner: owner.clone(),
         },
     );
+    drop(registry);
     tracing::info!(function = name, owner = ?owner, "model function registered");
+    if owner.is_some() {
+        store_registered()?;
+    }
     Ok(udf)
+}
+
+/// Where the functions users register are kept across restarts (a shared scheduler's
+/// state directory); unset: in memory only.
+static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// A user's function as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredFunction {
+    name: String,
+    owner: String,
+    source: FunctionSource,
+}
+
+/// Keeps the functions users register in `file` (JSON), first registering the ones it
+/// holds (a function whose model no longer loads is logged and left out). Returns how
+/// many were restored.
+pub fn persist_in(file: &std::path::Path) -> Result<usize> {
+    let mut restored = 0;
+    match std::fs::read(file) {
+        Ok(bytes) => {
+            let stored: Vec<StoredFunction> = serde_json::from_slice(&bytes).map_err(|e| {
+                plan_datafusion_err!("{}: not a list of functions: {e}", file.display())
+            })?;
+            for f in stored {
+                match register_owned(&f.name, f.source, Some(f.owner), true) {
+                    Ok(_) => restored += 1,
+                    Err(e) => tracing::warn!(
+                        function = f.name,
+                        "registered function not restored: {}",
+                        e.strip_backtrace()
+                    ),
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return plan_err!("cannot read {}: {e}", file.display()),
+    }
+    if STORE.set(file.to_path_buf()).is_err() {
+        return plan_err!("registered functions are already kept elsewhere");
+    }
+    store_registered()?;
+    Ok(restored)
+}
+
+/// Writes the users' functions to the store, if any (replacing the file at once).
+fn store_registered() -> Result<()> {
+    let Some(file) = STORE.get() else {
+        return Ok(());
+    };
+    let stored: Vec<StoredFunction> = REGISTRY
+        .read()
+        .expect("function registry")
+        .iter()
+        .filter_map(|(name, r)| {
+            let udf = r.udf.inner().downcast_ref::<ModelUdf>()?;
+            Some(StoredFunction {
+                name: name.clone(),
+                owner: r.owner.clone()?,
+                source: udf.source.clone(),
+            })
+        })
+        .collect();
+    let text = serde_json::to_vec_pretty(&stored)
+        .map_err(|e| plan_datafusion_err!("registered functions: {e}"))?;
+    let tmp = file.with_extension("json.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, file))
+        .map_err(|e| plan_datafusion_err!("cannot write {}: {e}", file.display()))
+}
+
+/// The registered functions and who registered each (`None`: the
+/// operator), as `(name, definition, owner)`.
+pub fn listed() -> Vec<(String, FunctionSource, Option<String>)> {
+    REGISTRY
+        .read()
+        .expect("function registry")
+        .iter()
+        .filter_map(|(name, r)| {
+            let udf = r.udf.inner().downcast_ref::<ModelUdf>()?;
+            Some((name.clone(), udf.source.clone(), r.owner.clone()))
+        })
+        .collect()
 }
 
 /// The registered functions.

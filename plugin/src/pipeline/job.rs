@@ -56,12 +56,19 @@ pub struct JobSpec {
     pub output: OutputSpec,
 }
 
-/// A labelled image folder: one sub-folder per class.
+/// The data: a labelled image folder (one sub-folder per class), or a query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DataSpec {
     /// Folder (or `file:` URI) with one sub-folder per class.
+    #[serde(default)]
     pub path: String,
+    /// Instead of `path`: a query whose rows are the training data, as they are (the
+    /// clients' `Pipeline.fit(df)`: no split, no evaluation; the pipeline's columns
+    /// must be in it, the label column included). `classes` then names the labels
+    /// 0..n-1 (optional). One SELECT; DDL, DML and statements are refused.
+    #[serde(default)]
+    pub sql: Option<String>,
     /// Only these class folders, labelled 0..n-1 in this order (default: every folder, in
     /// sorted order).
     #[serde(default)]
@@ -157,6 +164,38 @@ impl JobSpec {
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
         let spec: Self =
             serde_yaml::from_str(text).map_err(|e| exec_datafusion_err!("{origin}: {e}"))?;
+        match (&spec.data.sql, spec.data.path.is_empty()) {
+            (None, true) => return plan_err!("{origin}: data: set path (an image folder) or sql"),
+            (Some(_), false) => {
+                return plan_err!("{origin}: data: set path or sql, not both");
+            }
+            (Some(q), true) => {
+                if q.trim().is_empty() {
+                    return plan_err!("{origin}: data.sql is empty");
+                }
+                if !spec.data.options.is_empty() {
+                    return plan_err!(
+                        "{origin}: data.options are read_images options; with data.sql put \
+                         them in the query's read_images call"
+                    );
+                }
+                let raw: serde_yaml::Value = serde_yaml::from_str(text)
+                    .map_err(|e| exec_datafusion_err!("{origin}: {e}"))?;
+                if raw.get("split").is_some() {
+                    return plan_err!(
+                        "{origin}: split does not apply to data.sql: the query's rows are the \
+                         training data (split them in the query, e.g. with dlp_hash_unit)"
+                    );
+                }
+                if spec.output.model.is_none() {
+                    return plan_err!(
+                        "{origin}: output.model is required with data.sql: the fitted model \
+                         is saved there"
+                    );
+                }
+            }
+            (None, false) => {}
+        }
         if spec.split.weights.len() != 2 {
             return plan_err!(
                 "{origin}: split.weights must be [train, test], found {:?}",
@@ -373,6 +412,9 @@ pub async fn run_job(
             p(e);
         }
     };
+    if spec.data.sql.is_some() {
+        return plan_err!("data.sql: this spec fits on a query's rows; run it with fit_query");
+    }
     say(JobEvent::Phase(format!("reading {}", spec.data.path)));
     let data = read_labelled(ctx, &spec.data, None).await?;
     let k = data.class_names.len();
@@ -387,23 +429,7 @@ pub async fn run_job(
     let started = Instant::now();
     let (mut model, tuning) = match (&spec.tuning, tune) {
         (Some(t), true) => {
-            let mut grid = ParamGridBuilder::new();
-            for (name, values) in &t.grid {
-                grid = grid.add_grid(name.clone(), values.clone());
-            }
-            let tuner = Tuner {
-                estimator: pipeline,
-                estimator_param_maps: grid.build(),
-                evaluator: spec.evaluation.clone(),
-                validation: t.validation()?,
-                seed: t.seed,
-                parallelism: t.parallelism,
-                key_col: None,
-                work_dir: None,
-                progress: progress
-                    .clone()
-                    .map(|p| Arc::new(move |e: TuningEvent| p(JobEvent::Tuning(e))) as _),
-            };
+            let tuner = tuner(spec, t, pipeline, progress.clone())?;
             say(JobEvent::Phase("tuning".into()));
             let tuned = tuner.fit(ctx, train).await?;
             (tuned.best_model.clone(), Some(tuned))
@@ -440,6 +466,95 @@ pub async fn run_job(
     })
 }
 
+/// The spec's tuner of `pipeline`.
+fn tuner(
+    spec: &JobSpec,
+    t: &TuningSpec,
+    pipeline: Pipeline,
+    progress: Option<JobProgress>,
+) -> Result<Tuner> {
+    let mut grid = ParamGridBuilder::new();
+    for (name, values) in &t.grid {
+        grid = grid.add_grid(name.clone(), values.clone());
+    }
+    Ok(Tuner {
+        estimator: pipeline,
+        estimator_param_maps: grid.build(),
+        evaluator: spec.evaluation.clone(),
+        validation: t.validation()?,
+        seed: t.seed,
+        parallelism: t.parallelism,
+        key_col: None,
+        work_dir: None,
+        progress: progress.map(|p| Arc::new(move |e: TuningEvent| p(JobEvent::Tuning(e))) as _),
+    })
+}
+
+/// What a `data.sql` job did.
+pub struct QueryFit {
+    pub model: PipelineModel,
+    pub tuning: Option<TuningModel>,
+    pub fit_seconds: f64,
+}
+
+/// Runs a `data.sql` spec: fits (or tunes, when `tune`) the pipeline on the query's rows
+/// and saves the model to `output.model`. The query runs with this session's rights; it
+/// may only read (`SELECT`).
+pub async fn fit_query(
+    ctx: &SessionContext,
+    spec: &JobSpec,
+    tune: bool,
+    progress: Option<JobProgress>,
+) -> Result<QueryFit> {
+    let say = |e: JobEvent| {
+        if let Some(p) = &progress {
+            p(e);
+        }
+    };
+    let Some(query) = &spec.data.sql else {
+        return plan_err!("fit_query: the spec has no data.sql");
+    };
+    let Some(dir) = &spec.output.model else {
+        return plan_err!("output.model is required with data.sql");
+    };
+    say(JobEvent::Phase("planning the data query".into()));
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx
+        .sql_with_options(query, options)
+        .await
+        .map_err(|e| exec_datafusion_err!("data.sql: {}", e.strip_backtrace()))?;
+    let pipeline = Pipeline::new(spec.stages.clone());
+    let started = Instant::now();
+    let (mut model, tuning) = match (&spec.tuning, tune) {
+        (Some(t), true) => {
+            let tuner = tuner(spec, t, pipeline, progress.clone())?;
+            say(JobEvent::Phase("tuning".into()));
+            let tuned = tuner.fit(ctx, df).await?;
+            (tuned.best_model.clone(), Some(tuned))
+        }
+        (None, true) => return plan_err!("the spec has no tuning section; use fit, or add one"),
+        (_, false) => {
+            say(JobEvent::Phase("fitting (featurize, then optimize)".into()));
+            (pipeline.fit(df).await?, None)
+        }
+    };
+    let fit_seconds = started.elapsed().as_secs_f64();
+    model.class_names = spec.data.classes.clone().unwrap_or_default();
+    say(JobEvent::Phase("saving the model".into()));
+    match &spec.output.owner {
+        Some(owner) => model.save_owned(dir, owner, spec.output.overwrite)?,
+        None => model.save(dir)?,
+    }
+    Ok(QueryFit {
+        model,
+        tuning,
+        fit_seconds,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +571,36 @@ tuning:
   numFolds: 3
   grid: {regParam: [0.01, 0.1], elasticNetParam: [0.0, 0.5, 1.0]}
 ";
+
+    #[test]
+    fn a_query_spec_needs_a_model_and_no_split() {
+        let stages = "stages:\n  - {type: DeepImageFeaturizer, modelName: efficientnet_lite0}\n  - {type: LogisticRegression}\n";
+        let ok = format!("data: {{sql: 'SELECT * FROM t'}}\n{stages}output: {{model: m}}\n");
+        let spec: JobSpec = serde_yaml::from_str(&ok).unwrap();
+        assert_eq!(spec.data.sql.as_deref(), Some("SELECT * FROM t"));
+        let err = |text: &str| {
+            // Stage validation needs the model zoo; the data checks come first.
+            JobSpec::from_yaml(text, "spec.yaml")
+                .unwrap_err()
+                .strip_backtrace()
+        };
+        assert!(
+            err(&format!("data: {{sql: 'SELECT 1'}}\n{stages}"))
+                .contains("output.model is required")
+        );
+        assert!(
+            err(&format!("data: {{sql: 'SELECT 1'}}\nsplit: {{weights: [0.5, 0.5]}}\n{stages}output: {{model: m}}\n"))
+                .contains("split does not apply to data.sql")
+        );
+        assert!(err(&format!("data: {{sql: 'SELECT 1', path: x}}\n{stages}")).contains("not both"));
+        assert!(err(&format!("data: {{}}\n{stages}")).contains("set path"));
+        assert!(
+            err(&format!(
+                "data: {{sql: 'SELECT 1', options: {{a: b}}}}\n{stages}output: {{model: m}}\n"
+            ))
+            .contains("read_images options")
+        );
+    }
 
     #[test]
     fn spec_parses_with_spark_names() {

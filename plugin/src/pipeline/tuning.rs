@@ -217,7 +217,8 @@ pub struct Tuner {
     /// Row key of the folds (default: the image origin, see `randomSplit`).
     pub key_col: Option<String>,
     /// Where the shared stages' output is written (storage every executor sees); default
-    /// `$DLP_WORK_DIR`, else `<temp dir>/dlp-work` ([`crate::access::work_base`]).
+    /// Default: [`crate::access::plan_work_base`] (the first writable root's `.dlp-work`
+    /// on a process with roots, else `$DLP_WORK_DIR` or `<temp dir>/dlp-work`).
     pub work_dir: Option<PathBuf>,
     pub progress: Option<TuningProgress>,
 }
@@ -324,12 +325,11 @@ impl Tuner {
             .unwrap_or(self.estimator.stages.len());
         let key = key_expr(df.schema(), self.key_col.as_deref())?;
         let keyed = df.with_column(KEY, key)?;
-        // The same work directory as the logistic regression's parts, which executors with
-        // data roots let plans write to.
+        // Where this job's own plans may write (a writable root, on a cluster with roots).
         let run_dir = self
             .work_dir
             .clone()
-            .unwrap_or_else(crate::access::work_base)
+            .unwrap_or_else(crate::access::plan_work_base)
             .join(format!("tune-{:016x}", rand::random::<u64>()));
         let _cleanup = Cleanup(run_dir.clone());
         let mut prefixes: Vec<Vec<PipelineStage>> = vec![];

@@ -1,6 +1,6 @@
 //! Checks that one render hangs together: selectors and labels, ports and probes,
-//! volumes and what they refer to, the scheduler's flags, the autoscaler's config against
-//! the executor Deployments, RBAC, GPU requests.
+//! volumes and what they refer to, the scheduler's flags and its private state volume, the
+//! autoscaler's config against the executor Deployments, RBAC, GPU requests.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -161,7 +161,7 @@ pub fn consistency(label: &str, objs: &Objects, expect: &Expect) -> Vec<String> 
                     .find(|m| str_at(m, "mountPath") == path)
             };
             let args = args_of(c);
-            for flag in ["model-dir", "work-dir", "data-root"] {
+            for flag in ["model-dir", "work-dir", "data-root", "state-dir"] {
                 if let Some(dir) = args.get(flag)
                     && mounted(dir).is_none()
                 {
@@ -206,7 +206,7 @@ pub fn consistency(label: &str, objs: &Objects, expect: &Expect) -> Vec<String> 
         || str_at(scheduler, "spec.strategy.type") != "Recreate"
     {
         p.push(format!(
-            "{what}: one replica with a Recreate rollout (its state is in memory)"
+            "{what}: one replica with a Recreate rollout (state in memory, and a ReadWriteOnce state volume a RollingUpdate would deadlock on)"
         ));
     }
     let sc = container(scheduler);
@@ -274,6 +274,7 @@ pub fn consistency(label: &str, objs: &Objects, expect: &Expect) -> Vec<String> 
         label, objs, expect, scheduler, &executors,
     ));
     p.extend(scheduler_tls(label, objs, expect, scheduler));
+    p.extend(scheduler_state(label, objs, scheduler, &executors));
     p.extend(network_policies(label, objs, scheduler, &executors));
 
     // Services: both select the scheduler pods; only registration publishes not-ready ones.
@@ -764,6 +765,107 @@ fn shared_secrets_and_roots(
     if secrets.len() > 1 {
         p.push(format!(
             "{label}: the scheduler and the executors use different cluster secrets {secrets:?}"
+        ));
+    }
+    p
+}
+
+/// The scheduler's state (--state-dir: pipeline job records and registered SQL functions of
+/// every user): a writable mount of a volume of its own, a claim that is neither the data
+/// nor the model claim and that no executor mounts (an emptyDir only where the chart's
+/// persistence.state.enabled is false), not under a data or writable root (users read
+/// those with SQL); no executor has --state-dir or a mount there; an fsGroup lets the
+/// non-root scheduler write it.
+fn scheduler_state(
+    label: &str,
+    objs: &Objects,
+    scheduler: &Value,
+    executors: &BTreeMap<String, &Value>,
+) -> Vec<String> {
+    let mut p = vec![];
+    let what = format!("{label}: Deployment/{}", str_at(scheduler, "metadata.name"));
+    let c = container(scheduler);
+    let Some(dir) = args_of(c).get("state-dir").cloned() else {
+        p.push(format!(
+            "{what}: no --state-dir (job records and registered functions would not survive a restart)"
+        ));
+        return p;
+    };
+    for root in arg_values(c, "data-root")
+        .iter()
+        .chain(&arg_values(c, "writable-root"))
+    {
+        if &dir == root
+            || dir.starts_with(&format!("{root}/"))
+            || root.starts_with(&format!("{dir}/"))
+        {
+            p.push(format!(
+                "{what}: --state-dir={dir} overlaps the data or writable root {root} (users would read other users' job records with SQL)"
+            ));
+        }
+    }
+    let claim_of = |v: &Value| str_at(v, "persistentVolumeClaim.claimName").to_string();
+    let volumes = seq_at(scheduler, "spec.template.spec.volumes");
+    match mount_of(scheduler, &dir) {
+        None => p.push(format!("{what}: --state-dir={dir} is not a mount")),
+        Some((m, v)) => {
+            if at(m, "readOnly").as_bool() == Some(true)
+                || at(v, "persistentVolumeClaim.readOnly").as_bool() == Some(true)
+            {
+                p.push(format!(
+                    "{what}: the state volume at {dir} must be writable"
+                ));
+            }
+            let claim = claim_of(v);
+            if claim.is_empty() {
+                if at(v, "emptyDir").is_null() {
+                    p.push(format!(
+                        "{what}: the state volume at {dir} is neither a claim nor an emptyDir: {}",
+                        show(v)
+                    ));
+                }
+            } else {
+                for other in volumes {
+                    if str_at(other, "name") != str_at(v, "name") && claim_of(other) == claim {
+                        p.push(format!(
+                            "{what}: the state claim {claim} is also volume {} (it must be the scheduler's own)",
+                            str_at(other, "name")
+                        ));
+                    }
+                }
+                for (name, d) in executors {
+                    if seq_at(d, "spec.template.spec.volumes")
+                        .iter()
+                        .any(|x| claim_of(x) == claim)
+                    {
+                        p.push(format!(
+                            "{label}: Deployment/{name} mounts the scheduler's state claim {claim}"
+                        ));
+                    }
+                }
+                if let Some(pvc) = objs.get(&("PersistentVolumeClaim".to_string(), claim.clone()))
+                    && seq_at(pvc, "spec.accessModes").is_empty()
+                {
+                    p.push(format!(
+                        "{label}: PersistentVolumeClaim/{claim}: no accessModes"
+                    ));
+                }
+            }
+        }
+    }
+    for (name, d) in executors {
+        if args_of(container(d)).contains_key("state-dir") || mount_of(d, &dir).is_some() {
+            p.push(format!(
+                "{label}: Deployment/{name}: an executor with --state-dir or a mount at {dir} (the scheduler's alone)"
+            ));
+        }
+    }
+    if at(scheduler, "spec.template.spec.securityContext.fsGroup")
+        .as_i64()
+        .is_none_or(|g| g <= 0)
+    {
+        p.push(format!(
+            "{what}: no fsGroup: the non-root scheduler could not write its state volume"
         ));
     }
     p

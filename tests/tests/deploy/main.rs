@@ -42,6 +42,7 @@ fn kustomize_ids(gpu: bool) -> BTreeSet<String> {
         "Service/dlp-scheduler-registration",
         "PersistentVolumeClaim/dlp-data",
         "PersistentVolumeClaim/dlp-models",
+        "PersistentVolumeClaim/dlp-state",
         "Deployment/dlp-scheduler",
         "Deployment/dlp-executor-cpu",
     ]
@@ -67,6 +68,106 @@ fn id_set(objs: &Objects) -> BTreeSet<String> {
     ids(objs).into_iter().collect()
 }
 
+/// Where the scheduler keeps job records and registered functions (`--state-dir`).
+const STATE_DIR: &str = "/var/lib/dlp";
+
+/// The scheduler's state volume: `--state-dir=/var/lib/dlp`, volume `state` mounted
+/// read-write there, from `claim` (None: an emptyDir); the claim `<prefix>-state` is
+/// rendered (ReadWriteOnce, 1Gi) exactly when it is `claim`; no executor has the flag, a
+/// mount there, the volume or the claim.
+fn assert_state_volume(label: &str, objs: &Objects, prefix: &str, claim: Option<&str>) {
+    let scheduler = get(objs, "Deployment", &format!("{prefix}-scheduler"));
+    let c = container(scheduler);
+    assert_eq!(
+        arg_values(c, "state-dir"),
+        [STATE_DIR],
+        "{label}: the scheduler's --state-dir"
+    );
+    let mounts: Vec<&Value> = seq_at(c, "volumeMounts")
+        .iter()
+        .filter(|m| str_at(m, "mountPath") == STATE_DIR)
+        .collect();
+    assert_eq!(
+        mounts.iter().map(|m| str_at(m, "name")).collect::<Vec<_>>(),
+        ["state"],
+        "{label}: the scheduler's mount at {STATE_DIR}"
+    );
+    assert_ne!(
+        at(mounts[0], "readOnly").as_bool(),
+        Some(true),
+        "{label}: {STATE_DIR} is read-write"
+    );
+    let volume = seq_at(scheduler, "spec.template.spec.volumes")
+        .iter()
+        .find(|v| str_at(v, "name") == "state")
+        .expect("the scheduler's volume `state`");
+    match claim {
+        Some(claim) => {
+            assert_eq!(
+                str_at(volume, "persistentVolumeClaim.claimName"),
+                claim,
+                "{label}: {}",
+                show(volume)
+            );
+            assert!(
+                at(volume, "persistentVolumeClaim.readOnly").is_null(),
+                "{label}: {}",
+                show(volume)
+            );
+        }
+        None => assert!(
+            at(volume, "persistentVolumeClaim").is_null() && !at(volume, "emptyDir").is_null(),
+            "{label}: an emptyDir at {STATE_DIR}: {}",
+            show(volume)
+        ),
+    }
+    let own = format!("{prefix}-state");
+    let pvc = objs.get(&("PersistentVolumeClaim".to_string(), own.clone()));
+    assert_eq!(
+        pvc.is_some(),
+        claim == Some(own.as_str()),
+        "{label}: PersistentVolumeClaim/{own} rendered"
+    );
+    if let Some(pvc) = pvc {
+        let modes: Vec<&str> = seq_at(pvc, "spec.accessModes")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(modes, ["ReadWriteOnce"], "{label}: {own} access modes");
+        assert_eq!(
+            str_at(pvc, "spec.resources.requests.storage"),
+            "1Gi",
+            "{label}: {own} size"
+        );
+    }
+    let executors: Vec<String> = names(objs, "Deployment")
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-executor-")))
+        .collect();
+    assert!(!executors.is_empty(), "{label}: no executor Deployment");
+    for name in &executors {
+        let d = get(objs, "Deployment", name);
+        let c = container(d);
+        assert!(
+            arg_values(c, "state-dir").is_empty(),
+            "{label}: {name} has --state-dir"
+        );
+        assert!(
+            seq_at(c, "volumeMounts")
+                .iter()
+                .all(|m| str_at(m, "mountPath") != STATE_DIR && str_at(m, "name") != "state"),
+            "{label}: {name} mounts the scheduler's state volume"
+        );
+        assert!(
+            seq_at(d, "spec.template.spec.volumes").iter().all(|v| {
+                str_at(v, "name") != "state"
+                    && claim.is_none_or(|c| str_at(v, "persistentVolumeClaim.claimName") != c)
+            }),
+            "{label}: {name} has the scheduler's state volume"
+        );
+    }
+}
+
 #[test]
 fn kustomize_overlays_render_validate_strictly_and_hang_together() {
     for (overlay, gpu) in [("cpu", false), ("gpu", true)] {
@@ -80,6 +181,7 @@ fn kustomize_overlays_render_validate_strictly_and_hang_together() {
             external: &[],
         };
         assert_no_problems(consistency(&label, &objs, &expect));
+        assert_state_volume(&label, &objs, "dlp", Some("dlp-state"));
     }
 }
 
@@ -217,6 +319,7 @@ fn the_tls_component_matches_the_chart() {
     };
     for objs in [&k, &h] {
         assert_no_problems(consistency(label, objs, &expect));
+        assert_state_volume(label, objs, "dlp", Some("dlp-state"));
         let c = container(get(objs, "Deployment", "dlp-scheduler"));
         let args = args_of(c);
         assert_eq!(
@@ -265,6 +368,7 @@ fn helm_chart_renders_validates_strictly_and_hangs_together() {
             external: &[],
         };
         assert_no_problems(consistency(&label, &objs, &expect));
+        assert_state_volume(&label, &objs, "dlp", Some("dlp-state"));
         // The test hook runs a query with the scheduler image's dlp client.
         let test = get(&objs, "Pod", "dlp-test-sql");
         assert_eq!(
@@ -672,8 +776,9 @@ fn chart_options_render_valid_manifests() {
     assert_no_problems(consistency(label, &objs, &expect));
     assert_eq!(
         names(&objs, "PersistentVolumeClaim"),
-        BTreeSet::from(["ml-dlp-models".to_string()])
+        BTreeSet::from(["ml-dlp-models".to_string(), "ml-dlp-state".to_string()])
     );
+    assert_state_volume(label, &objs, "ml-dlp", Some("ml-dlp-state"));
     assert_eq!(
         at(
             get(&objs, "PersistentVolumeClaim", "ml-dlp-models"),
@@ -731,6 +836,43 @@ fn chart_options_render_valid_manifests() {
         err.contains("metrics.serviceMonitor.enabled needs metrics.basicAuthSecret"),
         "{err}"
     );
+
+    // The scheduler's state volume: off (an emptyDir, no claim; the flag stays), a claim of
+    // yours, never the data or model claim; the schema knows its keys.
+    let label = "persistence.state.enabled=false";
+    let objs = render(label, &["persistence.state.enabled=false"], "dlp");
+    assert_state_volume(label, &objs, "dlp", None);
+    assert_eq!(
+        names(&objs, "PersistentVolumeClaim"),
+        BTreeSet::from(["dlp-data".to_string(), "dlp-models".to_string()]),
+        "{label}"
+    );
+    let expect = Expect {
+        prefix: "dlp",
+        external: &[],
+    };
+    assert_no_problems(consistency(label, &objs, &expect));
+    let label = "persistence.state.existingClaim";
+    let objs = render(label, &["persistence.state.existingClaim=my-state"], "dlp");
+    assert_state_volume(label, &objs, "dlp", Some("my-state"));
+    let expect = Expect {
+        prefix: "dlp",
+        external: &["my-state"],
+    };
+    assert_no_problems(consistency(label, &objs, &expect));
+    for shared in ["dlp-data", "dlp-models"] {
+        let err = helm_template_err(&[&format!("persistence.state.existingClaim={shared}")]);
+        assert!(
+            err.contains(&format!(
+                "persistence.state.existingClaim: {shared} is the data or model claim"
+            )),
+            "{err}"
+        );
+    }
+    let err = helm_template_err(&["persistence.state.readOnly=true"]);
+    assert!(err.contains("readOnly"), "{err}");
+    let err = helm_template_err(&["persistence.state.size=lots"]);
+    assert!(err.contains("size"), "{err}");
 
     // Values that cannot work are refused with a message.
     let err = helm_template_err(&["executors.cpu.minReplicas=5"]);
@@ -888,6 +1030,34 @@ fn kube_apiserver_accepts_the_overlay_and_the_chart() {
         .map(String::from)
         .collect();
     assert_eq!(policies("dlp"), expected_policies, "NetworkPolicies in dlp");
+    // The claims, the scheduler's own ReadWriteOnce state claim among them.
+    let claims = |ns: &str| -> BTreeSet<String> {
+        server
+            .run(
+                "kubectl",
+                &[
+                    "-n",
+                    ns,
+                    "get",
+                    "persistentvolumeclaims",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name}={.spec.accessModes}{\"\\n\"}{end}",
+                ],
+                None,
+            )
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let expected_claims: BTreeSet<String> = [
+        r#"dlp-data=["ReadWriteMany"]"#,
+        r#"dlp-models=["ReadWriteMany"]"#,
+        r#"dlp-state=["ReadWriteOnce"]"#,
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(claims("dlp"), expected_claims, "claims in dlp");
 
     // RBAC: the scheduler's account reads and scales the executor pools, nothing else.
     let scheduler_sa = "--as=system:serviceaccount:dlp:dlp-scheduler";
@@ -972,6 +1142,7 @@ fn kube_apiserver_accepts_the_overlay_and_the_chart() {
         expected_policies,
         "NetworkPolicies in dlp-helm"
     );
+    assert_eq!(claims("dlp-helm"), expected_claims, "claims in dlp-helm");
     // The generated password (and its hash) and the cluster secret.
     let password = || {
         ["{.data.users}", "{.data.password}"].map(|field| {
