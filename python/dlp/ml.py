@@ -488,6 +488,16 @@ class ParamGridBuilder:
         return [dict(zip(keys, combo)) for combo in itertools.product(*(self._grid[k] for k in keys))]
 
 
+# The parameters CrossValidator and TrainValidationSplit share.
+_TUNING = {
+    "estimator": ((Estimator,), _UNSET, "a Pipeline (or estimator)"),
+    "estimatorParamMaps": ((list,), _UNSET, "ParamGridBuilder().build()"),
+    "evaluator": ((MulticlassClassificationEvaluator,), _UNSET, "the metric to pick by"),
+    "seed": (_I, 0, "fold / split assignment seed"),
+    "parallelism": (_I, 1, "candidate fits at once"),
+}
+
+
 class _Tuning(Params):
     method = ""
 
@@ -535,14 +545,7 @@ class CrossValidator(_Tuning):
     """Spark's CrossValidator; the featurizer runs once for all folds and candidates."""
 
     method = "crossValidator"
-    _spec = {
-        "estimator": ((Estimator,), _UNSET, "a Pipeline (or estimator)"),
-        "estimatorParamMaps": ((list,), _UNSET, "ParamGridBuilder().build()"),
-        "evaluator": ((MulticlassClassificationEvaluator,), _UNSET, "the metric to pick by"),
-        "numFolds": (_I, 3, "folds"),
-        "seed": (_I, 0, "fold assignment seed"),
-        "parallelism": (_I, 1, "candidate fits at once"),
-    }
+    _spec = dict(_TUNING, numFolds=(_I, 3, "folds"))
 
     def _extra(self):
         return {"numFolds": self.getOrDefault("numFolds")}
@@ -550,14 +553,7 @@ class CrossValidator(_Tuning):
 
 class TrainValidationSplit(_Tuning):
     method = "trainValidationSplit"
-    _spec = {
-        "estimator": ((Estimator,), _UNSET, "a Pipeline (or estimator)"),
-        "estimatorParamMaps": ((list,), _UNSET, "ParamGridBuilder().build()"),
-        "evaluator": ((MulticlassClassificationEvaluator,), _UNSET, "the metric to pick by"),
-        "trainRatio": (_F, 0.75, "share used for training"),
-        "seed": (_I, 0, "split seed"),
-        "parallelism": (_I, 1, "candidate fits at once"),
-    }
+    _spec = dict(_TUNING, trainRatio=(_F, 0.75, "share used for training"))
 
     def _extra(self):
         return {"trainRatio": self.getOrDefault("trainRatio")}

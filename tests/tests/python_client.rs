@@ -14,16 +14,16 @@ use serde_json::Value;
 
 const ALICE: (&str, &str) = ("alice", "wonder land");
 
-/// One Flight action through `tests/python/flight_action.py` as alice.
-fn action(port: u16, kind: &str, body: &str) -> Result<Vec<Value>, String> {
+/// Runs one of `tests/python/`'s client scripts as alice: its stdout as JSON, or its stderr.
+fn client(script: &str, port: u16, args: &[&str]) -> Result<Value, String> {
     let out = Command::new(python().unwrap())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/python/flight_action.py"
-        ))
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("python")
+                .join(script),
+        )
         .arg(format!("grpc://127.0.0.1:{port}"))
-        .arg(kind)
-        .arg(body)
+        .args(args)
         .env("DLP_FLIGHT_USER", ALICE.0)
         .env("DLP_FLIGHT_PASSWORD", ALICE.1)
         .output()
@@ -35,25 +35,16 @@ fn action(port: u16, kind: &str, body: &str) -> Result<Vec<Value>, String> {
     }
 }
 
-/// SQL over ADBC (`tests/python/flight_sql_query.py`) as alice: the rows.
+/// One Flight action (`flight_action.py`): its results.
+fn action(port: u16, kind: &str, body: &str) -> Result<Vec<Value>, String> {
+    let v = client("flight_action.py", port, &[kind, body])?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// SQL over ADBC (`flight_sql_query.py`): the rows.
 fn sql(port: u16, query: &str) -> Result<Vec<Value>, String> {
-    let out = Command::new(python().unwrap())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/python/flight_sql_query.py"
-        ))
-        .arg(format!("grpc://127.0.0.1:{port}"))
-        .arg(query)
-        .env("DLP_FLIGHT_USER", ALICE.0)
-        .env("DLP_FLIGHT_PASSWORD", ALICE.1)
-        .output()
-        .unwrap();
-    if out.status.success() {
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        Ok(v["rows"].as_array().cloned().unwrap_or_default())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    let v = client("flight_sql_query.py", port, &[query])?;
+    Ok(v["rows"].as_array().cloned().unwrap_or_default())
 }
 
 fn secured_cluster(dir: &Path, data_root: &Path, extra: &[&str]) -> Cluster {

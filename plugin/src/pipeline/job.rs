@@ -425,21 +425,8 @@ pub async fn run_job(
     if test_counts.iter().sum::<u64>() == 0 {
         return plan_err!("the test split is empty; raise split.weights[1]");
     }
-    let pipeline = Pipeline::new(spec.stages.clone());
     let started = Instant::now();
-    let (mut model, tuning) = match (&spec.tuning, tune) {
-        (Some(t), true) => {
-            let tuner = tuner(spec, t, pipeline, progress.clone())?;
-            say(JobEvent::Phase("tuning".into()));
-            let tuned = tuner.fit(ctx, train).await?;
-            (tuned.best_model.clone(), Some(tuned))
-        }
-        (None, true) => return plan_err!("the spec has no tuning section; use fit, or add one"),
-        (_, false) => {
-            say(JobEvent::Phase("fitting (featurize, then optimize)".into()));
-            (pipeline.fit(train).await?, None)
-        }
-    };
+    let (mut model, tuning) = fit_or_tune(ctx, spec, tune, train, progress.as_ref()).await?;
     let fit_seconds = started.elapsed().as_secs_f64();
     model.class_names = data.class_names.clone();
     say(JobEvent::Phase("evaluating on the test split".into()));
@@ -447,10 +434,7 @@ pub async fn run_job(
     let metrics = spec.evaluation.metrics(model.transform(test)?).await?;
     let evaluate_seconds = started.elapsed().as_secs_f64();
     if let Some(dir) = &spec.output.model {
-        match &spec.output.owner {
-            Some(owner) => model.save_owned(dir, owner, spec.output.overwrite)?,
-            None => model.save(dir)?,
-        }
+        save(&model, spec, dir)?;
     }
     Ok(JobReport {
         class_names: data.class_names,
@@ -464,6 +448,43 @@ pub async fn run_job(
         fit_seconds,
         evaluate_seconds,
     })
+}
+
+/// Fits the spec's pipeline on `train`, or tunes it first (`tune` and a tuning section).
+async fn fit_or_tune(
+    ctx: &SessionContext,
+    spec: &JobSpec,
+    tune: bool,
+    train: DataFrame,
+    progress: Option<&JobProgress>,
+) -> Result<(PipelineModel, Option<TuningModel>)> {
+    let say = |e: JobEvent| {
+        if let Some(p) = progress {
+            p(e);
+        }
+    };
+    let pipeline = Pipeline::new(spec.stages.clone());
+    match (&spec.tuning, tune) {
+        (Some(t), true) => {
+            let tuner = tuner(spec, t, pipeline, progress.cloned())?;
+            say(JobEvent::Phase("tuning".into()));
+            let tuned = tuner.fit(ctx, train).await?;
+            Ok((tuned.best_model.clone(), Some(tuned)))
+        }
+        (None, true) => plan_err!("the spec has no tuning section; use fit, or add one"),
+        (_, false) => {
+            say(JobEvent::Phase("fitting (featurize, then optimize)".into()));
+            Ok((pipeline.fit(train).await?, None))
+        }
+    }
+}
+
+/// Saves a job's model at `dir`, owned by the spec's owner when a shared scheduler set one.
+fn save(model: &PipelineModel, spec: &JobSpec, dir: &Path) -> Result<()> {
+    match &spec.output.owner {
+        Some(owner) => model.save_owned(dir, owner, spec.output.overwrite),
+        None => model.save(dir),
+    }
 }
 
 /// The spec's tuner of `pipeline`.
@@ -526,28 +547,12 @@ pub async fn fit_query(
         .sql_with_options(query, options)
         .await
         .map_err(|e| exec_datafusion_err!("data.sql: {}", e.strip_backtrace()))?;
-    let pipeline = Pipeline::new(spec.stages.clone());
     let started = Instant::now();
-    let (mut model, tuning) = match (&spec.tuning, tune) {
-        (Some(t), true) => {
-            let tuner = tuner(spec, t, pipeline, progress.clone())?;
-            say(JobEvent::Phase("tuning".into()));
-            let tuned = tuner.fit(ctx, df).await?;
-            (tuned.best_model.clone(), Some(tuned))
-        }
-        (None, true) => return plan_err!("the spec has no tuning section; use fit, or add one"),
-        (_, false) => {
-            say(JobEvent::Phase("fitting (featurize, then optimize)".into()));
-            (pipeline.fit(df).await?, None)
-        }
-    };
+    let (mut model, tuning) = fit_or_tune(ctx, spec, tune, df, progress.as_ref()).await?;
     let fit_seconds = started.elapsed().as_secs_f64();
     model.class_names = spec.data.classes.clone().unwrap_or_default();
     say(JobEvent::Phase("saving the model".into()));
-    match &spec.output.owner {
-        Some(owner) => model.save_owned(dir, owner, spec.output.overwrite)?,
-        None => model.save(dir)?,
-    }
+    save(&model, spec, dir)?;
     Ok(QueryFit {
         model,
         tuning,
