@@ -65,16 +65,9 @@ fn secured_cluster(dir: &Path, data_root: &Path, extra: &[&str]) -> Cluster {
         "--writable-root",
         &out,
     ];
-    let mut args = vec![
-        "--data-root",
-        &data,
-        "--data-root",
-        &out,
-        "--writable-root",
-        &out,
-        "--auth-file",
-        &users,
-    ];
+    // The scheduler: the executors' roots, plus the users and the test's own flags.
+    let mut args = executor.to_vec();
+    args.extend_from_slice(&["--auth-file", &users]);
     args.extend_from_slice(extra);
     Cluster::start_each(2, &args, &[executor, executor]).expect("cluster")
 }
