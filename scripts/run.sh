@@ -19,4 +19,8 @@ if [ "${1:-}" = "--" ]; then
   shift
   exec "$CARGO_TARGET_DIR/debug/dlp" "$@"
 fi
-exec "$CARGO_TARGET_DIR/debug/dlp" fit examples/digits.yaml "$@"
+# The digits the set-up wrote (under $DLP_CACHE), unless the caller names other data.
+case " $* " in
+  *" --data "*|*" --data="*) exec "$CARGO_TARGET_DIR/debug/dlp" fit examples/digits.yaml "$@" ;;
+  *) exec "$CARGO_TARGET_DIR/debug/dlp" fit examples/digits.yaml --data "$DLP_CACHE/data/digits" "$@" ;;
+esac

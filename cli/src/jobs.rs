@@ -1,5 +1,5 @@
 //! `dlp submit | jobs | status | watch | cancel`: pipeline jobs on a cluster's scheduler,
-//! through its Arrow Flight actions (`dlp.pipeline.*`, README "Pipeline jobs over
+//! through its Arrow Flight actions (`dlp.pipeline.*`, docs/user-guide.md, "Pipeline jobs over
 //! Flight"). Nothing runs in this process: no embedded cluster, no model is loaded; the
 //! spec's paths are the cluster's.
 

@@ -243,7 +243,7 @@ async fn connect(
                     .map(|n| n.get())
                     .unwrap_or(2)
             });
-            dlp_plugin::session::standalone_context(Some(slots))
+            dlp_plugin::embedded::standalone_context(Some(slots))
                 .await
                 .context("cannot start the embedded scheduler and executor")
         }

@@ -17,8 +17,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 
 use crate::image::{ImageDecodeExec, ImageScanSpec, ImageTableProvider};
-use crate::ml::exec::MlStep;
-use crate::ml::{MlExec, MlNode};
+use crate::ml::{MlNode, MlStep};
 use crate::torch::{TorchInferenceExec, TorchInferenceNode, TorchSpec};
 
 /// First byte of a buffer written by Ballista's inner codec.
@@ -261,9 +260,11 @@ impl PhysicalExtensionCodec for PluginPhysicalCodec {
             Ok((Kind::MlExec, body)) => {
                 let step: MlStep = read_plugin(Kind::MlExec, body)?;
                 let [input] = inputs else {
-                    return internal_err!("plugin codec: MlExec needs 1 input");
+                    return internal_err!(
+                        "plugin codec: a logistic regression operator needs 1 input"
+                    );
                 };
-                Ok(Arc::new(MlExec::try_new(input.clone(), step)?))
+                crate::ml::planner::operator(input.clone(), step)
             }
             Ok((kind, _)) => internal_err!("plugin codec: {kind:?} is not a physical node"),
         }
@@ -285,8 +286,8 @@ impl PhysicalExtensionCodec for PluginPhysicalCodec {
         if let Some(exec) = node.downcast_ref::<TorchInferenceExec>() {
             return write_plugin(buf, Kind::TorchInferenceExec, exec.spec());
         }
-        if let Some(exec) = node.downcast_ref::<MlExec>() {
-            return write_plugin(buf, Kind::MlExec, exec.step());
+        if let Some(step) = crate::ml::planner::step_of(node.as_ref()) {
+            return write_plugin(buf, Kind::MlExec, &step);
         }
         buf.push(TAG_BALLISTA);
         self.inner.try_encode(node, buf, proto_converter)
@@ -398,20 +399,20 @@ mod tests {
     }
 }
 
-/// Tag of a registered model function's definition (see `pipeline::functions`).
+/// Tag of a registered model function's definition (see `sql::functions`).
 const MODEL_UDF_TAG: &[u8] = b"DLPMODELFN1";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ModelUdfDefinition {
     name: String,
-    source: crate::pipeline::functions::FunctionSource,
+    source: crate::sql::functions::FunctionSource,
 }
 
 /// Writes a registered model function's definition; false for other functions.
 fn encode_model_udf(node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<bool> {
     let Some(f) = node
         .inner()
-        .downcast_ref::<crate::pipeline::functions::ModelUdf>()
+        .downcast_ref::<crate::sql::functions::ModelUdf>()
     else {
         return Ok(false);
     };
@@ -439,6 +440,6 @@ fn decode_model_udf(name: &str, buf: &[u8]) -> Option<Result<Arc<ScalarUDF>>> {
                     "decode function {name}: {e}"
                 ))
             })
-            .and_then(|d| crate::pipeline::functions::decode(&d.name, d.source)),
+            .and_then(|d| crate::sql::functions::decode(&d.name, d.source)),
     )
 }

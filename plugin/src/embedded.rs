@@ -12,12 +12,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ballista::prelude::SessionContextExt;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use datafusion::common::{DataFusionError, Result, exec_datafusion_err};
+use datafusion::prelude::SessionContext;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 
 /// A running embedded cluster; it lives as long as the process's tokio runtime.
@@ -150,4 +152,15 @@ impl EmbeddedCluster {
     pub fn vcores(&self) -> usize {
         self.vcores
     }
+}
+
+/// A client session on the embedded cluster (push-staged scheduler + one executor in this
+/// process, see [`EmbeddedCluster`]). `parallelism` is the executor's task slots (default:
+/// the machine's cores).
+pub async fn standalone_context(parallelism: Option<usize>) -> Result<SessionContext> {
+    let cluster = EmbeddedCluster::start(parallelism).await?;
+    let state = crate::session::session_state(crate::session::session_config())?;
+    let ctx = SessionContext::remote_with_state(&cluster.url(), state).await?;
+    crate::session::register_client_udfs(&ctx);
+    Ok(ctx)
 }

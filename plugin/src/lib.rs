@@ -7,8 +7,10 @@
 pub mod access;
 pub mod batches;
 pub mod codec;
+pub mod config;
 pub mod credentials;
 pub mod embedded;
+pub mod error;
 pub mod image;
 pub mod limits;
 pub mod logging;
@@ -16,6 +18,7 @@ pub mod metrics;
 pub mod ml;
 pub mod pipeline;
 pub mod session;
+pub mod sql;
 pub mod torch;
 
 pub use session::ImageContextExt;

@@ -63,13 +63,17 @@ impl Limits {
     }
 
     /// Checks a client's `batchSize`.
-    pub fn check_batch_size(&self, what: &str, batch_size: usize) -> Result<(), String> {
+    pub fn check_batch_size(
+        &self,
+        what: &str,
+        batch_size: usize,
+    ) -> Result<(), crate::error::DlpError> {
         if batch_size > self.max_batch_size {
-            return Err(format!(
+            return Err(crate::error::DlpError::Limit(format!(
                 "{what}: batchSize {batch_size} is above this cluster's ceiling of {} \
                  (--max-batch-size)",
                 self.max_batch_size
-            ));
+            )));
         }
         Ok(())
     }
@@ -84,7 +88,10 @@ mod tests {
         let l = Limits::default();
         assert_eq!(Limits::get(), l);
         assert!(l.check_batch_size("featurizer", 1024).is_ok());
-        let e = l.check_batch_size("featurizer", 1 << 30).unwrap_err();
+        let e = l
+            .check_batch_size("featurizer", 1 << 30)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("--max-batch-size") && e.contains("1073741824"),
             "{e}"

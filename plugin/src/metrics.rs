@@ -21,6 +21,8 @@ struct Counters {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Inference {
+    /// Images per forward pass of the latest call (the step's batch size).
+    batch_size: u64,
     batches: u64,
     images: u64,
     null_outputs: u64,
@@ -32,16 +34,17 @@ pub fn record_decoded(decoded: usize, invalid: usize, bytes: usize, decode_nanos
     PROCESS.record_decoded(decoded, invalid, bytes, decode_nanos)
 }
 
-/// Forward passes of `model`: `batches` of them over `images` valid images (and
-/// `null_outputs` rows without an image) in `seconds`.
+/// Forward passes of `model` with `batch_size` images each at most: `batches` of them over
+/// `images` valid images (and `null_outputs` rows without an image) in `seconds`.
 pub fn record_inference(
     model: &str,
+    batch_size: usize,
     batches: usize,
     images: usize,
     null_outputs: usize,
     seconds: f64,
 ) {
-    PROCESS.record_inference(model, batches, images, null_outputs, seconds)
+    PROCESS.record_inference(model, batch_size, batches, images, null_outputs, seconds)
 }
 
 /// The process' counters in Prometheus' text exposition format; `info` labels (e.g.
@@ -82,6 +85,7 @@ impl Counters {
     fn record_inference(
         &self,
         model: &str,
+        batch_size: usize,
         batches: usize,
         images: usize,
         null_outputs: usize,
@@ -89,6 +93,7 @@ impl Counters {
     ) {
         let mut all = self.inference.lock().unwrap_or_else(|e| e.into_inner());
         let m = all.entry(model.to_string()).or_default();
+        m.batch_size = batch_size as u64;
         m.batches += batches as u64;
         m.images += images as u64;
         m.null_outputs += null_outputs as u64;
@@ -137,31 +142,46 @@ impl Counters {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        type Series = (&'static str, &'static str, fn(&Inference) -> f64);
-        let series: [Series; 4] = [
+        type Series = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&Inference) -> f64,
+        );
+        let series: [Series; 5] = [
+            (
+                "dlp_inference_batch_size",
+                "Images per forward pass of the latest inference step (dlp.torch.batch_size or the stage's batchSize).",
+                "gauge",
+                |m| m.batch_size as f64,
+            ),
             (
                 "dlp_inference_batches_total",
                 "Model forward passes.",
+                "counter",
                 |m| m.batches as f64,
             ),
             (
                 "dlp_inference_images_total",
                 "Images through a model.",
+                "counter",
                 |m| m.images as f64,
             ),
             (
                 "dlp_inference_null_outputs_total",
                 "Rows given a null output (no valid image).",
+                "counter",
                 |m| m.null_outputs as f64,
             ),
             (
                 "dlp_inference_seconds_total",
                 "Time in model forward passes.",
+                "counter",
                 |m| m.seconds,
             ),
         ];
-        for (name, help, get) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (name, help, kind, get) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (model, m) in &inference {
                 let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(model), get(m));
             }
@@ -179,8 +199,8 @@ mod tests {
         // Counters of the test's own: the process' are shared with the other tests.
         let counters = Counters::new();
         counters.record_decoded(3, 1, 1000, 2_000_000_000);
-        counters.record_inference("m\"1", 2, 5, 1, 0.5);
-        counters.record_inference("m\"1", 1, 3, 0, 0.25);
+        counters.record_inference("m\"1", 4, 2, 5, 1, 0.5);
+        counters.record_inference("m\"1", 3, 1, 3, 0, 0.25);
         let text = counters.render(&[("id", "cpu-x"), ("device", "cpu")]);
         assert!(
             text.contains("dlp_info{id=\"cpu-x\",device=\"cpu\"} 1"),
@@ -194,6 +214,10 @@ mod tests {
         );
         assert!(
             text.contains("dlp_inference_seconds_total{model=\"m\\\"1\"} 0.75"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dlp_inference_batch_size{model=\"m\\\"1\"} 3"),
             "{text}"
         );
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -9,8 +9,8 @@ use ballista_executor::executor_process::ExecutorProcessConfig;
 use ballista_scheduler::config::SchedulerConfig;
 use datafusion::common::Result;
 use datafusion::dataframe::DataFrame;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
-use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
@@ -34,9 +34,11 @@ pub fn physical_codec() -> Arc<dyn PhysicalExtensionCodec> {
     Arc::new(PluginPhysicalCodec::default())
 }
 
-/// Session config for every process: Ballista's defaults plus the plugin codecs.
+/// Session config for every process: Ballista's defaults plus the plugin codecs and the
+/// `dlp.*` settings ([`crate::config::DlpOptions`]).
 pub fn session_config() -> SessionConfig {
     SessionConfig::new_with_ballista()
+        .with_option_extension(crate::config::DlpOptions::default())
         .with_information_schema(true)
         .with_ballista_logical_extension_codec(logical_codec())
         .with_ballista_physical_extension_codec(physical_codec())
@@ -49,9 +51,7 @@ pub fn session_state(config: SessionConfig) -> Result<SessionState> {
     let state = ballista_core::utils::default_session_builder(config)?;
     let mut state = SessionStateBuilder::new_from_existing(state)
         .with_query_planner(Arc::new(PluginQueryPlanner))
-        .with_function_factory(Some(Arc::new(
-            crate::pipeline::functions::ModelFunctionFactory,
-        )))
+        .with_function_factory(Some(Arc::new(crate::sql::functions::ModelFunctionFactory)))
         .build();
     register_plugin(&mut state);
     Ok(state)
@@ -70,31 +70,17 @@ fn register_plugin(state: &mut SessionState) {
             *factory = Arc::new(crate::access::CheckedTableFactory::new(factory.clone()));
         }
     }
-    for udf in plugin_udfs() {
-        // Registering replaces nothing of DataFusion's: the names are the plugin's own.
-        let _ = state.register_udf(Arc::new(udf));
-    }
-    // Model functions registered in this process (config at start-up, CREATE FUNCTION).
-    for udf in crate::pipeline::functions::registered() {
-        let _ = state.register_udf(udf);
-    }
+    crate::sql::register(state);
 }
 
-/// The plugin's scalar functions (models as SQL functions).
+/// The plugin's scalar functions ([`crate::sql::udfs`]).
 pub fn plugin_udfs() -> Vec<datafusion::logical_expr::ScalarUDF> {
-    vec![
-        crate::torch::udf::featurize_udf(),
-        crate::torch::udf::predict_topk_udf(),
-        crate::pipeline::split::hash_unit_udf(),
-        crate::pipeline::assembler::vector_assemble_udf(),
-        crate::pipeline::assembler::vector_assemble_keep_udf(),
-        crate::image::udf::read_image_udf(),
-    ]
+    crate::sql::udfs()
 }
 
 /// Re-registers the plugin's scalar functions on a client context:
 /// `upgrade_for_ballista` drops functions registered in the state before it.
-fn register_client_udfs(ctx: &SessionContext) {
+pub(crate) fn register_client_udfs(ctx: &SessionContext) {
     for udf in plugin_udfs() {
         ctx.register_udf(udf);
     }
@@ -153,17 +139,6 @@ fn executor_session_config() -> SessionConfig {
     }
 }
 
-/// A client session on the embedded cluster (push-staged scheduler + one executor in this
-/// process, see [`crate::embedded`]). `parallelism` is the executor's task slots (default:
-/// the machine's cores).
-pub async fn standalone_context(parallelism: Option<usize>) -> Result<SessionContext> {
-    let cluster = crate::embedded::EmbeddedCluster::start(parallelism).await?;
-    let state = session_state(session_config())?;
-    let ctx = SessionContext::remote_with_state(&cluster.url(), state).await?;
-    register_client_udfs(&ctx);
-    Ok(ctx)
-}
-
 /// A client session on a remote scheduler (`df://host:port`).
 pub async fn remote_context(url: &str) -> Result<SessionContext> {
     remote_context_with_config(url, session_config()).await
@@ -183,14 +158,14 @@ pub async fn remote_context_with_config(
 
 /// A plain local DataFusion session with the plugin (no Ballista), for unit tests.
 pub fn local_context() -> Result<SessionContext> {
-    let config = SessionConfig::new().with_information_schema(true);
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_option_extension(crate::config::DlpOptions::default());
     let mut state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_query_planner(Arc::new(PluginQueryPlanner))
-        .with_function_factory(Some(Arc::new(
-            crate::pipeline::functions::ModelFunctionFactory,
-        )))
+        .with_function_factory(Some(Arc::new(crate::sql::functions::ModelFunctionFactory)))
         .build();
     register_plugin(&mut state);
     Ok(SessionContext::new_with_state(state))

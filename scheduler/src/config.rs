@@ -14,8 +14,7 @@ pub struct DlpConfig {
     pub autoscaler: AutoscalerConfig,
     /// Model SQL functions registered at start-up, by name: `{kind: pipeline, dir: ...}`
     /// (a saved PipelineModel) or `{kind: model, model: ..., topK: 5}`.
-    pub functions:
-        std::collections::BTreeMap<String, dlp_plugin::pipeline::functions::FunctionSource>,
+    pub functions: std::collections::BTreeMap<String, dlp_plugin::sql::functions::FunctionSource>,
 }
 
 /// `autoscaler:`: scales the CPU and GPU executor Deployments from the scheduler's own

@@ -184,31 +184,20 @@ impl DlpFlightService {
             |r: Result<arrow_flight::Result, Status>| futures::stream::once(async { r }).boxed();
         match action.r#type.as_str() {
             "dlp.pipeline.submit" => {
-                let status = self
-                    .jobs
-                    .submit(user, body)
-                    .map_err(Status::invalid_argument)?;
+                let status = self.jobs.submit(user, body).map_err(Status::from)?;
                 Ok(one(json_result(&status)))
             }
             "dlp.pipeline.status" => {
-                let status = self
-                    .jobs
-                    .status(user, body)
-                    .await
-                    .map_err(Status::not_found)?;
+                let status = self.jobs.status(user, body).await.map_err(Status::from)?;
                 Ok(one(json_result(&status)))
             }
             "dlp.pipeline.cancel" => {
-                let status = self
-                    .jobs
-                    .cancel(user, body)
-                    .await
-                    .map_err(Status::not_found)?;
+                let status = self.jobs.cancel(user, body).await.map_err(Status::from)?;
                 Ok(one(json_result(&status)))
             }
             "dlp.pipeline.list" => Ok(one(json_result(&self.jobs.list(user).await))),
             "dlp.function.list" => {
-                let list: Vec<serde_json::Value> = dlp_plugin::pipeline::functions::listed()
+                let list: Vec<serde_json::Value> = dlp_plugin::sql::functions::listed()
                     .into_iter()
                     .map(|(name, source, owner)| {
                         let mut v = serde_json::to_value(&source).unwrap_or_default();
@@ -220,20 +209,15 @@ impl DlpFlightService {
                 Ok(one(json_result(&list)))
             }
             "dlp.model.describe" => {
-                let model = crate::jobs::describe_model(body).map_err(Status::invalid_argument)?;
+                let model = crate::jobs::describe_model(body).map_err(Status::from)?;
                 Ok(one(json_result(&model)))
             }
             "dlp.model.save" => {
-                let model =
-                    crate::jobs::save_model(user, body).map_err(Status::invalid_argument)?;
+                let model = crate::jobs::save_model(user, body).map_err(Status::from)?;
                 Ok(one(json_result(&model)))
             }
             "dlp.pipeline.watch" => {
-                let statuses = self
-                    .jobs
-                    .clone()
-                    .watch(user, body)
-                    .map_err(Status::not_found)?;
+                let statuses = self.jobs.clone().watch(user, body).map_err(Status::from)?;
                 Ok(statuses.map(|s: JobStatus| json_result(&s)).boxed())
             }
             other => Err(Status::invalid_argument(format!(
@@ -297,7 +281,7 @@ impl FlightService for DlpFlightService {
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = Self::caller(&request)?;
         // SQL runs as the caller: CREATE FUNCTION records them as the function's owner.
-        let response = dlp_plugin::pipeline::functions::CURRENT_USER
+        let response = dlp_plugin::sql::functions::CURRENT_USER
             .scope(
                 caller.owner().to_string(),
                 FlightService::get_flight_info(&self.sql, request),
@@ -363,7 +347,7 @@ impl FlightService for DlpFlightService {
     ) -> Result<Response<Self::DoActionStream>, Status> {
         if !request.get_ref().r#type.starts_with("dlp.") {
             let user = Self::caller(&request)?.owner().to_string();
-            let response = dlp_plugin::pipeline::functions::CURRENT_USER
+            let response = dlp_plugin::sql::functions::CURRENT_USER
                 .scope(user, FlightService::do_action(&self.sql, request))
                 .await?;
             return Ok(response.map(|s| s.boxed()));

@@ -20,6 +20,37 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+/// Why a job action was refused; each kind answers with its own gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The request cannot be accepted: a spec or body that does not parse, a field a client
+    /// may not set, a path outside the roots.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such job of the caller's (another user's jobs are not found either).
+    #[error("{0}")]
+    NotFound(String),
+    /// Above one of this scheduler's ceilings (`--max-*`).
+    #[error("{0}")]
+    Limit(String),
+}
+
+impl From<String> for JobError {
+    fn from(message: String) -> Self {
+        Self::Invalid(message)
+    }
+}
+
+impl From<JobError> for tonic::Status {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::Invalid(m) => Self::invalid_argument(m),
+            JobError::NotFound(m) => Self::not_found(m),
+            JobError::Limit(m) => Self::resource_exhausted(m),
+        }
+    }
+}
+
 type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 
 /// Finished jobs kept for status queries (the oldest finished ones go first).
@@ -158,18 +189,18 @@ impl PipelineJobs {
     }
 
     /// Checks a spec and starts it; the new job's status.
-    pub fn submit(self: &Arc<Self>, user: &str, yaml: &str) -> Result<JobStatus, String> {
+    pub fn submit(self: &Arc<Self>, user: &str, yaml: &str) -> Result<JobStatus, JobError> {
         refuse_work_dir(yaml)?;
         let spec = JobSpec::from_yaml(yaml, "pipeline spec").map_err(|e| e.strip_backtrace())?;
         let spec = checked_outputs(spec, user)?;
         if let Some(t) = &spec.tuning
             && t.parallelism > self.limits.max_tuning_parallelism
         {
-            return Err(format!(
+            return Err(JobError::Limit(format!(
                 "pipeline spec: tuning.parallelism {} is above this scheduler's ceiling of {} \
                  (--max-tuning-parallelism)",
                 t.parallelism, self.limits.max_tuning_parallelism
-            ));
+            )));
         }
         let running = self
             .jobs
@@ -182,10 +213,10 @@ impl PipelineJobs {
             })
             .count();
         if running >= self.limits.max_jobs_per_user {
-            return Err(format!(
+            return Err(JobError::Limit(format!(
                 "{user} has {running} pipeline jobs running, this scheduler's ceiling \
                  (--max-jobs-per-user); wait for one to end or cancel one"
-            ));
+            )));
         }
         let tune = spec.tuning.is_some();
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -295,8 +326,9 @@ impl PipelineJobs {
         Ok(result_json(spec, &report))
     }
 
-    fn find(&self, user: &str, job_id: &str) -> Result<Arc<Entry>, String> {
-        let unknown = || format!("no pipeline job '{job_id}' (ids look like pl-1)");
+    fn find(&self, user: &str, job_id: &str) -> Result<Arc<Entry>, JobError> {
+        let unknown =
+            || JobError::NotFound(format!("no pipeline job '{job_id}' (ids look like pl-1)"));
         let n: u64 = job_id
             .strip_prefix("pl-")
             .and_then(|n| n.parse().ok())
@@ -317,7 +349,7 @@ impl PipelineJobs {
     }
 
     /// The job's status, with the Ballista jobs it started.
-    pub async fn status(&self, user: &str, job_id: &str) -> Result<JobStatus, String> {
+    pub async fn status(&self, user: &str, job_id: &str) -> Result<JobStatus, JobError> {
         let entry = self.find(user, job_id)?;
         Ok(self.refresh(&entry).await)
     }
@@ -350,7 +382,7 @@ impl PipelineJobs {
         self: Arc<Self>,
         user: &str,
         job_id: &str,
-    ) -> Result<impl futures::Stream<Item = JobStatus> + Send + 'static, String> {
+    ) -> Result<impl futures::Stream<Item = JobStatus> + Send + 'static, JobError> {
         let entry = self.find(user, job_id)?;
         let rx = entry.status.subscribe();
         Ok(futures::stream::unfold(
@@ -372,7 +404,7 @@ impl PipelineJobs {
     }
 
     /// Stops a running job and the Ballista jobs it started.
-    pub async fn cancel(&self, user: &str, job_id: &str) -> Result<JobStatus, String> {
+    pub async fn cancel(&self, user: &str, job_id: &str) -> Result<JobStatus, JobError> {
         let entry = self.find(user, job_id)?;
         if let Some(task) = entry.task.lock().unwrap().take() {
             task.abort();
@@ -627,7 +659,7 @@ fn resolve_output(path: &Path) -> Result<PathBuf, String> {
         _ => path.to_path_buf(),
     };
     let path = std::path::absolute(&path).map_err(|e| format!("'{}': {e}", path.display()))?;
-    dlp_plugin::access::check_write_path(&path)?;
+    dlp_plugin::access::check_write_path(&path).map_err(|e| e.to_string())?;
     Ok(path)
 }
 
@@ -648,14 +680,14 @@ fn resolve_input(path: &str) -> Result<PathBuf, String> {
         _ => path.to_path_buf(),
     };
     let path = std::path::absolute(&path).map_err(|e| format!("'{}': {e}", path.display()))?;
-    dlp_plugin::access::check_path(&path)?;
+    dlp_plugin::access::check_path(&path).map_err(|e| e.to_string())?;
     Ok(path)
 }
 
 /// `dlp.model.describe`: the saved PipelineModel at `path` (checked as a load checks it:
 /// format, weights, the torch models' sha256) and its manifest as JSON, with `path`
 /// resolved.
-pub fn describe_model(path: &str) -> Result<Value, String> {
+pub fn describe_model(path: &str) -> Result<Value, JobError> {
     let dir = resolve_input(path)?;
     let model = dlp_plugin::pipeline::PipelineModel::load(&dir).map_err(|e| e.strip_backtrace())?;
     let manifest = std::fs::read_to_string(dir.join("pipeline.yaml"))
@@ -682,7 +714,7 @@ pub struct SaveModel {
 
 /// `dlp.model.save`: the PipelineModel at `from` saved again at `to` (under a writable
 /// root, owned by `user`; a model there that someone else saved is never replaced).
-pub fn save_model(user: &str, body: &str) -> Result<Value, String> {
+pub fn save_model(user: &str, body: &str) -> Result<Value, JobError> {
     let req: SaveModel = serde_json::from_str(body).map_err(|e| {
         format!("dlp.model.save: expected {{\"from\", \"to\", \"overwrite\"}}: {e}")
     })?;

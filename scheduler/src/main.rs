@@ -191,13 +191,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => config::DlpConfig::default(),
     };
     for (name, source) in &dlp_config.functions {
-        dlp_plugin::pipeline::functions::register(name, source.clone())
+        dlp_plugin::sql::functions::register(name, source.clone())
             .map_err(|e| anyhow::anyhow!("config functions.{name}: {e}"))?;
     }
     if let Some(dir) = &cli.state_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--state-dir: cannot create {}", dir.display()))?;
-        let restored = dlp_plugin::pipeline::functions::persist_in(&dir.join("functions.json"))
+        let restored = dlp_plugin::sql::functions::persist_in(&dir.join("functions.json"))
             .map_err(|e| anyhow::anyhow!("--state-dir: {}", e.strip_backtrace()))?;
         tracing::info!(restored, state_dir = %dir.display(), "registered functions restored");
     }

@@ -75,7 +75,7 @@ fn origins_and_channels(batches: &[RecordBatch]) -> Vec<(String, i32)> {
 async fn bad_files_become_invalid_rows_or_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let invalid = bad_folder(dir.path());
-    let ctx = dlp_plugin::session::standalone_context(Some(2))
+    let ctx = dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .unwrap();
     let root = dir.path().to_string_lossy();
@@ -124,7 +124,7 @@ async fn bad_files_become_invalid_rows_or_are_dropped() {
 
 #[tokio::test]
 async fn create_external_table_stored_as_image() {
-    let ctx = dlp_plugin::session::standalone_context(Some(2))
+    let ctx = dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .unwrap();
     let numta = shared_data().join("numta-50");

@@ -254,7 +254,7 @@ async fn featurization_on_two_executors_equals_standalone() {
         loads.iter().all(|&n| n == 1) && batches.iter().all(|&n| n > 0),
         "both executors load the model once and run inference: loads {loads:?}, batches {batches:?}"
     );
-    let standalone = dlp_plugin::session::standalone_context(Some(2))
+    let standalone = dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .unwrap();
     let local = featurize(&standalone).await;
@@ -276,4 +276,97 @@ async fn featurization_on_two_executors_equals_standalone() {
         on_cluster.len()
     );
     assert!(worst <= 1e-4, "{worst}");
+}
+
+/// `SET dlp.torch.batch_size` on a client session travels with the job: on two executors the
+/// featurizer (a `TorchInferenceExec` whose stage sets no batchSize) and the `featurize` SQL
+/// function run forward passes of that many images, as the executors' metrics show; a bad
+/// value is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_batch_size_reaches_the_executors() {
+    use dlp_plugin::ImageContextExt;
+    use dlp_plugin::image::ImageReadOptions;
+    use dlp_plugin::torch::DeepImageFeaturizer;
+
+    let dir = tempfile::tempdir().unwrap();
+    dlp_tests::copy_flowers(dir.path(), &["daisy", "tulips"], 12);
+    let images = 24usize;
+    let path = dir.path().to_string_lossy().into_owned();
+    let ports = [dlp_tests::free_port(), dlp_tests::free_port()];
+    let (p0, p1) = (ports[0].to_string(), ports[1].to_string());
+    let cluster = Cluster::start_each(
+        2,
+        &[],
+        &[&["--metrics-port", &p0], &["--metrics-port", &p1]],
+    )
+    .expect("cluster");
+    let ctx = dlp_plugin::session::remote_context(&cluster.url())
+        .await
+        .unwrap();
+    let metric = |port: u16, name: &str| {
+        dlp_tests::http_get(port, "/metrics").and_then(|t| {
+            dlp_tests::prometheus_value(&t, &format!("{name}{{model=\"efficientnet_lite0\"}}"))
+        })
+    };
+    let passes = || -> f64 {
+        ports
+            .iter()
+            .filter_map(|&p| metric(p, "dlp_inference_batches_total"))
+            .sum()
+    };
+
+    let err = match ctx.sql("SET dlp.torch.batch_size = 0").await {
+        Ok(_) => panic!("batch size 0 is refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("dlp.torch.batch_size"), "{err}");
+
+    for (size, through) in [(3usize, "featurizer"), (5, "featurize()")] {
+        ctx.sql(&format!("SET dlp.torch.batch_size = {size}"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let before = passes();
+        let batches = if through == "featurizer" {
+            let options = ImageReadOptions::from_pairs([("recursiveFileLookup", "true")]).unwrap();
+            let df = ctx.read_images(&path, options).await.unwrap();
+            DeepImageFeaturizer::new("efficientnet_lite0")
+                .transform(df)
+                .unwrap()
+                .collect()
+                .await
+                .unwrap()
+        } else {
+            ctx.sql(&format!(
+                "SELECT featurize('efficientnet_lite0', image) AS f \
+                 FROM read_images('{path}', 'recursiveFileLookup=true')"
+            ))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+        };
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, images, "{through}");
+        let seen: Vec<Option<f64>> = ports
+            .iter()
+            .map(|&p| metric(p, "dlp_inference_batch_size"))
+            .collect();
+        let ran = passes() - before;
+        println!(
+            "{through}: dlp.torch.batch_size = {size}: batch size on the executors {seen:?}, \
+             {ran} forward passes for {images} images"
+        );
+        assert!(
+            seen.contains(&Some(size as f64)),
+            "{through}: no executor ran forward passes of {size}: {seen:?}"
+        );
+        assert!(
+            ran >= images.div_ceil(size) as f64,
+            "{through}: {ran} forward passes of at most {size} images cannot hold {images}"
+        );
+    }
 }

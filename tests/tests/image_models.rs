@@ -48,7 +48,7 @@ fn model_dir() -> &'static Path {
 
 async fn context() -> SessionContext {
     model_dir();
-    dlp_plugin::session::standalone_context(Some(2))
+    dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .expect("embedded cluster")
 }
@@ -351,7 +351,7 @@ async fn image_transformer_is_a_pipeline_stage_with_plan_time_errors() {
         panic!("{stage:?}")
     };
     assert_eq!(t.output_mode, ImageOutputMode::Image);
-    assert_eq!((t.input_col.as_str(), t.batch_size), ("image", 3));
+    assert_eq!((t.input_col.as_str(), t.batch_size), ("image", Some(3)));
     let pipeline = dlp_plugin::pipeline::Pipeline::new(vec![stage.clone()]);
     pipeline.validate().unwrap();
     let df = ctx
@@ -424,4 +424,82 @@ async fn image_transformer_is_a_pipeline_stage_with_plan_time_errors() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("vector") && e.contains("image"), "{e}");
+}
+
+/// `SET dlp.torch.batch_size` reaches the operator when the stage sets no batchSize: the
+/// plan says it, and so do `TorchInferenceExec`'s `batch_size` and `inference_batches`
+/// metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_batch_size_shows_in_the_operator_metrics() {
+    use datafusion::physical_plan::ExecutionPlan;
+    use dlp_plugin::torch::TorchInferenceExec;
+
+    model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    dlp_tests::copy_flowers(dir.path(), &["daisy"], 9);
+    let ctx = dlp_plugin::session::local_context().unwrap();
+    ctx.sql("SET dlp.torch.batch_size = 4")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let daisy = dir.path().join("daisy").to_string_lossy().into_owned();
+    let df = ctx
+        .read_images(&daisy, ImageReadOptions::default())
+        .await
+        .unwrap();
+    let df = DeepImageFeaturizer::new("efficientnet_lite0")
+        .transform(df)
+        .unwrap();
+    let plan = df.create_physical_plan().await.unwrap();
+    let out = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+        .await
+        .unwrap();
+    assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 9);
+    fn find(plan: &std::sync::Arc<dyn ExecutionPlan>) -> Option<std::sync::Arc<dyn ExecutionPlan>> {
+        if plan.is::<TorchInferenceExec>() {
+            return Some(plan.clone());
+        }
+        plan.children().into_iter().find_map(find)
+    }
+    let exec = find(&plan).expect("a TorchInferenceExec in the plan");
+    let spec = exec
+        .downcast_ref::<TorchInferenceExec>()
+        .unwrap()
+        .spec()
+        .clone();
+    assert_eq!(spec.batch_size, 4, "the planned step");
+    let metrics = exec.metrics().expect("metrics");
+    let sizes: Vec<usize> = metrics
+        .iter()
+        .filter(|m| m.value().name() == "batch_size")
+        .map(|m| m.value().as_usize())
+        .collect();
+    let passes = metrics.sum_by_name("inference_batches").unwrap().as_usize();
+    println!("batch_size metric per partition {sizes:?}, {passes} forward passes for 9 images");
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|&s| s == 4),
+        "{sizes:?}"
+    );
+    assert!(
+        passes >= 3,
+        "{passes} passes of at most 4 images cannot hold 9"
+    );
+
+    // A stage's own batchSize wins over the session's.
+    let df = ctx
+        .read_images(&daisy, ImageReadOptions::default())
+        .await
+        .unwrap();
+    let plan = DeepImageFeaturizer::new("efficientnet_lite0")
+        .with_batch_size(2)
+        .transform(df)
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let exec = find(&plan).unwrap();
+    let planned = exec.downcast_ref::<TorchInferenceExec>().unwrap();
+    assert_eq!(planned.spec().batch_size, 2);
 }

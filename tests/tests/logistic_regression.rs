@@ -14,7 +14,7 @@ use dlp_tests::{fit_parquet, lr_reference};
 use serde_json::{Value, json};
 
 async fn context() -> SessionContext {
-    dlp_plugin::session::standalone_context(Some(2))
+    dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .expect("embedded cluster")
 }

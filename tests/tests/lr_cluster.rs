@@ -94,7 +94,7 @@ async fn both_executors_compute_every_evaluation_and_match_standalone() {
             e.name
         );
     }
-    let standalone = dlp_plugin::session::standalone_context(Some(2))
+    let standalone = dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .unwrap();
     let local = fit(&standalone, &train, params(25)).await;
@@ -162,7 +162,7 @@ async fn a_fit_survives_a_lost_executor() {
         .collect();
     assert!(!after.is_empty(), "executor 0 did no work after the kill");
 
-    let standalone = dlp_plugin::session::standalone_context(Some(2))
+    let standalone = dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .unwrap();
     let local = fit(&standalone, &train, params(40)).await;

@@ -77,7 +77,7 @@ output: {{model: {}}}
         model_dir.display()
     );
     let spec = JobSpec::from_yaml(&yaml, "test spec").unwrap();
-    let local = dlp_plugin::session::standalone_context(Some(2))
+    let local = dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .unwrap();
     run_job(&local, &spec, false, None).await.unwrap();

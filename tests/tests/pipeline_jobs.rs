@@ -157,7 +157,7 @@ async fn a_python_flight_client_runs_the_flowers_pipeline() {
     // The same job through the pipeline API on the embedded cluster.
     let local_spec =
         JobSpec::from_yaml(&spec(&root.join("small").to_string_lossy(), ""), "local").unwrap();
-    let ctx = dlp_plugin::session::standalone_context(Some(2))
+    let ctx = dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .unwrap();
     let local = run_job(&ctx, &local_spec, false, None).await.unwrap();

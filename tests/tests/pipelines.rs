@@ -23,7 +23,7 @@ use dlp_tests::{Cluster, binary, lr_reference, python, shared_data};
 use serde_json::{Value, json};
 
 async fn context() -> SessionContext {
-    dlp_plugin::session::standalone_context(Some(2))
+    dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .expect("embedded cluster")
 }
@@ -118,7 +118,9 @@ fn assert_same_predictions(
 }
 
 /// sparkdl tutorial 2: tulips vs daisy, EfficientNet-Lite0 features, logistic regression
-/// (maxIter 20, regParam 0.05, elasticNetParam 0.3) on an 80/20 split with a fixed seed.
+/// (examples/flowers.yaml: maxIter 100, regParam 0.001, elasticNetParam 0.3, balanced class
+/// weights, chosen by cross-validation on the training split) on an 80/20 split with a
+/// fixed seed.
 /// The saved pipeline then predicts the same in a new process (`dlp predict`) and on a
 /// two-executor cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -74,7 +74,7 @@ async fn read(
 }
 
 async fn context() -> SessionContext {
-    dlp_plugin::session::standalone_context(Some(2))
+    dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .expect("embedded cluster")
 }

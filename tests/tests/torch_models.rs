@@ -17,7 +17,7 @@ use serde_json::json;
 const MODEL: &str = "efficientnet_lite0";
 
 async fn context() -> SessionContext {
-    dlp_plugin::session::standalone_context(Some(2))
+    dlp_plugin::embedded::standalone_context(Some(2))
         .await
         .expect("embedded cluster")
 }

@@ -11,6 +11,7 @@
 
 pub mod store;
 
+use crate::error::DlpError;
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -26,33 +27,33 @@ static ROOTS: OnceLock<DataRoots> = OnceLock::new();
 impl DataRoots {
     /// Roots from existing directories (canonicalized: symlinked roots are followed once,
     /// here).
-    pub fn new(roots: &[PathBuf]) -> Result<Self, String> {
+    pub fn new(roots: &[PathBuf]) -> Result<Self, DlpError> {
         if roots.is_empty() {
-            return Err("no data roots given".into());
+            return Err(DlpError::Config("no data roots given".into()));
         }
         Ok(Self {
-            roots: canonical_dirs(roots, "data root")?,
+            roots: canonical_dirs(roots, "data root").map_err(DlpError::Config)?,
             writable: Vec::new(),
         })
     }
 
     /// The roots with writable roots (`--writable-root`): the only places where anything
     /// is written for a client; they may be read too.
-    pub fn with_writable(self, writable: &[PathBuf]) -> Result<Self, String> {
+    pub fn with_writable(self, writable: &[PathBuf]) -> Result<Self, DlpError> {
         // A fresh volume has no output folder yet: make it.
         for dir in writable {
             std::fs::create_dir_all(dir)
-                .map_err(|e| format!("writable root {}: {e}", dir.display()))?;
+                .map_err(|e| DlpError::Config(format!("writable root {}: {e}", dir.display())))?;
         }
         Ok(Self {
-            writable: canonical_dirs(writable, "writable root")?,
+            writable: canonical_dirs(writable, "writable root").map_err(DlpError::Config)?,
             ..self
         })
     }
 
     /// Roots from the flags of a binary: `None` when neither is given. Writable roots alone
     /// restrict reads to themselves.
-    pub fn from_flags(data: &[PathBuf], writable: &[PathBuf]) -> Result<Option<Self>, String> {
+    pub fn from_flags(data: &[PathBuf], writable: &[PathBuf]) -> Result<Option<Self>, DlpError> {
         match (data.is_empty(), writable.is_empty()) {
             (true, true) => Ok(None),
             (false, _) => Ok(Some(Self::new(data)?.with_writable(writable)?)),
@@ -117,7 +118,11 @@ impl DataRoots {
     /// written, and so is its nearest existing ancestor after following symlinks (a
     /// symlinked directory cannot lead a write out). An existing symlink at the path itself
     /// must resolve under a writable root too.
-    pub fn check_write(&self, path: &Path) -> Result<(), String> {
+    pub fn check_write(&self, path: &Path) -> Result<(), DlpError> {
+        self.write_refusal(path).map_err(DlpError::Access)
+    }
+
+    fn write_refusal(&self, path: &Path) -> Result<(), String> {
         let outside = || {
             format!(
                 "'{}' is not under a writable root ({}); writes go only there",
@@ -155,7 +160,11 @@ impl DataRoots {
     /// Checks an absolute, lexically normalized path: it must lie under a root as written
     /// and, when it exists, after following symlinks. The message never says whether a
     /// path outside the roots exists.
-    pub fn check(&self, path: &Path) -> Result<(), String> {
+    pub fn check(&self, path: &Path) -> Result<(), DlpError> {
+        self.read_refusal(path).map_err(DlpError::Access)
+    }
+
+    fn read_refusal(&self, path: &Path) -> Result<(), String> {
         let outside = || {
             format!(
                 "'{}' is outside the data roots ({}); paths must be under a configured \
@@ -229,7 +238,9 @@ pub fn check_plan_writes(
             };
             let base = roots.write_base().unwrap_or(roots.base());
             let (_, path) = local_location(roots, base, &copy.output_url).map_err(refuse)?;
-            roots.check_write(&path).map_err(refuse)?;
+            roots
+                .check_write(&path)
+                .map_err(|e| refuse(e.to_string()))?;
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
@@ -242,6 +253,12 @@ pub fn work_base() -> PathBuf {
     std::env::var_os("DLP_WORK_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("dlp-work"))
+}
+
+/// Whether runs keep their work files when they end (`DLP_KEEP_WORK` set, for debugging);
+/// by default a fit's parts and a tuner's features are removed however the run ends.
+pub fn keep_work() -> bool {
+    std::env::var_os("DLP_KEEP_WORK").is_some()
 }
 
 /// Where a job writes files through its own plans (the tuner's features, written with
@@ -258,7 +275,7 @@ pub fn plan_work_base() -> PathBuf {
 /// with roots it must lie under this process's work directory ([`work_base`]) or a
 /// writable root, as written and after symlinks, so a hand-made plan can neither write nor
 /// read files elsewhere.
-pub fn check_work_path(path: &Path) -> Result<(), String> {
+pub fn check_work_path(path: &Path) -> Result<(), DlpError> {
     match DataRoots::get() {
         Some(roots) => roots.check_work(path),
         None => Ok(()),
@@ -267,7 +284,11 @@ pub fn check_work_path(path: &Path) -> Result<(), String> {
 
 impl DataRoots {
     /// [`check_work_path`] against these roots.
-    pub fn check_work(&self, path: &Path) -> Result<(), String> {
+    pub fn check_work(&self, path: &Path) -> Result<(), DlpError> {
+        self.work_refusal(path).map_err(DlpError::Access)
+    }
+
+    fn work_refusal(&self, path: &Path) -> Result<(), String> {
         let roots = self;
         let refuse = || {
             format!(
@@ -304,7 +325,7 @@ impl DataRoots {
 }
 
 /// Checks a path to be written against the process's roots (nothing when unrestricted).
-pub fn check_write_path(path: &Path) -> Result<(), String> {
+pub fn check_write_path(path: &Path) -> Result<(), DlpError> {
     match DataRoots::get() {
         Some(roots) => roots.check_write(path),
         None => Ok(()),
@@ -320,7 +341,7 @@ pub fn register_store(runtime: &datafusion::execution::runtime_env::RuntimeEnv) 
 }
 
 /// Checks `path` against the process's roots (nothing when unrestricted).
-pub fn check_path(path: &Path) -> Result<(), String> {
+pub fn check_path(path: &Path) -> Result<(), DlpError> {
     match DataRoots::get() {
         Some(roots) => roots.check(path),
         None => Ok(()),
@@ -349,9 +370,15 @@ mod tests {
             "symlink within the root"
         );
         assert!(roots.check(&root.join("not-yet-there")).is_ok());
-        let e = roots.check(&root.join("escape/key.jpg")).unwrap_err();
+        let e = roots
+            .check(&root.join("escape/key.jpg"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("through a symlink"), "{e}");
-        let e = roots.check(Path::new("/etc/passwd")).unwrap_err();
+        let e = roots
+            .check(Path::new("/etc/passwd"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("outside the data roots"), "{e}");
         assert!(
             roots.check(&root.join("../secret")).is_err(),
@@ -361,7 +388,8 @@ mod tests {
         // a sibling whose name starts like the root
         let e = roots
             .check(&PathBuf::from(format!("{}-other/x", root.display())))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("outside"), "{e}");
         assert!(DataRoots::new(&[dir.path().join("missing")]).is_err());
 
@@ -401,7 +429,10 @@ mod tests {
         std::fs::create_dir_all(&out).unwrap();
         std::os::unix::fs::symlink(&data, out.join("back")).unwrap();
         let roots = DataRoots::new(std::slice::from_ref(&data)).unwrap();
-        let e = roots.check_write(&data.join("x.csv")).unwrap_err();
+        let e = roots
+            .check_write(&data.join("x.csv"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--writable-root"), "{e}");
         let roots = roots.with_writable(std::slice::from_ref(&out)).unwrap();
         assert!(roots.check_write(&out.join("new/dir/x.csv")).is_ok());

@@ -43,7 +43,7 @@ fn local(location: &StorePath) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/{}", location.as_ref()))
 }
 
-fn denied(location: &StorePath, message: String) -> object_store::Error {
+fn denied(location: &StorePath, message: crate::error::DlpError) -> object_store::Error {
     object_store::Error::PermissionDenied {
         path: location.to_string(),
         source: message.into(),

@@ -25,7 +25,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::decode::{DecodeOptions, InvalidImage, decode_image, sniff_format};
 use super::listing::origin_uri;
-use super::provider::ImageScanSpec;
+use super::scan::ImageScanSpec;
 use super::schema::{ImageColumnBuilder, ImageRow};
 
 /// Decodes images named by a file-list input. Output columns are `projection` over the
@@ -382,7 +382,7 @@ fn read_and_decode_uncounted(
     let unreadable = |e: std::io::Error| InvalidImage::Unreadable(e.to_string());
     // Executors enforce the data roots too: a plan can name any file.
     if let Err(e) = crate::access::check_path(std::path::Path::new(path)) {
-        return (Err(InvalidImage::Unreadable(e)), 0);
+        return (Err(InvalidImage::Unreadable(e.to_string())), 0);
     }
     // Only regular files, of a bounded size: opening a FIFO would block the task forever,
     // and a huge file would be read into memory whole.

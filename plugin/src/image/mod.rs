@@ -7,13 +7,13 @@ pub mod listing;
 pub mod options;
 pub mod provider;
 pub mod resize;
+pub mod scan;
 pub mod schema;
-pub mod udf;
 
 pub use decode::{DecodeOptions, InvalidImage, decode_image};
 pub use exec::ImageDecodeExec;
 pub use listing::{ImageListing, list_images, origin_uri};
 pub use options::ImageReadOptions;
-pub use provider::{ImageScanSpec, ImageTableFactory, ImageTableProvider, ReadImagesFunction};
+pub use provider::{ImageTableFactory, ImageTableProvider, ReadImagesFunction};
+pub use scan::ImageScanSpec;
 pub use schema::{ImageRow, image_data_type, image_field};
-pub use udf::read_image_udf;

@@ -1,7 +1,8 @@
 //! Training data on the executors: reading the features / label / weight columns into
 //! contiguous `f64` buffers (with the checks that name the column and the problem), the
 //! Arrow IPC part files that every iteration reads, and the executor-local cache of those
-//! parts as libtorch tensors.
+//! parts as libtorch tensors (with the `torch` feature; the scheduler has no such cache).
+#![cfg_attr(not(feature = "torch"), allow(unused_imports, dead_code))]
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,6 +17,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Sc
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::common::{DataFusionError, Result, exec_datafusion_err, plan_err};
+#[cfg(feature = "torch")]
 use tch::{Kind, Tensor};
 
 /// Checks that `data_type` can be a features column (a vector of floats).
@@ -345,148 +347,160 @@ fn as_f64(array: &ArrayRef, what: &str, col: &str) -> Result<Float64Array> {
 // ---------------------------------------------------------------------------------------
 // Executor-local cache
 
-/// One part as libtorch tensors, ready for the gradient computation.
-#[derive(Debug)]
-pub struct PartTensors {
-    /// `rows x dim` features (f64).
-    pub x: Tensor,
-    /// Labels (f64).
-    pub y: Tensor,
-    /// Labels as class indices (i64).
-    pub y_index: Tensor,
-    /// Weights (f64).
-    pub w: Tensor,
-    /// Rows.
-    pub rows: usize,
-    /// Feature dimension.
-    pub dim: usize,
-}
+#[cfg(feature = "torch")]
+pub use cache::*;
 
-impl PartTensors {
-    /// Builds the tensors from rows.
-    pub fn from_rows(rows: &Rows) -> Self {
-        let n = rows.len() as i64;
-        let dim = rows.dim.max(1);
-        let x = Tensor::from_slice(&rows.x).view([n, dim as i64]);
-        let y = Tensor::from_slice(&rows.y);
-        let y_index = y.to_kind(Kind::Int64);
-        Self {
-            x,
-            y,
-            y_index,
-            w: Tensor::from_slice(&rows.w),
-            rows: rows.len(),
-            dim,
+/// Without libtorch there is no cache to drop from.
+#[cfg(not(feature = "torch"))]
+pub fn cache_evict_dir(_dir: &str) {}
+
+#[cfg(feature = "torch")]
+mod cache {
+    use super::*;
+
+    /// One part as libtorch tensors, ready for the gradient computation.
+    #[derive(Debug)]
+    pub struct PartTensors {
+        /// `rows x dim` features (f64).
+        pub x: Tensor,
+        /// Labels (f64).
+        pub y: Tensor,
+        /// Labels as class indices (i64).
+        pub y_index: Tensor,
+        /// Weights (f64).
+        pub w: Tensor,
+        /// Rows.
+        pub rows: usize,
+        /// Feature dimension.
+        pub dim: usize,
+    }
+
+    impl PartTensors {
+        /// Builds the tensors from rows.
+        pub fn from_rows(rows: &Rows) -> Self {
+            let n = rows.len() as i64;
+            let dim = rows.dim.max(1);
+            let x = Tensor::from_slice(&rows.x).view([n, dim as i64]);
+            let y = Tensor::from_slice(&rows.y);
+            let y_index = y.to_kind(Kind::Int64);
+            Self {
+                x,
+                y,
+                y_index,
+                w: Tensor::from_slice(&rows.w),
+                rows: rows.len(),
+                dim,
+            }
+        }
+
+        fn bytes(&self) -> usize {
+            self.rows * (self.dim + 3) * 8
         }
     }
 
-    fn bytes(&self) -> usize {
-        self.rows * (self.dim + 3) * 8
+    type Shared = Arc<Mutex<PartTensors>>;
+
+    struct Entry {
+        part: Shared,
+        bytes: usize,
+        last_used: u64,
     }
-}
 
-type Shared = Arc<Mutex<PartTensors>>;
-
-struct Entry {
-    part: Shared,
-    bytes: usize,
-    last_used: u64,
-}
-
-#[derive(Default)]
-struct Cache {
-    entries: HashMap<String, Entry>,
-    clock: u64,
-    bytes: usize,
-}
-
-static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
-
-/// Capacity of the part cache of this process: `DLP_ML_CACHE_BYTES`, default 4 GiB.
-fn capacity() -> usize {
-    std::env::var("DLP_ML_CACHE_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4 << 30)
-}
-
-fn lock() -> std::sync::MutexGuard<'static, Cache> {
-    CACHE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Puts a part in the cache (evicting the least recently used ones over capacity).
-pub fn cache_put(path: &str, part: PartTensors) -> Shared {
-    let bytes = part.bytes();
-    let part = Arc::new(Mutex::new(part));
-    let cap = capacity();
-    if bytes > cap {
-        return part;
+    #[derive(Default)]
+    struct Cache {
+        entries: HashMap<String, Entry>,
+        clock: u64,
+        bytes: usize,
     }
-    let mut cache = lock();
-    cache.clock += 1;
-    let clock = cache.clock;
-    if let Some(old) = cache.entries.insert(
-        path.to_string(),
-        Entry {
-            part: part.clone(),
-            bytes,
-            last_used: clock,
-        },
-    ) {
-        cache.bytes -= old.bytes;
+
+    static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Default::default);
+
+    /// Capacity of the part cache of this process: `DLP_ML_CACHE_BYTES`, default 4 GiB.
+    fn capacity() -> usize {
+        std::env::var("DLP_ML_CACHE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4 << 30)
     }
-    cache.bytes += bytes;
-    while cache.bytes > cap {
-        let Some(victim) = cache
-            .entries
-            .iter()
-            .min_by_key(|(_, e)| e.last_used)
-            .map(|(k, _)| k.clone())
-        else {
-            break;
-        };
-        if let Some(e) = cache.entries.remove(&victim) {
-            cache.bytes -= e.bytes;
+
+    fn lock() -> std::sync::MutexGuard<'static, Cache> {
+        CACHE.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts a part in the cache (evicting the least recently used ones over capacity).
+    pub fn cache_put(path: &str, part: PartTensors) -> Shared {
+        let bytes = part.bytes();
+        let part = Arc::new(Mutex::new(part));
+        let cap = capacity();
+        if bytes > cap {
+            return part;
         }
-    }
-    part
-}
-
-/// A cached part, or the part read from its file (and cached). The flag says whether it
-/// was a cache hit.
-pub fn cache_get_or_load(path: &str) -> Result<(Shared, bool)> {
-    {
         let mut cache = lock();
         cache.clock += 1;
         let clock = cache.clock;
-        if let Some(e) = cache.entries.get_mut(path) {
-            e.last_used = clock;
-            return Ok((e.part.clone(), true));
+        if let Some(old) = cache.entries.insert(
+            path.to_string(),
+            Entry {
+                part: part.clone(),
+                bytes,
+                last_used: clock,
+            },
+        ) {
+            cache.bytes -= old.bytes;
+        }
+        cache.bytes += bytes;
+        while cache.bytes > cap {
+            let Some(victim) = cache
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(e) = cache.entries.remove(&victim) {
+                cache.bytes -= e.bytes;
+            }
+        }
+        part
+    }
+
+    /// A cached part, or the part read from its file (and cached). The flag says whether it
+    /// was a cache hit.
+    pub fn cache_get_or_load(path: &str) -> Result<(Shared, bool)> {
+        {
+            let mut cache = lock();
+            cache.clock += 1;
+            let clock = cache.clock;
+            if let Some(e) = cache.entries.get_mut(path) {
+                e.last_used = clock;
+                return Ok((e.part.clone(), true));
+            }
+        }
+        crate::access::check_work_path(Path::new(path))
+            .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
+        let rows = Rows::read_ipc(Path::new(path))?;
+        Ok((cache_put(path, PartTensors::from_rows(&rows)), false))
+    }
+
+    /// Drops every cached part under `dir` (end of a fit).
+    pub fn cache_evict_dir(dir: &str) {
+        let mut cache = lock();
+        let victims: Vec<String> = cache
+            .entries
+            .keys()
+            .filter(|k| k.starts_with(dir))
+            .cloned()
+            .collect();
+        for k in victims {
+            if let Some(e) = cache.entries.remove(&k) {
+                cache.bytes -= e.bytes;
+            }
         }
     }
-    crate::access::check_work_path(Path::new(path))
-        .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
-    let rows = Rows::read_ipc(Path::new(path))?;
-    Ok((cache_put(path, PartTensors::from_rows(&rows)), false))
-}
 
-/// Drops every cached part under `dir` (end of a fit).
-pub fn cache_evict_dir(dir: &str) {
-    let mut cache = lock();
-    let victims: Vec<String> = cache
-        .entries
-        .keys()
-        .filter(|k| k.starts_with(dir))
-        .cloned()
-        .collect();
-    for k in victims {
-        if let Some(e) = cache.entries.remove(&k) {
-            cache.bytes -= e.bytes;
-        }
+    /// Turns a tch error into a DataFusion one.
+    pub fn tch_err(e: tch::TchError) -> DataFusionError {
+        exec_datafusion_err!("libtorch: {e}")
     }
-}
-
-/// Turns a tch error into a DataFusion one.
-pub fn tch_err(e: tch::TchError) -> DataFusionError {
-    exec_datafusion_err!("libtorch: {e}")
 }

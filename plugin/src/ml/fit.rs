@@ -14,9 +14,9 @@ use datafusion::execution::context::SessionState;
 use datafusion::prelude::col;
 
 use super::data::cache_evict_dir;
-use super::exec::{GradientSpec, MaterializeSpec, MlNode, MlStep, input_type};
 use super::loss::{Layout, Partial, Regularization};
 use super::model::{LogisticRegressionModel, TrainingSummary};
+use super::node::{GradientSpec, MaterializeSpec, MlNode, MlStep, input_type};
 use super::optim::{Evaluate, minimize};
 use super::params::{Family, LogisticRegressionParams};
 use super::summary::Summary;
@@ -33,7 +33,7 @@ struct RunDir(PathBuf);
 impl Drop for RunDir {
     fn drop(&mut self) {
         cache_evict_dir(&self.0.to_string_lossy());
-        if std::env::var_os("DLP_KEEP_WORK").is_none() {
+        if !crate::access::keep_work() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
@@ -324,7 +324,7 @@ impl LogisticRegression {
         }
         let history = minimum.history.clone();
         tracing::info!(
-            target: super::exec::LOG_TARGET,
+            target: super::node::LOG_TARGET,
             iterations = minimum.iterations,
             evaluations = minimum.evaluations,
             objective = history.last().copied().unwrap_or(f64::NAN),
@@ -471,7 +471,7 @@ impl Evaluate for JobObjective {
                 }
                 Err(e) if attempt < JOB_ATTEMPTS => {
                     tracing::warn!(
-                        target: super::exec::LOG_TARGET,
+                        target: super::node::LOG_TARGET,
                         evaluation = self.evaluations,
                         attempt,
                         "loss job failed, running it again: {e}"

@@ -9,8 +9,10 @@
 use base64::Engine;
 use datafusion::common::{Result, exec_datafusion_err};
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "torch")]
 use tch::{Kind, Tensor};
 
+#[cfg(feature = "torch")]
 use super::data::{PartTensors, tch_err};
 
 /// Encodes `Vec<f64>` as base64 of little-endian bytes (exact and compact in JSON).
@@ -68,6 +70,7 @@ pub struct Partial {
 }
 
 /// Loss and gradient sums of one partition for `params` (standardized scale).
+#[cfg(feature = "torch")]
 pub fn partial(
     part: &PartTensors,
     layout: &Layout,
@@ -129,6 +132,7 @@ pub fn partial(
     })
 }
 
+#[cfg(feature = "torch")]
 fn tensor_to_vec(t: &Tensor) -> Result<Vec<f64>> {
     Vec::<f64>::try_from(t.contiguous().view([-1])).map_err(tch_err)
 }
@@ -247,6 +251,7 @@ mod tests {
         (loss, grad)
     }
 
+    #[cfg(feature = "torch")]
     #[test]
     fn tensor_partials_match_a_per_row_reference() {
         let mut r = rows();

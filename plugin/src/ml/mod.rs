@@ -5,18 +5,32 @@
 //! prepare(df) ── job 1: LrMaterializeExec ── per partition: check, write part-N.arrow, cache, summary
 //! fit_prepared ── per optimizer evaluation: job: LrGradientExec(parts) ── per part: loss, gradient
 //! fit(df) = prepare(df), then fit_prepared (prepare once for several fits: Spark's cache())
+//! model.transform(df) ── LrPredictExec ── rawPrediction, probability, prediction
 //! ```
+//!
+//! The steps' specs and logical node are in [`node`], the operators one per file
+//! ([`materialize`], [`gradient`], [`predict`], sharing the shell in [`operator`]), and the
+//! query planner in [`planner`].
 
 pub mod data;
-pub mod exec;
 pub mod fit;
+pub mod gradient;
 pub mod loss;
+pub mod materialize;
 pub mod model;
+pub mod node;
+pub mod operator;
 pub mod optim;
 pub mod params;
+pub mod planner;
+pub mod predict;
 pub mod summary;
 
-pub use exec::{MlExec, MlExtensionPlanner, MlNode};
 pub use fit::{LogisticRegression, TrainingData};
+pub use gradient::GradientExec;
+pub use materialize::MaterializeExec;
 pub use model::{LogisticRegressionModel, TrainingSummary};
+pub use node::{MlNode, MlStep};
 pub use params::{ClassWeight, Family, LogisticRegressionParams};
+pub use planner::MlExtensionPlanner;
+pub use predict::PredictExec;

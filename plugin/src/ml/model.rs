@@ -7,7 +7,7 @@ use datafusion::common::{Result, exec_datafusion_err, plan_err};
 use datafusion::dataframe::DataFrame;
 use serde::{Deserialize, Serialize};
 
-use super::exec::{MlNode, MlStep, PredictSpec};
+use super::node::{MlNode, MlStep, PredictSpec};
 use super::params::LogisticRegressionParams;
 
 /// What the fit did.

@@ -14,7 +14,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{cast, col};
 use serde::{Deserialize, Serialize};
 
-use crate::ml::exec::input_type;
+use crate::ml::node::input_type;
 
 /// The metric names MLlib's evaluator accepts, plus `rocAuc` (one-vs-rest, macro average).
 pub const METRIC_NAMES: &[&str] = &[

@@ -36,7 +36,7 @@ use super::evaluation::{MulticlassClassificationEvaluator, MulticlassMetrics};
 use super::split::random_split;
 use super::stages::{Pipeline, PipelineModel, PipelineStage};
 use super::tuning::{ParamGridBuilder, Tuner, TuningEvent, TuningModel, Validation};
-use crate::image::provider::{LABEL_COLUMN, LABEL_NAME_COLUMN};
+use crate::image::scan::{LABEL_COLUMN, LABEL_NAME_COLUMN};
 use crate::image::schema::IMAGE_COLUMN;
 use crate::image::{ImageReadOptions, ImageTableProvider, list_images, origin_uri};
 

@@ -4,7 +4,6 @@
 
 pub mod assembler;
 pub mod evaluation;
-pub mod functions;
 pub mod job;
 pub mod split;
 pub mod stages;

@@ -251,7 +251,7 @@ impl TuningModel {
 struct Cleanup(PathBuf);
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if std::env::var_os("DLP_KEEP_WORK").is_none() {
+        if !crate::access::keep_work() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }

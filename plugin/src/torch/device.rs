@@ -45,6 +45,7 @@ impl std::fmt::Display for DeviceSpec {
 
 impl DeviceSpec {
     /// The libtorch device; `cuda:N` without such a GPU is an error naming what was found.
+    #[cfg(feature = "torch")]
     pub fn resolve(self) -> Result<tch::Device> {
         let gpus = if tch::Cuda::is_available() {
             tch::Cuda::device_count() as usize
@@ -80,6 +81,7 @@ mod tests {
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
     }
 
+    #[cfg(feature = "torch")]
     #[test]
     fn cuda_without_a_gpu_is_a_clear_error() {
         if tch::Cuda::is_available() {

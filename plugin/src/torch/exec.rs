@@ -29,9 +29,9 @@ use datafusion::physical_plan::{
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
 
-use super::infer::{check_image_column, prepare, run};
+use super::infer::{Runner, check_image_column};
 use super::spec::TorchSpec;
-use super::{ProcessTorchConfig, model::load_model};
+use crate::config::DlpOptions;
 
 // ---------------------------------------------------------------------------------------
 // Logical node
@@ -139,15 +139,19 @@ impl ExtensionPlanner for TorchExtensionPlanner {
         node: &dyn UserDefinedLogicalNode,
         _logical_inputs: &[&LogicalPlan],
         physical_inputs: &[Arc<dyn ExecutionPlan>],
-        _session: &dyn Session,
+        session: &dyn Session,
         _planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let Some(node) = node.as_any().downcast_ref::<TorchInferenceNode>() else {
             return Ok(None);
         };
+        // What the step leaves open (batch size, device) comes from the session's `dlp.*`
+        // settings, fixed here so that the plan the executors get says it.
+        let mut spec = node.spec.clone();
+        DlpOptions::of(session.config_options()).apply_to(&mut spec);
         Ok(Some(Arc::new(TorchInferenceExec::try_new(
             physical_inputs[0].clone(),
-            node.spec.clone(),
+            spec,
         )?)))
     }
 }
@@ -291,10 +295,16 @@ impl ExecutionPlan for TorchInferenceExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let process = ProcessTorchConfig::get();
-        let zoo = process.zoo();
-        let entry = zoo.get(&self.spec.model)?;
-        let device = self.spec.device.unwrap_or(process.device).resolve()?;
+        let mut spec = self.spec.clone();
+        // A plan made without the planner (by hand, or decoded from an older client) still
+        // gets the session's settings.
+        DlpOptions::of(context.session_config().options()).apply_to(&mut spec);
+        // A batch size above the executor's ceiling fails here, before any batch is formed.
+        crate::limits::Limits::get()
+            .check_batch_size(&spec.output_col, spec.batch_size)
+            .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
+        let batch_size = spec.batch_size.max(1);
+        let runner = Arc::new(Runner::new(spec)?);
         let input = self.input.execute(partition, context)?;
         let m = &self.metrics;
         let metrics = Arc::new(InferenceMetrics {
@@ -305,32 +315,21 @@ impl ExecutionPlan for TorchInferenceExec {
             preprocess_time: MetricBuilder::new(m).subset_time("preprocess_time", partition),
             inference_time: MetricBuilder::new(m).subset_time("inference_time", partition),
         });
-        let spec = Arc::new(self.spec.clone());
+        MetricBuilder::new(m)
+            .gauge("batch_size", partition)
+            .set(batch_size);
         let schema = self.schema.clone();
         let idx = self.input_index;
-        // A batch size above the executor's ceiling fails here, before any batch is formed.
-        crate::limits::Limits::get()
-            .check_batch_size(&self.spec.output_col, self.spec.batch_size)
-            .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
-        let batch_size = self.spec.batch_size.max(1);
-        let threads = process.intra_threads();
-        // The model is loaded (file read, hashed, deserialized) on the first blocking task
-        // that needs it, once per process and device; later calls hit the cache.
-        let model = Arc::new(move || {
-            super::model::init_threads(threads);
-            load_model(&entry, device)
-        });
         let chunks = crate::batches::rechunk(input, batch_size);
-        let (m1, s1, model1) = (metrics.clone(), spec.clone(), model.clone());
+        let (m1, r1) = (metrics.clone(), runner.clone());
         let prepared = chunks
             .map(move |batch| {
-                let (metrics, spec, model) = (m1.clone(), s1.clone(), model1.clone());
+                let (metrics, runner) = (m1.clone(), r1.clone());
                 async move {
                     let batch = batch?;
                     tokio::task::spawn_blocking(move || {
-                        let model = model()?;
                         let _t = metrics.preprocess_time.timer();
-                        let p = prepare(&model, &spec, batch.column(idx).as_ref())?;
+                        let p = runner.prepare(batch.column(idx).as_ref())?;
                         Ok::<_, datafusion::error::DataFusionError>((batch, p))
                     })
                     .await
@@ -342,18 +341,13 @@ impl ExecutionPlan for TorchInferenceExec {
         let out_schema = schema.clone();
         let outputs = prepared
             .map(move |item| {
-                let (metrics, spec, model, schema) = (
-                    metrics.clone(),
-                    spec.clone(),
-                    model.clone(),
-                    out_schema.clone(),
-                );
+                let (metrics, runner, schema) =
+                    (metrics.clone(), runner.clone(), out_schema.clone());
                 async move {
                     let (batch, prepared) = item?;
                     tokio::task::spawn_blocking(move || {
-                        let model = model()?;
                         let timer = metrics.inference_time.timer();
-                        let out = run(&model, &spec, &prepared)?;
+                        let out = runner.run(&prepared)?;
                         timer.done();
                         metrics.images.add(prepared.valid.len());
                         metrics
@@ -362,7 +356,7 @@ impl ExecutionPlan for TorchInferenceExec {
                         metrics.batches.add(1);
                         tracing::debug!(
                             target: "dlp_plugin::torch",
-                            model = %spec.model,
+                            model = %runner.spec().model,
                             images = prepared.valid.len(),
                             "inference batch done"
                         );

@@ -1,6 +1,16 @@
-//! Inference over an `image` column: preprocessing (CPU) and forward passes (device) as two
-//! steps, so that an operator can overlap them; outputs as Arrow arrays with nulls for
+//! Inference over an `image` column, written once for every caller: [`Runner`] holds a
+//! model step ready to run in this process (manifest entry, device, threads) and does
+//! preprocessing (CPU) and forward passes (device) as two steps, so that an operator can
+//! overlap them ([`TorchInferenceExec`](super::TorchInferenceExec)), or both at once
+//! ([`Runner::apply`], the model SQL functions); outputs are Arrow arrays with nulls for
 //! invalid images.
+//!
+//! Without the crate's `torch` feature (the scheduler) a runner cannot be made: plans with
+//! model steps are built and shipped, and only processes with libtorch run them.
+#![cfg_attr(
+    not(feature = "torch"),
+    allow(unused_imports, dead_code, clippy::needless_return)
+)]
 
 use std::sync::Arc;
 
@@ -11,9 +21,12 @@ use datafusion::arrow::array::{
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type};
 use datafusion::common::{Result, exec_datafusion_err, exec_err};
+#[cfg(feature = "torch")]
 use tch::{Kind, Tensor};
 
-use super::manifest::ResizePolicy;
+use super::ProcessTorchConfig;
+use super::manifest::{ModelEntry, ResizePolicy};
+#[cfg(feature = "torch")]
 use super::model::{ImageRef, LoadedModel};
 use super::spec::{TorchSpec, TorchTask, prediction_fields};
 use crate::image::schema::{ImageColumnBuilder, ImageRow, is_image_type};
@@ -26,6 +39,7 @@ pub struct Prepared {
     /// Row index of each valid image, in order.
     pub valid: Vec<usize>,
     /// `[valid.len(), 3, H, W]` (absent when no image is valid).
+    #[cfg(feature = "torch")]
     pub tensor: Option<Tensor>,
     /// Origin of each valid image (kept only for image outputs, which carry it on).
     pub origins: Vec<String>,
@@ -42,9 +56,113 @@ pub fn check_image_column(name: &str, data_type: &DataType) -> Result<()> {
     Ok(())
 }
 
-/// Decodes the image structs of `images` into model input; invalid images (nChannels < 1,
-/// or null) are skipped and later give null outputs.
-pub fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Result<Prepared> {
+/// A model step ready to run in this process: the manifest entry, the device and libtorch's
+/// threads. The model itself is loaded (file read, sha256 checked, deserialized) by the
+/// first call that needs it, once per process and device.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    spec: TorchSpec,
+    entry: ModelEntry,
+    #[cfg(feature = "torch")]
+    device: tch::Device,
+    threads: usize,
+}
+
+/// What a process without libtorch says when asked to run a model.
+#[cfg(not(feature = "torch"))]
+const NO_TORCH: &str = "this process was built without libtorch (dlp-plugin's `torch` feature) \
+                        and cannot run models; executors run them";
+
+impl Runner {
+    /// The step `spec` on this process's model directory and device (the spec's device
+    /// first, then the process's).
+    pub fn new(spec: TorchSpec) -> Result<Self> {
+        let entry = ProcessTorchConfig::get().zoo().get(&spec.model)?;
+        Self::for_entry(entry, spec)
+    }
+
+    /// [`Runner::new`] for a model already looked up.
+    pub fn for_entry(entry: ModelEntry, mut spec: TorchSpec) -> Result<Self> {
+        let process = ProcessTorchConfig::get();
+        if spec.batch_size == 0 {
+            // Not filled from a session (a plan run outside one): the default.
+            spec.batch_size = crate::config::DEFAULT_BATCH_SIZE;
+        }
+        #[cfg(not(feature = "torch"))]
+        return {
+            let _ = (entry, process);
+            exec_err!("model {}: {NO_TORCH}", spec.model)
+        };
+        #[cfg(feature = "torch")]
+        {
+            let device = spec.device.unwrap_or(process.device).resolve()?;
+            Ok(Self {
+                spec,
+                entry,
+                device,
+                threads: process.intra_threads(),
+            })
+        }
+    }
+
+    /// The step.
+    pub fn spec(&self) -> &TorchSpec {
+        &self.spec
+    }
+
+    /// The loaded model (cached per process and device).
+    #[cfg(feature = "torch")]
+    fn model(&self) -> Result<Arc<LoadedModel>> {
+        super::model::init_threads(self.threads);
+        super::model::load_model(&self.entry, self.device)
+    }
+
+    /// Decodes the image structs of `images` into model input; invalid images (nChannels < 1,
+    /// or null) are skipped and later give null outputs. Blocking.
+    pub fn prepare(&self, images: &dyn Array) -> Result<Prepared> {
+        #[cfg(not(feature = "torch"))]
+        return {
+            let _ = (images, self.threads);
+            exec_err!("{NO_TORCH}")
+        };
+        #[cfg(feature = "torch")]
+        prepare(self.model()?.as_ref(), &self.spec, images)
+    }
+
+    /// Runs the model on prepared images (in chunks of the spec's batch size) and builds the
+    /// output column. Blocking.
+    pub fn run(&self, prepared: &Prepared) -> Result<ArrayRef> {
+        #[cfg(not(feature = "torch"))]
+        return {
+            let _ = prepared;
+            exec_err!("{NO_TORCH}")
+        };
+        #[cfg(feature = "torch")]
+        run(self.model()?.as_ref(), &self.spec, prepared)
+    }
+
+    /// [`prepare`](Self::prepare) then [`run`](Self::run), without stalling the async
+    /// runtime's other tasks (the SQL functions' path).
+    pub fn apply(&self, images: &dyn Array) -> Result<ArrayRef> {
+        blocking(|| {
+            let prepared = self.prepare(images)?;
+            self.run(&prepared)
+        })
+    }
+}
+
+/// Runs CPU-heavy work without stalling the async runtime's other tasks.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+#[cfg(feature = "torch")]
+fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Result<Prepared> {
     let images: &StructArray = images
         .as_struct_opt()
         .ok_or_else(|| exec_datafusion_err!("column {} is not a struct", spec.input_col))?;
@@ -94,9 +212,8 @@ pub fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Res
     })
 }
 
-/// Runs the model on prepared images (in chunks of `spec.batch_size`) and builds the output
-/// column.
-pub fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result<ArrayRef> {
+#[cfg(feature = "torch")]
+fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result<ArrayRef> {
     crate::limits::Limits::get()
         .check_batch_size(&spec.output_col, spec.batch_size)
         .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
@@ -105,6 +222,7 @@ pub fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result
     let n_valid = prepared.valid.len();
     crate::metrics::record_inference(
         &spec.model,
+        spec.batch_size,
         n_valid.div_ceil(spec.batch_size.max(1)),
         n_valid,
         prepared.rows - n_valid,
@@ -113,6 +231,7 @@ pub fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result
     Ok(out)
 }
 
+#[cfg(feature = "torch")]
 fn run_uncounted(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result<ArrayRef> {
     let dim = spec.output_dim;
     let n_valid = prepared.valid.len();
@@ -249,6 +368,7 @@ fn run_uncounted(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> 
 /// `[N, C, H, W]` model output -> 8-bit images in Spark's layout (HWC, B G R for three
 /// channels): `pixel = (v * std + mean) / scale` with the manifest's `image_output` (or the
 /// inverse of its input normalization), rounded half to even and clamped to 0..=255.
+#[cfg(feature = "torch")]
 fn to_image_rows(model: &LoadedModel, images: &Tensor) -> Result<Vec<ImageRow>> {
     let m = &model.entry.manifest;
     let size = images.size();
@@ -306,6 +426,7 @@ fn to_image_rows(model: &LoadedModel, images: &Tensor) -> Result<Vec<ImageRow>> 
         .collect())
 }
 
+#[cfg(feature = "torch")]
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().flatten(0, -1))
         .map_err(|e| exec_datafusion_err!("tensor to vec: {e}"))

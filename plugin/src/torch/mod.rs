@@ -1,15 +1,18 @@
-//! libtorch on the executors: model zoo and manifests, device choice, the model cache,
-//! preprocessing, `TorchInferenceExec`, the sparkdl-style transformers and SQL functions.
+//! Models on the executors: model zoo and manifests, device choice, the model cache and the
+//! one inference entry point ([`infer::Runner`]), `TorchInferenceExec`, and the
+//! sparkdl-style transformers. The SQL functions that run models are in [`crate::sql`].
+//! libtorch itself is behind the crate's `torch` feature ([`model`], [`infer::Runner`]'s
+//! work); without it everything here still plans.
 
 pub mod device;
 pub mod exec;
 pub mod infer;
 pub mod manifest;
+#[cfg(feature = "torch")]
 pub mod model;
 pub mod placement;
 pub mod spec;
 pub mod transformers;
-pub mod udf;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -72,10 +75,11 @@ impl ProcessTorchConfig {
         if self.streams > 0 {
             return self.streams;
         }
-        match self.device.resolve() {
-            Ok(tch::Device::Cpu) => self.threads.clamp(1, 4),
-            _ => 1,
-        }
+        #[cfg(feature = "torch")]
+        let cpu = matches!(self.device.resolve(), Ok(tch::Device::Cpu));
+        #[cfg(not(feature = "torch"))]
+        let cpu = true;
+        if cpu { self.threads.clamp(1, 4) } else { 1 }
     }
 
     /// libtorch intra-op threads of one forward pass.

@@ -10,11 +10,11 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
 use super::TorchInferenceExec;
-use super::udf::ModelFunction;
+use crate::sql::runs_model;
 
 /// True when `plan` (one stage's plan, or any sub-plan) runs a torch model: a
 /// [`TorchInferenceExec`] (featurizer, predictor, user model, file-URI transformer), or a
-/// projection or filter calling a model SQL function ([`runs_model`]).
+/// projection or filter calling a model SQL function ([`crate::sql::runs_model`]).
 pub fn plan_runs_torch(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let node = plan.as_ref();
     if node.is::<TorchInferenceExec>() {
@@ -29,13 +29,6 @@ pub fn plan_runs_torch(plan: &Arc<dyn ExecutionPlan>) -> bool {
         vec![]
     };
     exprs.into_iter().any(expr_runs_torch) || plan.children().into_iter().any(plan_runs_torch)
-}
-
-/// The SQL functions that run a model, in one place: `featurize` / `predict_topk`
-/// ([`ModelFunction`]) and the functions registered from a saved pipeline or a zoo model
-/// (`CREATE FUNCTION ... AS 'pipeline:...' | 'model:...'`, `dlp.yaml`).
-pub fn runs_model(udf: &dyn datafusion::logical_expr::ScalarUDFImpl) -> bool {
-    udf.is::<ModelFunction>() || udf.is::<crate::pipeline::functions::ModelUdf>()
 }
 
 fn expr_runs_torch(expr: &Arc<dyn PhysicalExpr>) -> bool {

@@ -39,7 +39,8 @@ pub struct TorchSpec {
     pub output_col: String,
     /// What to compute.
     pub task: TorchTask,
-    /// Images per forward pass.
+    /// Images per forward pass; 0: the session's `dlp.torch.batch_size` (filled in when the
+    /// step is planned or run, see [`crate::config::DlpOptions::apply_to`]).
     pub batch_size: usize,
     /// Resize policy override (default: the manifest's).
     pub resize: Option<ResizePolicy>,
@@ -49,9 +50,6 @@ pub struct TorchSpec {
     /// time.
     pub output_dim: usize,
 }
-
-/// Default images per forward pass.
-pub const DEFAULT_BATCH_SIZE: usize = 16;
 
 impl TorchSpec {
     /// Resolves `model` in `zoo` and fixes the output size, with plan-time errors for an
@@ -113,7 +111,7 @@ impl TorchSpec {
             input_col: input_col.to_string(),
             output_col: output_col.to_string(),
             task,
-            batch_size: DEFAULT_BATCH_SIZE,
+            batch_size: 0,
             resize: None,
             device: None,
             output_dim,

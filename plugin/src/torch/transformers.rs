@@ -41,9 +41,9 @@ pub struct DeepImageFeaturizer {
     pub output_col: String,
     /// Model name in the model directory.
     pub model_name: String,
-    /// Images per forward pass.
-    #[serde(default = "batch_size")]
-    pub batch_size: usize,
+    /// Images per forward pass (unset: the session's `dlp.torch.batch_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
     /// Resize policy override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<ResizePolicy>,
@@ -81,9 +81,6 @@ fn features_col() -> String {
 fn predicted_labels_col() -> String {
     "predicted_labels".into()
 }
-fn batch_size() -> usize {
-    super::spec::DEFAULT_BATCH_SIZE
-}
 fn yes() -> bool {
     true
 }
@@ -98,7 +95,7 @@ impl DeepImageFeaturizer {
             input_col: "image".into(),
             output_col: "features".into(),
             model_name: model_name.into(),
-            batch_size: super::spec::DEFAULT_BATCH_SIZE,
+            batch_size: None,
             resize: None,
             feature_layer: FeatureLayer::Penultimate,
         }
@@ -124,7 +121,7 @@ impl DeepImageFeaturizer {
 
     /// Sets the images per forward pass.
     pub fn with_batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n.max(1);
+        self.batch_size = Some(n.max(1));
         self
     }
 
@@ -156,15 +153,18 @@ fn zoo_spec(
     input_col: &str,
     output_col: &str,
     task: TorchTask,
-    batch_size: usize,
+    batch_size: Option<usize>,
     resize: Option<ResizePolicy>,
 ) -> Result<TorchSpec> {
     let zoo = ProcessTorchConfig::get().zoo();
     let mut spec = TorchSpec::try_new(&zoo, model_name, input_col, output_col, task)?;
-    crate::limits::Limits::get()
-        .check_batch_size(output_col, batch_size)
-        .map_err(|e| datafusion::common::plan_datafusion_err!("{e}"))?;
-    spec.batch_size = batch_size.max(1);
+    if let Some(n) = batch_size {
+        crate::limits::Limits::get()
+            .check_batch_size(output_col, n)
+            .map_err(|e| datafusion::common::plan_datafusion_err!("{e}"))?;
+    }
+    // Unset (0): the session's `dlp.torch.batch_size`, when the step is planned.
+    spec.batch_size = batch_size.map_or(0, |n| n.max(1));
     spec.resize = resize;
     Ok(spec)
 }
@@ -189,9 +189,9 @@ pub struct DeepImagePredictor {
     /// K of the top-K (default 5).
     #[serde(default = "five", rename = "topK")]
     pub top_k: usize,
-    /// Images per forward pass.
-    #[serde(default = "batch_size")]
-    pub batch_size: usize,
+    /// Images per forward pass (unset: the session's `dlp.torch.batch_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
 }
 
 impl DeepImagePredictor {
@@ -203,7 +203,7 @@ impl DeepImagePredictor {
             model_name: model_name.into(),
             decode_predictions: true,
             top_k: 5,
-            batch_size: super::spec::DEFAULT_BATCH_SIZE,
+            batch_size: None,
         }
     }
 
@@ -277,9 +277,9 @@ pub struct TorchImageTransformer {
     /// `vector` (default) or `image`.
     #[serde(default)]
     pub output_mode: ImageOutputMode,
-    /// Images per forward pass.
-    #[serde(default = "batch_size")]
-    pub batch_size: usize,
+    /// Images per forward pass (unset: the session's `dlp.torch.batch_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
     /// Resize policy override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<ResizePolicy>,
@@ -297,7 +297,7 @@ impl TorchImageTransformer {
             output_col: output_col.into(),
             model_name: model_name.into(),
             output_mode,
-            batch_size: super::spec::DEFAULT_BATCH_SIZE,
+            batch_size: None,
             resize: None,
         }
     }
@@ -310,7 +310,7 @@ impl TorchImageTransformer {
 
     /// Sets the images per forward pass.
     pub fn with_batch_size(mut self, n: usize) -> Self {
-        self.batch_size = n.max(1);
+        self.batch_size = Some(n.max(1));
         self
     }
 
@@ -366,9 +366,9 @@ pub struct ImageFileTransformer {
     /// `vector` (features, default) or `probabilities`.
     #[serde(default)]
     pub output_mode: FileOutputMode,
-    /// Images per forward pass.
-    #[serde(default = "batch_size")]
-    pub batch_size: usize,
+    /// Images per forward pass (unset: the session's `dlp.torch.batch_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
     /// Resize policy override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<ResizePolicy>,
@@ -382,7 +382,7 @@ impl ImageFileTransformer {
             output_col: "features".into(),
             model_name: model_name.into(),
             output_mode: FileOutputMode::Vector,
-            batch_size: super::spec::DEFAULT_BATCH_SIZE,
+            batch_size: None,
             resize: None,
         }
     }
@@ -440,7 +440,7 @@ impl ImageFileTransformer {
         )?;
         let df = df.with_column(
             &tmp,
-            crate::image::read_image_udf().call(vec![col(&self.input_col)]),
+            crate::sql::image::read_image_udf().call(vec![col(&self.input_col)]),
         )?;
         apply(df, spec)?.drop_columns(&[tmp.as_str()])
     }

@@ -48,7 +48,7 @@ async fn main() -> datafusion::common::Result<()> {
         ..dlp_plugin::torch::ProcessTorchConfig::from_env()
     };
     torch.install();
-    let ctx = dlp_plugin::session::standalone_context(Some(args.threads)).await?;
+    let ctx = dlp_plugin::embedded::standalone_context(Some(args.threads)).await?;
     let opts = ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")])?;
     let start = Instant::now();
     let df = ctx.read_images(&args.dir, opts).await?;

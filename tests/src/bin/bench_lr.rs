@@ -37,7 +37,7 @@ async fn main() -> datafusion::common::Result<()> {
     let started = Instant::now();
     let ctx = match &args.scheduler {
         Some(url) => dlp_plugin::session::remote_context(url).await?,
-        None => dlp_plugin::session::standalone_context(Some(args.threads)).await?,
+        None => dlp_plugin::embedded::standalone_context(Some(args.threads)).await?,
     };
     let session_seconds = started.elapsed().as_secs_f64();
     let mut fits = vec![];

@@ -228,10 +228,11 @@ fn my_overlay(kustomization: &str, files: &[(&str, &str)]) -> String {
 /// `dlp-auth` and `dlp-cluster` Secrets are replaced.
 #[test]
 fn the_readme_overlay_sets_images_and_users() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let readme =
+        std::fs::read_to_string(repo().join("docs/deployment.md")).expect("docs/deployment.md");
     let start = readme
         .find("```yaml\n# my-dlp/kustomization.yaml\n")
-        .expect("README: the my-dlp/kustomization.yaml example");
+        .expect("docs/deployment.md: the my-dlp/kustomization.yaml example");
     let block = &readme[start + "```yaml\n".len()..];
     let block = &block[..block.find("```").expect("end of the example")];
     assert!(
@@ -291,7 +292,7 @@ fn the_readme_overlay_sets_images_and_users() {
     // The README's commands make what this test wrote: a bcrypt users file, a long secret.
     assert!(
         readme.contains("htpasswd -nbB -C 12 "),
-        "README: how to make a users file"
+        "docs/deployment.md: how to make a users file"
     );
 }
 
@@ -954,6 +955,100 @@ fn dockerfile_lints_clean_and_agrees_with_setup_and_manifests() {
     assert!(
         ignore.lines().any(|l| l.trim() == "target"),
         ".dockerignore must leave out target/"
+    );
+}
+
+/// The scheduler has no libtorch: its crate graph holds neither `tch` nor `torch-sys` (nor
+/// does that of the `dlp` client built without its `torch` feature, as the scheduler's image
+/// carries it), and the scheduler's image is built from the libtorch-free runtime.
+#[test]
+fn scheduler_and_its_image_have_no_libtorch() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for args in [
+        &["-p", "dlp-scheduler"][..],
+        &["-p", "dlp", "--no-default-features"][..],
+    ] {
+        let out = std::process::Command::new(&cargo)
+            .args([
+                "tree",
+                "--offline",
+                "--locked",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .args(["--format", "{p}"])
+            .args(args)
+            .current_dir(repo())
+            .output()
+            .expect("cargo tree");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8_lossy(&out.stdout);
+        assert!(tree.lines().count() > 100, "cargo tree {args:?}: {tree}");
+        let torch: Vec<&str> = tree
+            .lines()
+            .filter(|l| l.starts_with("tch ") || l.starts_with("torch-sys "))
+            .collect();
+        assert!(torch.is_empty(), "cargo tree {args:?} holds {torch:?}");
+    }
+    // The executor's does (the check above can fail).
+    let out = std::process::Command::new(&cargo)
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .args(["--format", "{p}", "-p", "dlp-executor"])
+        .current_dir(repo())
+        .output()
+        .expect("cargo tree");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("tch "))
+    );
+
+    let text =
+        std::fs::read_to_string(repo().join("deploy/docker/Dockerfile")).expect("Dockerfile");
+    let stage = |name: &str| -> String {
+        let start = text
+            .lines()
+            .position(|l| l.starts_with("FROM ") && l.ends_with(&format!(" AS {name}")))
+            .unwrap_or_else(|| panic!("Dockerfile: no stage {name}"));
+        text.lines()
+            .skip(start)
+            .take_while({
+                let mut first = true;
+                move |l| std::mem::take(&mut first) || !l.starts_with("FROM ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let scheduler = stage("scheduler");
+    assert!(
+        scheduler.starts_with("FROM runtime-base AS scheduler"),
+        "{scheduler}"
+    );
+    assert!(
+        !stage("runtime-base").contains("/libs"),
+        "runtime-base carries libtorch"
+    );
+    assert!(
+        !scheduler.contains("/libs") && scheduler.contains("/out/plain/dlp-scheduler"),
+        "{scheduler}"
+    );
+    assert!(
+        text.contains("-p dlp-scheduler -p dlp --no-default-features"),
+        "the scheduler and its dlp are built without the torch feature"
     );
 }
 

@@ -13,10 +13,10 @@ use datafusion::logical_expr::{
 };
 use percent_encoding::percent_decode_str;
 
-use super::decode::{DecodeOptions, InvalidImage};
-use super::exec::read_and_decode;
-use super::listing::origin_uri;
-use super::schema::{ImageColumnBuilder, ImageRow, image_data_type};
+use crate::image::decode::{DecodeOptions, InvalidImage};
+use crate::image::exec::read_and_decode;
+use crate::image::listing::origin_uri;
+use crate::image::schema::{ImageColumnBuilder, ImageRow, image_data_type};
 
 /// `read_image(uri)`.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -107,7 +107,7 @@ impl ScalarUDFImpl for ReadImageFunction {
         let uris = datafusion::arrow::compute::cast(&uris, &DataType::Utf8)?;
         let uris = uris.as_string::<i32>();
         let options = DecodeOptions::default();
-        let column = crate::torch::udf::blocking(|| {
+        let column = crate::torch::infer::blocking(|| {
             let mut images = ImageColumnBuilder::with_capacity(uris.len(), 0);
             let mut valid = Vec::with_capacity(uris.len());
             for i in 0..uris.len() {

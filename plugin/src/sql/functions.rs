@@ -24,10 +24,10 @@ use datafusion::logical_expr::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{FittedStage, PipelineModel};
+use crate::config::DlpOptions;
 use crate::ml::LogisticRegressionModel;
-use crate::torch::infer::{check_image_column, prepare, run};
-use crate::torch::model::load_model;
+use crate::pipeline::{FittedStage, PipelineModel};
+use crate::torch::infer::{Runner, check_image_column};
 use crate::torch::{ProcessTorchConfig, TorchSpec, TorchTask};
 
 /// What a registered function runs.
@@ -121,7 +121,7 @@ impl PipelineParts {
                 rest,
                 Some((
                     a.input_cols.clone(),
-                    a.handle_invalid == super::assembler::HandleInvalid::Keep,
+                    a.handle_invalid == crate::pipeline::assembler::HandleInvalid::Keep,
                 )),
             ),
             _ => (rest, None),
@@ -247,18 +247,17 @@ impl ModelUdf {
         &self.source
     }
 
-    fn apply_pipeline(&self, parts: &PipelineParts, images: &dyn Array) -> Result<ArrayRef> {
-        let process = ProcessTorchConfig::get();
-        let device = process.device.resolve()?;
+    fn apply_pipeline(
+        &self,
+        parts: &PipelineParts,
+        images: &dyn Array,
+        options: &DlpOptions,
+    ) -> Result<ArrayRef> {
         let mut outputs = Vec::with_capacity(parts.featurizers.len());
         for spec in &parts.featurizers {
-            let entry = process.zoo().get(&spec.model)?;
-            outputs.push(crate::torch::udf::blocking(|| {
-                crate::torch::model::init_threads(process.intra_threads());
-                let model = load_model(&entry, device)?;
-                let prepared = prepare(&model, spec, images)?;
-                run(&model, spec, &prepared)
-            })?);
+            let mut spec = spec.clone();
+            options.apply_to(&mut spec);
+            outputs.push(Runner::new(spec)?.apply(images)?);
         }
         let features = match &parts.assemble {
             None => outputs.remove(0),
@@ -274,7 +273,7 @@ impl ModelUdf {
                         (c.clone(), outputs[i].clone())
                     })
                     .collect();
-                super::assembler::assemble(&inputs, *keep)?
+                crate::pipeline::assembler::assemble(&inputs, *keep)?
             }
         };
         let spec = parts.classifier.predict_spec();
@@ -286,7 +285,7 @@ impl ModelUdf {
         let mut fields = input.fields().to_vec();
         fields.extend(spec.output_fields().into_iter().map(Arc::new));
         let batch = RecordBatch::try_new(Arc::new(input), vec![features])?;
-        let out = crate::ml::exec::predict(&spec, &batch, Arc::new(Schema::new(fields)))?;
+        let out = crate::ml::predict::predict(&spec, &batch, Arc::new(Schema::new(fields)))?;
         let probability = out.column(2).clone();
         let prediction = out.column(3).clone();
         let pred = prediction.as_primitive::<Float64Type>();
@@ -329,22 +328,17 @@ impl ScalarUDFImpl for ModelUdf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let images = args.args[0].to_array(args.number_rows)?;
+        let options = DlpOptions::of(&args.config_options);
         let out = match (&self.source, &self.pipeline) {
             (FunctionSource::Pipeline { .. }, Some(parts)) => {
-                self.apply_pipeline(parts, images.as_ref())?
+                self.apply_pipeline(parts, images.as_ref(), &options)?
             }
             (FunctionSource::Model { model, top_k }, _) => {
-                let process = ProcessTorchConfig::get();
-                let entry = process.zoo().get(model)?;
-                let spec =
+                let entry = ProcessTorchConfig::get().zoo().get(model)?;
+                let mut spec =
                     TorchSpec::for_entry(&entry, "image", &self.name, TorchTask::TopK(*top_k))?;
-                let device = process.device.resolve()?;
-                crate::torch::udf::blocking(|| {
-                    crate::torch::model::init_threads(process.intra_threads());
-                    let loaded = load_model(&entry, device)?;
-                    let prepared = prepare(&loaded, &spec, images.as_ref())?;
-                    run(&loaded, &spec, &prepared)
-                })?
+                options.apply_to(&mut spec);
+                Runner::for_entry(entry, spec)?.apply(images.as_ref())?
             }
             _ => return exec_err!("{}: pipeline not loaded", self.name),
         };

@@ -12,10 +12,10 @@ use datafusion::logical_expr::{
     TypeSignature, Volatility,
 };
 
-use super::ProcessTorchConfig;
-use super::infer::{check_image_column, prepare, run};
-use super::model::load_model;
-use super::spec::{TorchSpec, TorchTask};
+use crate::config::DlpOptions;
+use crate::torch::ProcessTorchConfig;
+use crate::torch::infer::{Runner, check_image_column};
+use crate::torch::spec::{TorchSpec, TorchTask};
 
 /// Which SQL function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -149,27 +149,11 @@ impl ScalarUDFImpl for ModelFunction {
             Some(_) => return exec_err!("{}: argument 3 must be a literal", self.name()),
         };
         let images: ArrayRef = args.args[1].to_array(args.number_rows)?;
-        let process = ProcessTorchConfig::get();
         // One manifest lookup per batch, shared by the spec and the model cache.
-        let entry = process.zoo().get(&model_name)?;
-        let spec = TorchSpec::for_entry(&entry, "image", self.name(), task)?;
-        let device = process.device.resolve()?;
-        let out = blocking(|| {
-            super::model::init_threads(process.intra_threads());
-            let model = load_model(&entry, device)?;
-            let prepared = prepare(&model, &spec, images.as_ref())?;
-            run(&model, &spec, &prepared)
-        })?;
+        let entry = ProcessTorchConfig::get().zoo().get(&model_name)?;
+        let mut spec = TorchSpec::for_entry(&entry, "image", self.name(), task)?;
+        DlpOptions::of(&args.config_options).apply_to(&mut spec);
+        let out = Runner::for_entry(entry, spec)?.apply(images.as_ref())?;
         Ok(ColumnarValue::Array(out))
-    }
-}
-
-/// Runs CPU-heavy work without stalling the async runtime's other tasks.
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }

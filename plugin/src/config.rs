@@ -1,0 +1,225 @@
+//! Per-query settings: the `dlp.*` DataFusion config extension. `SET dlp.torch.batch_size =
+//! 32` in SQL (or `SessionConfig::set_str`) changes them for one session; Ballista sends them
+//! with every job, and the scheduler and the executors read them from the task's config, so
+//! they reach the operators in the plan. `SHOW ALL` and `information_schema.df_settings` list
+//! them. Per-process settings (model directory, device of an executor, ceilings) are the
+//! binaries' flags instead; see [`SETTINGS`] for both.
+
+use datafusion::common::{DataFusionError, Result};
+use datafusion::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
+
+use crate::torch::{DeviceSpec, TorchSpec};
+
+/// Default images per forward pass.
+pub const DEFAULT_BATCH_SIZE: usize = 16;
+
+/// The `dlp.*` settings of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DlpOptions {
+    /// `dlp.torch.batch_size`: images per forward pass of steps that set no `batchSize`
+    /// themselves, and of the model SQL functions.
+    pub torch_batch_size: usize,
+    /// `dlp.torch.device`: device preference of this session's inference (`auto`, `cpu`,
+    /// `cuda:N`); unset: each executor's `--device`.
+    pub torch_device: Option<DeviceSpec>,
+}
+
+impl Default for DlpOptions {
+    fn default() -> Self {
+        Self {
+            torch_batch_size: DEFAULT_BATCH_SIZE,
+            torch_device: None,
+        }
+    }
+}
+
+/// One setting: key, default, what it does, and whether it is per query (`SET`) or per
+/// process (a flag of the binaries, with its environment override).
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The key (`SET` name or flag).
+    pub key: &'static str,
+    /// The default, as text.
+    pub default: &'static str,
+    /// What it does.
+    pub description: &'static str,
+}
+
+/// Every setting of the plugin, in one table (the docs' settings table is this one).
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "dlp.torch.batch_size",
+        default: "16",
+        description: "Images per forward pass of inference steps that set no batchSize and of \
+                      the model SQL functions (SET per session; at most the executors' \
+                      --max-batch-size)",
+    },
+    Setting {
+        key: "dlp.torch.device",
+        default: "",
+        description: "Device of this session's inference: auto, cpu or cuda:N (SET per \
+                      session; empty: each executor's --device)",
+    },
+];
+
+const BATCH_SIZE: &str = "torch.batch_size";
+const DEVICE: &str = "torch.device";
+
+impl ConfigExtension for DlpOptions {
+    const PREFIX: &'static str = "dlp";
+}
+
+fn describe(key: &str) -> &'static str {
+    SETTINGS
+        .iter()
+        .find(|s| s.key.strip_prefix("dlp.") == Some(key))
+        .map_or("", |s| s.description)
+}
+
+impl ExtensionOptions for DlpOptions {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let bad = |expected: &str| {
+            DataFusionError::Configuration(format!("dlp.{key}: expected {expected}, got '{value}'"))
+        };
+        match key {
+            BATCH_SIZE => {
+                let n: usize = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("a positive integer"))?;
+                if n == 0 {
+                    return Err(bad("a positive integer"));
+                }
+                self.torch_batch_size = n;
+            }
+            DEVICE => {
+                self.torch_device = match value.trim() {
+                    "" => None,
+                    d => Some(d.parse().map_err(|_| bad("auto, cpu or cuda:N"))?),
+                };
+            }
+            _ => {
+                return Err(DataFusionError::Configuration(format!(
+                    "unknown setting dlp.{key}; the dlp settings are {}",
+                    SETTINGS
+                        .iter()
+                        .map(|s| s.key)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        // Full keys: Ballista sends these entries with each job and the scheduler and the
+        // executors set them back by key.
+        vec![
+            ConfigEntry {
+                key: format!("dlp.{BATCH_SIZE}"),
+                value: Some(self.torch_batch_size.to_string()),
+                description: describe(BATCH_SIZE),
+            },
+            ConfigEntry {
+                key: format!("dlp.{DEVICE}"),
+                value: self.torch_device.map(|d| d.to_string()),
+                description: describe(DEVICE),
+            },
+        ]
+    }
+}
+
+impl DlpOptions {
+    /// Fills what `spec` leaves to the session: the batch size (0 in the spec) and the
+    /// device.
+    pub fn apply_to(&self, spec: &mut TorchSpec) {
+        if spec.batch_size == 0 {
+            spec.batch_size = self.torch_batch_size;
+        }
+        if spec.device.is_none() {
+            spec.device = self.torch_device;
+        }
+    }
+
+    /// The session's settings in `options` (defaults where the extension is absent, as in a
+    /// plain DataFusion session).
+    pub fn of(options: &ConfigOptions) -> Self {
+        options
+            .extensions
+            .get::<DlpOptions>()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionConfig;
+
+    #[test]
+    fn set_and_list_with_full_keys() {
+        let mut config = SessionConfig::new().with_option_extension(DlpOptions::default());
+        config
+            .options_mut()
+            .set("dlp.torch.batch_size", "7")
+            .unwrap();
+        config.options_mut().set("dlp.torch.device", "cpu").unwrap();
+        let o = DlpOptions::of(config.options());
+        assert_eq!(o.torch_batch_size, 7);
+        assert_eq!(o.torch_device, Some(DeviceSpec::Cpu));
+        let entries = config.options().entries();
+        let batch = entries
+            .iter()
+            .find(|e| e.key == "dlp.torch.batch_size")
+            .unwrap();
+        assert_eq!(batch.value.as_deref(), Some("7"));
+        // What Ballista sends is what the other side sets back.
+        let mut other = SessionConfig::new().with_option_extension(DlpOptions::default());
+        for e in entries.iter().filter(|e| e.key.starts_with("dlp.")) {
+            if let Some(v) = &e.value {
+                other.options_mut().set(&e.key, v).unwrap();
+            }
+        }
+        assert_eq!(DlpOptions::of(other.options()), o);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let mut config = SessionConfig::new().with_option_extension(DlpOptions::default());
+        let e = config
+            .options_mut()
+            .set("dlp.torch.batch_size", "0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dlp.torch.batch_size") && e.contains("positive"),
+            "{e}"
+        );
+        let e = config
+            .options_mut()
+            .set("dlp.torch.device", "gpu")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cuda:N"), "{e}");
+        let e = config
+            .options_mut()
+            .set("dlp.torch.batchsize", "3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dlp.torch.batch_size"), "{e}");
+    }
+}

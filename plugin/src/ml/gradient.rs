@@ -1,0 +1,207 @@
+//! [`GradientExec`]: one evaluation of the loss. Over a built-in `DataSourceExec` of part
+//! paths (one part per partition, so Ballista slices it per task), the loss and gradient
+//! sums of each part for the parameters the plan carries, from the executor's cached tensors
+//! (read from the part file on a miss). One such job per optimizer evaluation.
+#![cfg_attr(not(feature = "torch"), allow(unused_imports))]
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    AsArray, BinaryArray, Float64Array, RecordBatch, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::{Result, exec_datafusion_err};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::TryStreamExt;
+
+#[cfg(feature = "torch")]
+use super::data::cache_get_or_load;
+#[cfg(feature = "torch")]
+use super::loss::partial;
+use super::node::{GradientSpec, LOG_TARGET, gradient_schema};
+use super::operator::{LrExec, LrStep, StepMetrics};
+
+/// Loss and gradient sums of the parts (see the module docs).
+pub type GradientExec = LrExec<GradientSpec>;
+
+impl LrStep for GradientSpec {
+    const NAME: &'static str = "LrGradientExec";
+
+    fn output_schema(&self, _input: &SchemaRef) -> Result<SchemaRef> {
+        Ok(gradient_schema())
+    }
+
+    fn describe(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "run={}, evaluation={}", self.run_id, self.evaluation)
+    }
+
+    fn run(
+        &self,
+        _partition: usize,
+        input: SendableRecordBatchStream,
+        schema: SchemaRef,
+        metrics: Arc<StepMetrics>,
+    ) -> Result<SendableRecordBatchStream> {
+        let spec = Arc::new(self.clone());
+        let out = schema.clone();
+        let stream = input.and_then(move |batch| {
+            let (spec, out, metrics) = (spec.clone(), out.clone(), metrics.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let timer = metrics.baseline.elapsed_compute().timer();
+                    let b = gradient(&spec, &batch, out, &metrics)?;
+                    timer.done();
+                    metrics.baseline.record_output(b.num_rows());
+                    Ok(b)
+                })
+                .await
+                .map_err(|e| exec_datafusion_err!("gradient task failed: {e}"))?
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+#[cfg(not(feature = "torch"))]
+fn gradient(
+    spec: &GradientSpec,
+    _batch: &RecordBatch,
+    _schema: SchemaRef,
+    _metrics: &StepMetrics,
+) -> Result<RecordBatch> {
+    let _ = &spec.layout;
+    datafusion::common::exec_err!(
+        "logistic regression gradients need libtorch, and this process was built without \
+         it (dlp-plugin's `torch` feature); executors compute them"
+    )
+}
+
+#[cfg(feature = "torch")]
+fn gradient(
+    spec: &GradientSpec,
+    batch: &RecordBatch,
+    schema: SchemaRef,
+    metrics: &StepMetrics,
+) -> Result<RecordBatch> {
+    let parts = batch
+        .column(0)
+        .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+    let paths = batch.column(1).as_string::<i32>();
+    let (mut ids, mut rows, mut losses, mut grads, mut secs) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..batch.num_rows() {
+        let started = std::time::Instant::now();
+        let part = parts.value(i);
+        // Parts are only listed when they hold rows: the path is never null.
+        let (tensors, hit) = cache_get_or_load(paths.value(i))?;
+        let tensors = tensors.lock().unwrap_or_else(|e| e.into_inner());
+        let p = partial(
+            &tensors,
+            &spec.layout,
+            &spec.inv_std,
+            &spec.params,
+            spec.class_weights.as_deref(),
+        )?;
+        tracing::info!(
+            target: LOG_TARGET,
+            run = %spec.run_id,
+            evaluation = spec.evaluation,
+            part,
+            rows = tensors.rows,
+            cache_hit = hit,
+            ms = started.elapsed().as_millis() as u64,
+            "partial gradient"
+        );
+        metrics.input_rows.add(tensors.rows);
+        metrics.feature_bytes.add(tensors.rows * tensors.dim * 8);
+        ids.push(part);
+        rows.push(tensors.rows as u64);
+        losses.push(p.loss);
+        grads.push(
+            p.grad
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        secs.push(started.elapsed().as_secs_f64());
+    }
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(UInt32Array::from(ids)),
+            Arc::new(UInt64Array::from(rows)),
+            Arc::new(Float64Array::from(losses)),
+            Arc::new(BinaryArray::from_iter_values(grads.iter())),
+            Arc::new(Float64Array::from(secs)),
+        ],
+    )?)
+}
+
+#[cfg(all(test, feature = "torch"))]
+mod tests {
+    use super::*;
+    use crate::ml::data::{PartTensors, Rows, cache_put};
+    use crate::ml::loss::Layout;
+    use crate::ml::node::parts_schema;
+    use datafusion::arrow::array::StringArray;
+    use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+
+    #[test]
+    fn sums_of_a_cached_part_equal_the_loss_module() {
+        let rows = Rows {
+            dim: 2,
+            x: vec![1.0, 2.0, -1.0, 0.5, 3.0, -2.0],
+            y: vec![0.0, 1.0, 1.0],
+            w: vec![1.0, 1.0, 2.0],
+        };
+        let path = "/nonexistent/dlp-gradient-test/part-0.arrow";
+        cache_put(path, PartTensors::from_rows(&rows));
+        let layout = Layout {
+            multinomial: false,
+            sets: 1,
+            dim: 2,
+            fit_intercept: true,
+        };
+        let spec = GradientSpec {
+            run_id: "t".into(),
+            evaluation: 0,
+            layout,
+            inv_std: vec![1.0, 1.0],
+            params: vec![0.5, -0.25, 0.1],
+            parts: vec![path.into()],
+            class_weights: None,
+        };
+        let batch = RecordBatch::try_new(
+            parts_schema(),
+            vec![
+                Arc::new(UInt32Array::from(vec![0u32])),
+                Arc::new(StringArray::from(vec![path])),
+            ],
+        )
+        .unwrap();
+        let set = ExecutionPlanMetricsSet::new();
+        let metrics = StepMetrics::new(&set, 0);
+        let out = gradient(&spec, &batch, gradient_schema(), &metrics).unwrap();
+        let expected = partial(
+            &PartTensors::from_rows(&rows),
+            &layout,
+            &spec.inv_std,
+            &spec.params,
+            None,
+        )
+        .unwrap();
+        let loss = out
+            .column(2)
+            .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+            .value(0);
+        assert!(
+            (loss - expected.loss).abs() < 1e-12,
+            "{loss} vs {}",
+            expected.loss
+        );
+        assert_eq!(metrics.input_rows.value(), 3);
+        crate::ml::data::cache_evict_dir("/nonexistent/dlp-gradient-test");
+    }
+}

@@ -1,0 +1,94 @@
+//! The logistic regression's query planner: [`MlNode`]s become their operators, and the
+//! codec's two directions between an operator and its [`MlStep`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt32Array};
+use datafusion::catalog::Session;
+use datafusion::common::Result;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+
+use super::gradient::GradientExec;
+use super::materialize::MaterializeExec;
+use super::node::{MlNode, MlStep, parts_schema};
+use super::predict::PredictExec;
+
+/// The operator of `step` over `input`.
+pub fn operator(input: Arc<dyn ExecutionPlan>, step: MlStep) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(match step {
+        MlStep::Materialize(s) => Arc::new(MaterializeExec::try_new(input, s)?),
+        MlStep::Gradient(s) => Arc::new(GradientExec::try_new(input, s)?),
+        MlStep::Predict(s) => Arc::new(PredictExec::try_new(input, s)?),
+    })
+}
+
+/// The step of a logistic regression operator (`None` for any other plan).
+pub fn step_of(plan: &dyn ExecutionPlan) -> Option<MlStep> {
+    if let Some(e) = plan.downcast_ref::<MaterializeExec>() {
+        return Some(MlStep::Materialize(e.spec().clone()));
+    }
+    if let Some(e) = plan.downcast_ref::<GradientExec>() {
+        return Some(MlStep::Gradient(e.spec().clone()));
+    }
+    plan.downcast_ref::<PredictExec>()
+        .map(|e| MlStep::Predict(e.spec().clone()))
+}
+
+/// Plans [`MlNode`]s.
+#[derive(Debug, Default)]
+pub struct MlExtensionPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for MlExtensionPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<MlNode>() else {
+            return Ok(None);
+        };
+        let plan: Arc<dyn ExecutionPlan> = match node.step() {
+            MlStep::Materialize(_) | MlStep::Predict(_) => {
+                operator(physical_inputs[0].clone(), node.step().clone())?
+            }
+            MlStep::Gradient(s) => {
+                // Parts grouped into at most `target_partitions` tasks (inputs with many
+                // small partitions would otherwise cost a task per part in every job),
+                // one row per part, in a built-in leaf that Ballista slices.
+                let schema = parts_schema();
+                let tasks = session.config().target_partitions().max(1);
+                let per_task = s.parts.len().div_ceil(tasks).max(1);
+                let partitions = s
+                    .parts
+                    .chunks(per_task)
+                    .enumerate()
+                    .map(|(t, paths)| {
+                        let first = (t * per_task) as u32;
+                        Ok(vec![RecordBatch::try_new(
+                            schema.clone(),
+                            vec![
+                                Arc::new(UInt32Array::from_iter_values(
+                                    (0..paths.len() as u32).map(|i| first + i),
+                                )),
+                                Arc::new(StringArray::from_iter_values(paths)),
+                            ],
+                        )?])
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let leaf = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
+                operator(leaf, node.step().clone())?
+            }
+        };
+        Ok(Some(plan))
+    }
+}
