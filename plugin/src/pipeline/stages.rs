@@ -14,6 +14,39 @@ use crate::torch::{
     DeepImageFeaturizer, DeepImagePredictor, ProcessTorchConfig, TorchImageTransformer,
 };
 
+/// The field names of a struct's `Deserialize` implementation: serde hands them to
+/// `deserialize_struct`, which this deserializer records before refusing to go on.
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Fields<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(
+            self,
+            _: V,
+        ) -> std::result::Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
 /// A stage of a [`Pipeline`], written in specs as `{type: <Stage>, <param>: <value>, ...}`
 /// with Spark ML / sparkdl parameter names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +68,18 @@ impl PipelineStage {
     /// Whether fitting the stage learns something (an estimator).
     pub fn is_estimator(&self) -> bool {
         matches!(self, Self::LogisticRegression(_))
+    }
+
+    /// The parameters the stage's type accepts (its job-spec and saved names), as its
+    /// `Deserialize` implementation lists them.
+    pub fn param_names(&self) -> &'static [&'static str] {
+        match self {
+            Self::DeepImageFeaturizer(_) => fields_of::<DeepImageFeaturizer>(),
+            Self::DeepImagePredictor(_) => fields_of::<DeepImagePredictor>(),
+            Self::TorchImageTransformer(_) => fields_of::<TorchImageTransformer>(),
+            Self::VectorAssembler(_) => fields_of::<VectorAssembler>(),
+            Self::LogisticRegression(_) => fields_of::<LogisticRegressionParams>(),
+        }
     }
 
     /// The stage's type name.
@@ -469,4 +514,28 @@ fn save_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resul
         let _ = std::fs::remove_dir_all(old);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn param_names_come_from_each_stage_type() {
+        let featurizer = PipelineStage::DeepImageFeaturizer(DeepImageFeaturizer::new("m"));
+        for p in [
+            "inputCol",
+            "outputCol",
+            "modelName",
+            "batchSize",
+            "featureLayer",
+        ] {
+            assert!(featurizer.param_names().contains(&p), "{p}");
+        }
+        let lr = PipelineStage::LogisticRegression(LogisticRegressionParams::default());
+        for p in ["maxIter", "regParam", "elasticNetParam", "classWeight"] {
+            assert!(lr.param_names().contains(&p), "{p}");
+        }
+        assert!(!lr.param_names().contains(&"modelName"));
+    }
 }

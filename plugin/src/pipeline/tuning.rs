@@ -96,7 +96,7 @@ pub fn with_params(pipeline: &Pipeline, params: &ParamMap) -> Result<Pipeline> {
                 let valid: Vec<String> = out
                     .stages
                     .iter()
-                    .map(|s| format!("{}: {}", s.type_name(), param_names(s).join(", ")))
+                    .map(|s| format!("{}: {}", s.type_name(), s.param_names().join(", ")))
                     .collect();
                 return plan_err!(
                     "param grid: '{name}' is not a parameter of the pipeline's stages ({})",
@@ -134,23 +134,16 @@ fn set_param(
     param: &str,
     value: &Value,
 ) -> std::result::Result<Option<PipelineStage>, String> {
+    if !stage.param_names().contains(&param) {
+        return Ok(None);
+    }
     let mut v = serde_json::to_value(stage).map_err(|e| e.to_string())?;
     v.as_object_mut()
         .expect("a stage is an object")
         .insert(param.to_string(), value.clone());
-    match serde_json::from_value::<PipelineStage>(v) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.to_string().contains("unknown field") => Ok(None),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// The parameter names a stage writes (those left at an unset default are not listed).
-fn param_names(stage: &PipelineStage) -> Vec<String> {
-    match serde_json::to_value(stage) {
-        Ok(Value::Object(m)) => m.keys().filter(|k| *k != "type").cloned().collect(),
-        _ => vec![],
-    }
+    serde_json::from_value::<PipelineStage>(v)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// The parameters of the logistic regression every pipeline of `rests` consists of, when

@@ -963,22 +963,12 @@ fn dockerfile_lints_clean_and_agrees_with_setup_and_manifests() {
 /// carries it), and the scheduler's image is built from the libtorch-free runtime.
 #[test]
 fn scheduler_and_its_image_have_no_libtorch() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    for args in [
-        &["-p", "dlp-scheduler"][..],
-        &["-p", "dlp", "--no-default-features"][..],
-    ] {
-        let out = std::process::Command::new(&cargo)
-            .args([
-                "tree",
-                "--offline",
-                "--locked",
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-            ])
-            .args(["--format", "{p}"])
+    // The packages in the normal-dependency graph of `args`, one per line.
+    let tree = |args: &[&str]| -> String {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args(["tree", "--offline", "--locked", "-e", "normal"])
+            .args(["--prefix", "none", "--format", "{p}"])
             .args(args)
             .current_dir(repo())
             .output()
@@ -988,34 +978,28 @@ fn scheduler_and_its_image_have_no_libtorch() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let tree = String::from_utf8_lossy(&out.stdout);
-        assert!(tree.lines().count() > 100, "cargo tree {args:?}: {tree}");
-        let torch: Vec<&str> = tree
-            .lines()
-            .filter(|l| l.starts_with("tch ") || l.starts_with("torch-sys "))
-            .collect();
-        assert!(torch.is_empty(), "cargo tree {args:?} holds {torch:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let holds_torch = |tree: &str| {
+        tree.lines()
+            .any(|l| l.starts_with("tch ") || l.starts_with("torch-sys "))
+    };
+    for args in [
+        &["-p", "dlp-scheduler"][..],
+        &["-p", "dlp", "--no-default-features"][..],
+    ] {
+        let packages = tree(args);
+        assert!(
+            packages.lines().count() > 100,
+            "cargo tree {args:?}: {packages}"
+        );
+        assert!(
+            !holds_torch(&packages),
+            "cargo tree {args:?} holds tch or torch-sys"
+        );
     }
     // The executor's does (the check above can fail).
-    let out = std::process::Command::new(&cargo)
-        .args([
-            "tree",
-            "--offline",
-            "--locked",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-        ])
-        .args(["--format", "{p}", "-p", "dlp-executor"])
-        .current_dir(repo())
-        .output()
-        .expect("cargo tree");
-    assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.starts_with("tch "))
-    );
+    assert!(holds_torch(&tree(&["-p", "dlp-executor"])));
 
     let text =
         std::fs::read_to_string(repo().join("deploy/docker/Dockerfile")).expect("Dockerfile");
