@@ -16,7 +16,7 @@ bench-featurize: ## only the featurization benchmark (PyTorch + Pillow)
 bench-lr:   ## only the logistic regression benchmark (Spark MLlib, scikit-learn)
 	scripts/bench-lr.sh
 
-lint:       ## rustfmt + clippy -D warnings
+lint:       ## rustfmt + clippy -D warnings, and the scheduler checked without libtorch
 	scripts/lint.sh
 
 setup:      ## idempotent set-up (nasm, Python venv with test clients and peers)

@@ -11,3 +11,8 @@ if [ -z "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
 else
   cargo build --workspace --bins --tests
 fi
+# The scheduler and the scheduler image's `dlp` without libtorch (dlp-plugin's `torch`
+# feature off): a linted check, since the workspace build above unifies the feature on.
+# The first run checks the dependencies once (about 10 minutes on 2 cores), later ones
+# the three crates (about 5).
+cargo check -p dlp-scheduler -p dlp --no-default-features

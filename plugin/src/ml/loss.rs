@@ -7,7 +7,9 @@
 //! gives the same margins without touching the cached matrix.
 
 use base64::Engine;
-use datafusion::common::{Result, exec_datafusion_err};
+use datafusion::common::Result;
+#[cfg(feature = "torch")]
+use datafusion::common::exec_datafusion_err;
 use serde::{Deserialize, Serialize};
 #[cfg(feature = "torch")]
 use tch::{Kind, Tensor};
