@@ -1,5 +1,5 @@
 # Ballista DLP: the README's two commands are `make run` and `make test`.
-.PHONY: run test bench bench-lr bench-featurize lint setup
+.PHONY: run test bench bench-lr bench-featurize bench-s3 lint setup
 
 run:        ## the main job on the embedded cluster (transfer learning on digits: fit, evaluate, report, plot)
 	scripts/run.sh
@@ -12,6 +12,9 @@ bench:      ## benchmarks beside their peers, with ratios
 
 bench-featurize: ## only the featurization benchmark (PyTorch + Pillow)
 	scripts/bench-featurize.sh
+
+bench-s3:   ## only the object-storage benchmark (local S3 server vs disk, listing 10,000 objects)
+	scripts/bench-s3.sh
 
 bench-lr:   ## only the logistic regression benchmark (Spark MLlib, scikit-learn)
 	scripts/bench-lr.sh

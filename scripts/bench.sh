@@ -28,6 +28,9 @@ PY
   done
 done
 
+# Object storage (a local S3 server) beside local disk.
+scripts/bench-s3.sh
+
 # Featurization end to end beside PyTorch.
 scripts/bench-featurize.sh
 

@@ -84,6 +84,10 @@ pip_group requirements "pyarrow==26.0.1
 adbc-driver-manager==1.13.0
 adbc-driver-flightsql==1.13.0" "installing pyarrow and the ADBC Flight SQL driver into $DLP_VENV"
 
+# The S3-compatible server of the object-storage tests (moto's server mode: real HTTP,
+# SigV4 request signing, paginated listing), started on loopback by tests/tests/s3.rs.
+pip_group s3-requirements "moto[server]==5.2.5" "installing moto's S3 server into $DLP_VENV (the object-storage tests)"
+
 # Peer of the logistic regression: Spark MLlib (pyspark, local mode on the machine's
 # Java 17); used by the parity tests and `make bench`.
 if [ "$(cat "$DLP_VENV/.dlp-ml-requirements" 2>/dev/null)" != "pyspark==4.3.0" ] && ! command -v java >/dev/null 2>&1; then

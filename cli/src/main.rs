@@ -109,10 +109,12 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let torch = dlp_plugin::torch::ProcessTorchConfig {
-        model_dir: cli
-            .model_dir
-            .clone()
-            .unwrap_or_else(dlp_plugin::torch::manifest::default_model_dir),
+        model_dir: dlp_plugin::storage::localize_path(
+            cli.model_dir
+                .clone()
+                .unwrap_or_else(dlp_plugin::torch::manifest::default_model_dir),
+        )
+        .map_err(|e| anyhow::anyhow!("--model-dir: {e}"))?,
         device,
         threads: cli
             .parallelism

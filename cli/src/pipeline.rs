@@ -231,7 +231,23 @@ fn print_metrics(names: &[String], m: &MulticlassMetrics) {
     }
 }
 
+/// Writes the report to a local folder, or to object storage (`s3://...`: written
+/// locally, then uploaded with metrics.json last; a failed upload removes what it wrote).
 fn write_report(dir: &Path, names: &[String], m: &MulticlassMetrics) -> anyhow::Result<()> {
+    let Some(url) = dlp_plugin::storage::url_of_path(dir) else {
+        return write_report_files(dir, names, m);
+    };
+    dlp_plugin::access::check_write_url(&url).map_err(|e| anyhow::anyhow!("report: {e}"))?;
+    let tmp = tempfile::tempdir().context("cannot make a temporary folder")?;
+    write_report_files(tmp.path(), names, m)?;
+    let local = tmp.path().to_path_buf();
+    dlp_plugin::storage::io_blocking(async move {
+        dlp_plugin::storage::upload_dir(&local, &url, Some("metrics.json")).await
+    })
+    .map_err(|e| anyhow::anyhow!("report: {e}"))
+}
+
+fn write_report_files(dir: &Path, names: &[String], m: &MulticlassMetrics) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join("report.txt"), m.report(names))?;
     std::fs::write(

@@ -62,6 +62,11 @@ struct Cli {
     /// Name in the scheduler's certificate, when it is not --scheduler-host.
     #[arg(long, env = "DLP_SCHEDULER_TLS_DOMAIN")]
     scheduler_tls_domain: Option<String>,
+    /// The cluster's config file (`dlp.yaml`, the scheduler's): the executor reads its
+    /// `storage:` section (object-store concurrency, timeouts, retries, per-bucket
+    /// settings).
+    #[arg(long, env = "DLP_CONFIG")]
+    config: Option<PathBuf>,
     /// Serve Prometheus metrics (images decoded, invalid images, inference batches, images
     /// and time per model, the device) at http://<bind-host>:<port>/metrics.
     #[arg(long, env = "DLP_METRICS_PORT")]
@@ -185,11 +190,18 @@ async fn main() -> anyhow::Result<()> {
     } else {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     };
+    if let Some(path) = &cli.config {
+        let storage = dlp_plugin::storage::StorageConfig::from_file(path)
+            .map_err(|e| anyhow::anyhow!("--config: {e}"))?;
+        dlp_plugin::storage::configure(storage).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
+    }
     dlp_plugin::torch::ProcessTorchConfig {
-        model_dir: cli
-            .model_dir
-            .clone()
-            .unwrap_or_else(dlp_plugin::torch::manifest::default_model_dir),
+        model_dir: dlp_plugin::storage::localize_path(
+            cli.model_dir
+                .clone()
+                .unwrap_or_else(dlp_plugin::torch::manifest::default_model_dir),
+        )
+        .map_err(|e| anyhow::anyhow!("--model-dir: {e}"))?,
         device,
         threads: vcores,
         ..dlp_plugin::torch::ProcessTorchConfig::from_env()

@@ -17,6 +17,13 @@ pub enum DlpError {
     /// Flags or configuration that cannot be used (a missing root, an unreadable file).
     #[error("{0}")]
     Config(String),
+    /// Object storage that failed or refused a request (the message names the URL, never a
+    /// credential).
+    #[error("{0}")]
+    Storage(String),
+    /// A file, object or prefix that does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// The plugin's results.
@@ -29,6 +36,8 @@ impl DlpError {
         match self {
             Self::Access(_) | Self::Config(_) => DataFusionError::Plan(message),
             Self::Limit(_) => DataFusionError::ResourcesExhausted(message),
+            Self::Storage(_) => DataFusionError::Execution(message),
+            Self::NotFound(_) => DataFusionError::Plan(message),
         }
     }
 }
@@ -38,6 +47,8 @@ impl From<DlpError> for DataFusionError {
         match e {
             DlpError::Access(m) | DlpError::Config(m) => DataFusionError::Plan(m),
             DlpError::Limit(m) => DataFusionError::ResourcesExhausted(m),
+            DlpError::Storage(m) => DataFusionError::Execution(m),
+            DlpError::NotFound(m) => DataFusionError::Plan(m),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod ml;
 pub mod pipeline;
 pub mod session;
 pub mod sql;
+pub mod storage;
 pub mod torch;
 
 pub use session::ImageContextExt;

@@ -49,17 +49,20 @@ pub fn session_config() -> SessionConfig {
 /// and as the client's state before it is upgraded for Ballista.
 pub fn session_state(config: SessionConfig) -> Result<SessionState> {
     let state = ballista_core::utils::default_session_builder(config)?;
-    let mut state = SessionStateBuilder::new_from_existing(state)
+    let state = SessionStateBuilder::new_from_existing(state)
         .with_query_planner(Arc::new(PluginQueryPlanner))
         .with_function_factory(Some(Arc::new(crate::sql::functions::ModelFunctionFactory)))
         .build();
-    register_plugin(&mut state);
-    Ok(state)
+    with_plugin(state)
 }
 
-fn register_plugin(state: &mut SessionState) {
-    // With data roots, DataFusion's own readers and writers are confined to them.
-    crate::access::register_store(state.runtime_env());
+fn with_plugin(state: SessionState) -> Result<SessionState> {
+    // The plugin's object stores (s3://, gs://, ...; with data roots, the rooted file://
+    // store that confines DataFusion's own readers and writers to them).
+    let runtime = crate::storage::registry::with_plugin_stores(state.runtime_env())?;
+    let mut state = SessionStateBuilder::new_from_existing(state)
+        .with_runtime_env(runtime)
+        .build();
     state.register_udtf(READ_IMAGES, Arc::new(ReadImagesFunction));
     state
         .table_factories_mut()
@@ -70,7 +73,8 @@ fn register_plugin(state: &mut SessionState) {
             *factory = Arc::new(crate::access::CheckedTableFactory::new(factory.clone()));
         }
     }
-    crate::sql::register(state);
+    crate::sql::register(&mut state);
+    Ok(state)
 }
 
 /// The plugin's scalar functions ([`crate::sql::udfs`]).
@@ -106,8 +110,8 @@ pub fn scheduler_config(base: SchedulerConfig) -> SchedulerConfig {
 
 /// Applies the plugin to an executor config parsed from the upstream flags.
 pub fn executor_config(base: ExecutorProcessConfig) -> Result<ExecutorProcessConfig> {
-    // Ballista's default runtime (spill files in the work dir), with the rooted `file://`
-    // store when the process has data roots.
+    // Ballista's default runtime (spill files in the work dir), with the plugin's object
+    // stores (the rooted `file://` store when the process has data roots).
     let temp = base
         .work_dir
         .clone()
@@ -117,8 +121,7 @@ pub fn executor_config(base: ExecutorProcessConfig) -> Result<ExecutorProcessCon
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_temp_file_path(temp.clone())
             .build()?;
-        crate::access::register_store(&runtime);
-        Ok(Arc::new(runtime))
+        crate::storage::registry::with_plugin_stores(&runtime)
     });
     Ok(ExecutorProcessConfig {
         override_runtime_producer: Some(runtime_producer),
@@ -161,14 +164,13 @@ pub fn local_context() -> Result<SessionContext> {
     let config = SessionConfig::new()
         .with_information_schema(true)
         .with_option_extension(crate::config::DlpOptions::default());
-    let mut state = SessionStateBuilder::new()
+    let state = SessionStateBuilder::new()
         .with_default_features()
         .with_config(config)
         .with_query_planner(Arc::new(PluginQueryPlanner))
         .with_function_factory(Some(Arc::new(crate::sql::functions::ModelFunctionFactory)))
         .build();
-    register_plugin(&mut state);
-    Ok(SessionContext::new_with_state(state))
+    Ok(SessionContext::new_with_state(with_plugin(state)?))
 }
 
 /// DataFrame entry point for the image source.

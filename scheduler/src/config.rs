@@ -15,6 +15,9 @@ pub struct DlpConfig {
     /// Model SQL functions registered at start-up, by name: `{kind: pipeline, dir: ...}`
     /// (a saved PipelineModel) or `{kind: model, model: ..., topK: 5}`.
     pub functions: std::collections::BTreeMap<String, dlp_plugin::sql::functions::FunctionSource>,
+    /// Object storage (`s3://`, `gs://`, `az://`): concurrency, timeouts, retries and
+    /// per-bucket settings. The executors read the same section of the same file.
+    pub storage: dlp_plugin::storage::StorageConfig,
 }
 
 /// `autoscaler:`: scales the CPU and GPU executor Deployments from the scheduler's own
@@ -105,6 +108,10 @@ impl DlpConfig {
             serde_yaml::from_str(text)?
         };
         config.autoscaler.validate()?;
+        config
+            .storage
+            .validate()
+            .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
         Ok(config)
     }
 }

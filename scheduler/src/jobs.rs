@@ -651,6 +651,10 @@ fn checked_outputs(mut spec: JobSpec, user: &str) -> Result<JobSpec, String> {
 }
 
 fn resolve_output(path: &Path) -> Result<PathBuf, String> {
+    if let Some(url) = dlp_plugin::storage::url_of_path(path) {
+        dlp_plugin::access::check_write_url(&url).map_err(|e| e.to_string())?;
+        return Ok(PathBuf::from(url.to_string()));
+    }
     if path.components().any(|c| c == Component::ParentDir) {
         return Err(format!("'{}': '..' is not allowed", path.display()));
     }
@@ -666,6 +670,11 @@ fn resolve_output(path: &Path) -> Result<PathBuf, String> {
 /// A path a client names for reading, resolved like `read_images` paths (relative ones
 /// from the first data root) and checked against the data roots.
 fn resolve_input(path: &str) -> Result<PathBuf, String> {
+    if dlp_plugin::storage::is_url(path) {
+        let url = dlp_plugin::storage::ObjectUrl::parse(path).map_err(|e| e.to_string())?;
+        dlp_plugin::access::check_url(&url).map_err(|e| e.to_string())?;
+        return Ok(PathBuf::from(url.to_string()));
+    }
     let path = Path::new(path);
     if path.components().any(|c| c == Component::ParentDir) {
         return Err(format!("'{}': '..' is not allowed", path.display()));
@@ -690,8 +699,18 @@ fn resolve_input(path: &str) -> Result<PathBuf, String> {
 pub fn describe_model(path: &str) -> Result<Value, JobError> {
     let dir = resolve_input(path)?;
     let model = dlp_plugin::pipeline::PipelineModel::load(&dir).map_err(|e| e.strip_backtrace())?;
-    let manifest = std::fs::read_to_string(dir.join("pipeline.yaml"))
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let manifest = match dlp_plugin::storage::url_of_path(&dir) {
+        Some(url) => {
+            let file = url.join("pipeline.yaml");
+            let bytes = dlp_plugin::storage::io_blocking(async move {
+                dlp_plugin::storage::get(&file, 1 << 20).await
+            })
+            .map_err(|e| e.to_string())?;
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        None => std::fs::read_to_string(dir.join("pipeline.yaml"))
+            .map_err(|e| format!("{}: {e}", dir.display()))?,
+    };
     let manifest: Value = serde_yaml::from_str(&manifest)
         .map_err(|e| format!("{}/pipeline.yaml: {e}", dir.display()))?;
     Ok(json!({

@@ -160,13 +160,6 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     cli.limits.install();
-    if let Some(dir) = &cli.model_dir {
-        dlp_plugin::torch::ProcessTorchConfig {
-            model_dir: dir.clone(),
-            ..dlp_plugin::torch::ProcessTorchConfig::from_env()
-        }
-        .install();
-    }
     let filter = std::env::var(EnvFilter::DEFAULT_ENV)
         .unwrap_or_else(|_| cli.upstream.log_level_setting.clone());
     let prefix = format!(
@@ -190,6 +183,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => config::DlpConfig::load(path)?,
         None => config::DlpConfig::default(),
     };
+    dlp_plugin::storage::configure(dlp_config.storage.clone())
+        .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
+    if let Some(dir) = &cli.model_dir {
+        dlp_plugin::torch::ProcessTorchConfig {
+            model_dir: dlp_plugin::storage::localize_path(dir.clone())
+                .map_err(|e| anyhow::anyhow!("--model-dir: {e}"))?,
+            ..dlp_plugin::torch::ProcessTorchConfig::from_env()
+        }
+        .install();
+    }
     for (name, source) in &dlp_config.functions {
         dlp_plugin::sql::functions::register(name, source.clone())
             .map_err(|e| anyhow::anyhow!("config functions.{name}: {e}"))?;

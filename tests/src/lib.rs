@@ -3,6 +3,8 @@
 //! on loopback.
 
 pub mod k8s;
+pub mod parity;
+pub mod s3;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -177,10 +179,17 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, bin: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Self> {
+    fn spawn(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
         let out = std::fs::File::create(&log)?;
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("DLP_TEST_RUST_LOG")
@@ -292,6 +301,9 @@ pub struct Cluster {
     /// Executor processes.
     pub executors: Vec<Process>,
     scheduler_args: Vec<String>,
+    /// Extra environment of every process (e.g. the AWS_* variables of a test's S3
+    /// server).
+    env: Vec<(String, String)>,
     restarts: usize,
     _dir: tempfile::TempDir,
 }
@@ -319,6 +331,16 @@ impl Cluster {
         vcores: usize,
         scheduler_args: &[&str],
         executors: &[&[&str]],
+    ) -> anyhow::Result<Self> {
+        Self::start_each_with_env(vcores, scheduler_args, executors, &[])
+    }
+
+    /// [`start_each`](Self::start_each) with `env` added to every process's environment.
+    pub fn start_each_with_env(
+        vcores: usize,
+        scheduler_args: &[&str],
+        executors: &[&[&str]],
+        env: &[(String, String)],
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
@@ -350,6 +372,7 @@ impl Cluster {
             "scheduler",
             &binary("dlp-scheduler")?,
             &scheduler_args,
+            env,
             dir.path().join("scheduler.log"),
         )?;
         let mut cluster = Self {
@@ -357,6 +380,7 @@ impl Cluster {
             secret_file,
             scheduler,
             scheduler_args,
+            env: env.to_vec(),
             restarts: 0,
             executors: Vec::new(),
             _dir: dir,
@@ -398,6 +422,7 @@ impl Cluster {
             "scheduler",
             &binary("dlp-scheduler")?,
             &self.scheduler_args,
+            &self.env,
             log,
         )?;
         self.wait_for(
@@ -460,6 +485,7 @@ impl Cluster {
             &format!("executor-{i}"),
             &binary("dlp-executor")?,
             &args,
+            &self.env,
             log,
         )?);
         Ok(health)

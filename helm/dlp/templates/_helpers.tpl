@@ -114,7 +114,55 @@ password: {{ $password | b64enc | quote }}
 {{- end -}}
 
 {{/* The plugin's config file, dlp.yaml. */}}
+{{/* --data-root and --model-dir of the scheduler and the executors. */}}
+{{- define "dlp.dataArgs" -}}
+{{- $o := .Values.storage.objectStore -}}
+- --model-dir={{ ternary $o.modelDir "/models" (and $o.enabled (ne $o.modelDir "")) }}
+{{- if $o.enabled }}
+{{- range $o.dataRoots }}
+- --data-root={{ . }}
+{{- end }}
+{{- else }}
+- --data-root=/data
+{{- end }}
+{{- range .Values.storage.writableRoots }}
+- --writable-root={{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment of the scheduler and the executors: the work directory, and in
+object-storage mode the standard AWS variables. */}}
+{{- define "dlp.storageEnv" -}}
+{{- $o := .Values.storage.objectStore -}}
+- name: DLP_WORK_DIR
+  value: {{ ternary $o.workDir "/data/.dlp-work" $o.enabled }}
+{{- if $o.enabled }}
+{{- with $o.endpoint }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $o.region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- if $o.allowHttp }}
+- name: AWS_ALLOW_HTTP
+  value: "true"
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Whether the models come from the models volume. */}}
+{{- define "dlp.modelsVolume" -}}
+{{- if not (and .Values.storage.objectStore.enabled .Values.storage.objectStore.modelDir) }}true{{ end -}}
+{{- end -}}
+
 {{- define "dlp.config" -}}
+{{- $o := .Values.storage.objectStore -}}
+{{- if and $o.enabled $o.settings -}}
+storage:
+  {{- toYaml $o.settings | nindent 2 }}
+{{ end -}}
 autoscaler:
   enabled: {{ .Values.autoscaling.enabled }}
   namespace: ""
@@ -179,9 +227,22 @@ capabilities:
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- $o := .Values.storage.objectStore -}}
 {{- range .Values.storage.writableRoots -}}
-{{- if not (or (eq . "/data") (hasPrefix "/data/" .)) -}}
+{{- if $o.enabled -}}
+{{- if not (regexMatch "^(s3|s3a|gs|az|abfss)://[^/]+" .) -}}
+{{- fail (printf "storage.writableRoots: %s is not a bucket URL; with storage.objectStore.enabled there is no shared volume, and outputs go to object storage (e.g. s3://dlp-out/)" .) -}}
+{{- end -}}
+{{- else if not (or (eq . "/data") (hasPrefix "/data/" .)) -}}
 {{- fail (printf "storage.writableRoots: %s is not under /data (the only shared, writable volume)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if $o.enabled -}}
+{{- if not $o.workDir -}}
+{{- fail "storage.objectStore.workDir is required with storage.objectStore.enabled: the logistic regression's parts must be where every executor reads them (e.g. s3://dlp-work/cluster)" -}}
+{{- end -}}
+{{- if not $o.dataRoots -}}
+{{- fail "storage.objectStore.dataRoots is empty: name the URL prefixes clients may read (e.g. s3://images/)" -}}
 {{- end -}}
 {{- end -}}
 {{- with .Values.persistence.state -}}

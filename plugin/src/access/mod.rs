@@ -12,14 +12,59 @@
 pub mod store;
 
 use crate::error::DlpError;
+use crate::storage::ObjectUrl;
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The configured roots, canonical.
+/// The configured roots: local directories (canonical) and object-store prefixes
+/// (`s3://bucket/prefix/`, checked lexically: object keys have no `..` or links).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataRoots {
     roots: Vec<PathBuf>,
     writable: Vec<PathBuf>,
+    urls: Vec<ObjectUrl>,
+    writable_urls: Vec<ObjectUrl>,
+}
+
+/// Splits roots into local directories and object-store URLs (refusing a bad URL).
+fn split_roots(all: &[PathBuf], what: &str) -> Result<(Vec<PathBuf>, Vec<ObjectUrl>), DlpError> {
+    let (mut local, mut urls) = (Vec::new(), Vec::new());
+    for r in join_split_urls(all) {
+        match r.to_str().filter(|s| crate::storage::is_url(s)) {
+            Some(s) => {
+                urls.push(ObjectUrl::parse(s).map_err(|e| DlpError::Config(format!("{what} {e}")))?)
+            }
+            None => local.push(r),
+        }
+    }
+    Ok((local, urls))
+}
+
+/// Roots from a ':'-separated list (`DLP_DATA_ROOTS`) arrive with their URLs cut at the
+/// scheme (`s3`, `//bucket/prefix`): this joins them again.
+pub fn join_split_urls(parts: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut i = 0;
+    while i < parts.len() {
+        let here = parts[i].to_string_lossy();
+        let next = parts.get(i + 1).map(|p| p.to_string_lossy().into_owned());
+        match next {
+            Some(n)
+                if n.starts_with("//")
+                    && !here.is_empty()
+                    && here.chars().all(|c| c.is_ascii_alphanumeric())
+                    && crate::storage::is_url(&format!("{here}:{n}")) =>
+            {
+                out.push(PathBuf::from(format!("{here}:{n}")));
+                i += 2;
+            }
+            _ => {
+                out.push(parts[i].clone());
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 static ROOTS: OnceLock<DataRoots> = OnceLock::new();
@@ -31,22 +76,27 @@ impl DataRoots {
         if roots.is_empty() {
             return Err(DlpError::Config("no data roots given".into()));
         }
+        let (local, urls) = split_roots(roots, "data root")?;
         Ok(Self {
-            roots: canonical_dirs(roots, "data root").map_err(DlpError::Config)?,
+            roots: canonical_dirs(&local, "data root").map_err(DlpError::Config)?,
             writable: Vec::new(),
+            urls,
+            writable_urls: Vec::new(),
         })
     }
 
     /// The roots with writable roots (`--writable-root`): the only places where anything
     /// is written for a client; they may be read too.
     pub fn with_writable(self, writable: &[PathBuf]) -> Result<Self, DlpError> {
+        let (writable, writable_urls) = split_roots(writable, "writable root")?;
         // A fresh volume has no output folder yet: make it.
-        for dir in writable {
+        for dir in &writable {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DlpError::Config(format!("writable root {}: {e}", dir.display())))?;
         }
         Ok(Self {
-            writable: canonical_dirs(writable, "writable root").map_err(DlpError::Config)?,
+            writable: canonical_dirs(&writable, "writable root").map_err(DlpError::Config)?,
+            writable_urls,
             ..self
         })
     }
@@ -76,13 +126,58 @@ impl DataRoots {
         self.roots
             .iter()
             .map(|r| r.display().to_string())
+            .chain(self.urls.iter().map(ObjectUrl::to_string))
             .collect::<Vec<_>>()
             .join(", ")
     }
 
-    /// Where a relative path is taken from.
+    /// Where a relative path is taken from: the first local root (with object-store roots
+    /// only, a relative path resolves nowhere and is refused).
     pub fn base(&self) -> &Path {
-        &self.roots[0]
+        self.roots
+            .first()
+            .map(PathBuf::as_path)
+            .unwrap_or(Path::new("/nonexistent/no-local-data-root"))
+    }
+
+    /// Checks an object-store URL to be read: under an object-store data root or writable
+    /// root (whole path segments).
+    pub fn check_url(&self, url: &ObjectUrl) -> Result<(), DlpError> {
+        if self
+            .urls
+            .iter()
+            .chain(&self.writable_urls)
+            .any(|r| url.starts_with(r))
+        {
+            Ok(())
+        } else {
+            Err(DlpError::Access(format!(
+                "'{url}' is outside the data roots ({}); paths must be under a configured \
+                 --data-root",
+                self.describe()
+            )))
+        }
+    }
+
+    /// Checks an object-store URL to be written: under an object-store writable root.
+    pub fn check_write_url(&self, url: &ObjectUrl) -> Result<(), DlpError> {
+        if self.writable_urls.iter().any(|r| url.starts_with(r)) {
+            Ok(())
+        } else {
+            Err(DlpError::Access(format!(
+                "'{url}' is not under a writable root ({}); writes go only there",
+                self.describe_writable()
+            )))
+        }
+    }
+
+    /// Whether any root is in the bucket of `url` (DataFusion's own readers may use only
+    /// such buckets).
+    pub fn allows_bucket(&self, url: &ObjectUrl) -> bool {
+        self.urls
+            .iter()
+            .chain(&self.writable_urls)
+            .any(|r| r.store_key() == url.store_key())
     }
 
     /// Where a relative output path is taken from: the first writable root.
@@ -103,13 +198,14 @@ impl DataRoots {
 
     /// The writable roots, for messages.
     pub fn describe_writable(&self) -> String {
-        if self.writable.is_empty() {
+        if self.writable.is_empty() && self.writable_urls.is_empty() {
             return "none configured: start the scheduler and executors with --writable-root"
                 .into();
         }
         self.writable
             .iter()
             .map(|r| r.display().to_string())
+            .chain(self.writable_urls.iter().map(ObjectUrl::to_string))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -236,6 +332,12 @@ pub fn check_plan_writes(
                     copy.output_url
                 ))
             };
+            if crate::storage::is_url(&copy.output_url) {
+                ObjectUrl::parse(&copy.output_url)
+                    .and_then(|u| check_write_url(&u))
+                    .map_err(|e| refuse(e.to_string()))?;
+                return Ok(TreeNodeRecursion::Continue);
+            }
             let base = roots.write_base().unwrap_or(roots.base());
             let (_, path) = local_location(roots, base, &copy.output_url).map_err(refuse)?;
             roots
@@ -303,12 +405,17 @@ impl DataRoots {
             return Err(refuse());
         }
         let base = work_base();
+        // A work directory in object storage leaves only the writable roots for local
+        // work paths.
+        let local_base = crate::storage::url_of_path(&base).is_none();
         // This process's own work directory: made here if it does not exist yet, so that a
         // first work path under it resolves (its nearest existing ancestor would otherwise
         // be the temp dir, outside it).
-        let _ = std::fs::create_dir_all(&base);
+        if local_base {
+            let _ = std::fs::create_dir_all(&base);
+        }
         let base = std::fs::canonicalize(&base).unwrap_or(base);
-        let under = |p: &Path| p.starts_with(&base) || roots.contains_writable(p);
+        let under = |p: &Path| (local_base && p.starts_with(&base)) || roots.contains_writable(p);
         if !under(path) {
             return Err(refuse());
         }
@@ -321,6 +428,50 @@ impl DataRoots {
             Ok(real) if under(&real) => Ok(()),
             _ => Err(refuse()),
         }
+    }
+}
+
+/// Checks an object-store URL to be read against the process's roots (nothing when
+/// unrestricted).
+pub fn check_url(url: &ObjectUrl) -> Result<(), DlpError> {
+    match DataRoots::get() {
+        Some(roots) => roots.check_url(url),
+        None => Ok(()),
+    }
+}
+
+/// Checks an object-store URL to be written against the process's roots (nothing when
+/// unrestricted; never over http(s)).
+pub fn check_write_url(url: &ObjectUrl) -> Result<(), DlpError> {
+    if !url.writable() {
+        return Err(DlpError::Access(format!(
+            "'{url}': http(s) URLs are read-only"
+        )));
+    }
+    match DataRoots::get() {
+        Some(roots) => roots.check_write_url(url),
+        None => Ok(()),
+    }
+}
+
+/// Checks a work URL a plan names (logistic regression parts in object storage): under
+/// this process's work directory (`DLP_WORK_DIR` as a URL) or an object-store writable
+/// root; unrestricted without roots.
+pub fn check_work_url(url: &ObjectUrl) -> Result<(), DlpError> {
+    let Some(roots) = DataRoots::get() else {
+        return Ok(());
+    };
+    let base = work_base();
+    let in_work = crate::storage::url_of_path(&base).is_some_and(|b| url.starts_with(&b));
+    if in_work || roots.check_write_url(url).is_ok() {
+        Ok(())
+    } else {
+        Err(DlpError::Access(format!(
+            "work path '{url}' is outside this executor's work directory ({}) and the \
+             writable roots ({})",
+            base.display(),
+            roots.describe_writable()
+        )))
     }
 }
 
@@ -536,6 +687,13 @@ impl datafusion::catalog::TableProviderFactory for CheckedTableFactory {
         let mut checked = cmd.clone();
         checked.locations.clear();
         for location in &cmd.locations {
+            if crate::storage::is_url(location) {
+                let url = ObjectUrl::parse(location)
+                    .and_then(|u| roots.check_url(&u).map(|_| u))
+                    .map_err(|e| e.context(format!("table {}", cmd.name)))?;
+                checked.locations.push(url.to_string());
+                continue;
+            }
             let (resolved, path) = local_location(roots, roots.base(), location)
                 .map_err(|e| datafusion::common::DataFusionError::Plan(format!("table {e}")))?;
             roots.check(&path).map_err(|e| {

@@ -263,6 +263,13 @@ impl DecodeJob {
         };
         let mut images = ImageColumnBuilder::with_capacity(n, data_hint);
         let mut pixel_bytes: Vec<usize> = Vec::with_capacity(n);
+        // Objects in object storage are fetched for the whole chunk first, several GETs
+        // in flight (storage.maxConcurrentGets), then decoded here.
+        let mut fetched = if self.decode {
+            fetch_remote(paths, sizes)?
+        } else {
+            Default::default()
+        };
         for i in 0..n {
             let path = paths.value(i);
             if !self.decode {
@@ -271,7 +278,10 @@ impl DecodeJob {
                 continue;
             }
             let timer = metrics.decode_time.timer();
-            let (row, bytes) = read_and_decode(path, &self.options);
+            let (row, bytes) = match fetched.remove(&i) {
+                Some(object) => decode_fetched(object, &self.options),
+                None => read_and_decode(path, &self.options),
+            };
             metrics.bytes_read.add(bytes);
             timer.done();
             let row = match row {
@@ -331,6 +341,117 @@ impl DecodeJob {
         metrics.baseline.record_output(batch.num_rows());
         Ok(split_by_bytes(batch, &pixel_bytes))
     }
+}
+
+/// What was fetched of one object: its bytes, or why it is an invalid row.
+type Fetched = std::result::Result<bytes::Bytes, InvalidImage>;
+
+/// Fetches the rows of a chunk that name object-store URLs (by row index). An object that
+/// is gone, too large or outside this executor's roots becomes an invalid row; a store
+/// that fails (down, refusing credentials, past its retries) fails the task with the URL
+/// in the error, so no image is lost silently.
+fn fetch_remote(
+    paths: &datafusion::arrow::array::StringArray,
+    sizes: &datafusion::arrow::array::UInt64Array,
+) -> Result<std::collections::HashMap<usize, Fetched>> {
+    use crate::error::DlpError;
+    use crate::storage::{ObjectUrl, is_url};
+    let limit = crate::limits::Limits::get().max_file_bytes;
+    let mut out = std::collections::HashMap::new();
+    let mut wanted: Vec<(usize, ObjectUrl)> = Vec::new();
+    for i in 0..paths.len() {
+        let path = paths.value(i);
+        if !is_url(path) {
+            continue;
+        }
+        let url = match ObjectUrl::parse(path) {
+            Ok(u) => u,
+            Err(e) => {
+                out.insert(i, Err(InvalidImage::Unreadable(e.to_string())));
+                continue;
+            }
+        };
+        if let Err(e) = crate::access::check_url(&url) {
+            out.insert(i, Err(InvalidImage::Unreadable(e.to_string())));
+            continue;
+        }
+        if sizes.value(i) > limit {
+            out.insert(
+                i,
+                Err(InvalidImage::Unreadable(format!(
+                    "{} bytes, above this cluster's limit of {limit} (--max-file-bytes)",
+                    sizes.value(i)
+                ))),
+            );
+            continue;
+        }
+        wanted.push((i, url));
+    }
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let urls: Vec<ObjectUrl> = wanted.iter().map(|(_, u)| u.clone()).collect();
+    let concurrency = crate::storage::config().max_concurrent_gets;
+    let results = crate::storage::io_blocking(crate::storage::get_many(urls, limit, concurrency));
+    for ((i, _), r) in wanted.into_iter().zip(results) {
+        let fetched = match r {
+            Ok(b) => Ok(b),
+            Err(DlpError::NotFound(m) | DlpError::Limit(m) | DlpError::Access(m)) => {
+                Err(InvalidImage::Unreadable(m))
+            }
+            Err(e) => return Err(e.context("read_images")),
+        };
+        out.insert(i, fetched);
+    }
+    Ok(out)
+}
+
+/// Decodes a fetched object (counted in the process's metrics like a local file).
+fn decode_fetched(
+    object: Fetched,
+    options: &DecodeOptions,
+) -> (std::result::Result<ImageRow, InvalidImage>, usize) {
+    let started = std::time::Instant::now();
+    let (row, n) = match object {
+        Err(e) => (Err(e), 0),
+        Ok(bytes) => {
+            let n = bytes.len();
+            if sniff_format(&bytes[..n.min(16)]).is_none() {
+                (Err(InvalidImage::UnknownFormat), n)
+            } else {
+                (decode_image(&bytes, options), n)
+            }
+        }
+    };
+    let (ok, bad) = if row.is_ok() { (1, 0) } else { (0, 1) };
+    crate::metrics::record_decoded(ok, bad, n, started.elapsed().as_nanos() as usize);
+    (row, n)
+}
+
+/// Reads one image from a local path or an object-store URL and decodes it (the
+/// `read_image` SQL function).
+pub(crate) fn read_and_decode_any(
+    path: &str,
+    options: &DecodeOptions,
+) -> std::result::Result<(std::result::Result<ImageRow, InvalidImage>, usize), crate::error::DlpError>
+{
+    use crate::storage::{ObjectUrl, is_url};
+    if !is_url(path) {
+        return Ok(read_and_decode(path, options));
+    }
+    let url = ObjectUrl::parse(path)?;
+    crate::access::check_url(&url)?;
+    let limit = crate::limits::Limits::get().max_file_bytes;
+    let fetched =
+        crate::storage::io_blocking(async move { crate::storage::get(&url, limit).await });
+    let object = match fetched {
+        Ok(b) => Ok(b),
+        Err(crate::error::DlpError::NotFound(m) | crate::error::DlpError::Limit(m)) => {
+            Err(InvalidImage::Unreadable(m))
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(decode_fetched(object, options))
 }
 
 /// Largest pixel payload of one output batch: batches travel as single gRPC / Flight

@@ -13,7 +13,7 @@ use super::options::ImageReadOptions;
 /// One file to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageFile {
-    /// Absolute path.
+    /// Absolute path, or the object's URL.
     pub path: String,
     /// Size in bytes at listing time (never 0: empty files are skipped, as Spark does).
     pub size: u64,
@@ -26,8 +26,8 @@ pub struct ImageFile {
 /// What a listing found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageListing {
-    /// The root as an absolute path.
-    pub root: PathBuf,
+    /// The root as an absolute path, or its URL.
+    pub root: String,
     /// Discovered `key=value` partition columns, outermost first.
     pub partition_columns: Vec<String>,
     /// Class names in label order (with `withLabel`).
@@ -110,8 +110,12 @@ const URI_PATH: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'}');
 
-/// Spark's `origin` for an absolute path: `file://` + the URI-encoded path.
+/// Spark's `origin` for an absolute path: `file://` + the URI-encoded path. An
+/// object-store URL is its own origin.
 pub fn origin_uri(path: &str) -> String {
+    if crate::storage::is_url(path) {
+        return path.to_string();
+    }
     format!("file://{}", utf8_percent_encode(path, URI_PATH))
 }
 
@@ -122,8 +126,12 @@ fn is_hidden(name: &str) -> bool {
         || name.ends_with("._COPYING_")
 }
 
-/// Lists the files to read under `root` according to `options`.
+/// Lists the files to read under `root` (a local path, a `file:` URI or an object-store
+/// URL such as `s3://bucket/prefix`) according to `options`.
 pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListing> {
+    if crate::storage::is_url(root) {
+        return list_remote(root, options);
+    }
     let root_path = resolve_root(root)?;
     let meta = std::fs::metadata(&root_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -135,15 +143,6 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
             plan_datafusion_err!("read_images: cannot read '{}': {e}", root_path.display())
         }
     })?;
-    let glob = match &options.path_glob_filter {
-        Some(g) => Some(
-            globset::Glob::new(g)
-                .map_err(|e| plan_datafusion_err!("read_images: bad pathGlobFilter: {e}"))?
-                .compile_matcher(),
-        ),
-        None => None,
-    };
-
     // (path, size) of every non-hidden leaf file; base path for partition discovery.
     let mut leaves: Vec<(PathBuf, u64)> = Vec::new();
     let base = if meta.is_file() {
@@ -157,7 +156,101 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
         walk(&root_path, &mut leaves, &mut seen)?;
         root_path.clone()
     };
+    assemble(
+        root_path.to_string_lossy().into_owned(),
+        &root_path,
+        &base,
+        leaves,
+        options,
+        |p| p.to_string_lossy().into_owned(),
+        // A symlink under the root may point elsewhere: every file is checked.
+        |p| crate::access::check_path(p).map_err(|e| plan_datafusion_err!("read_images: {e}")),
+    )
+}
 
+/// [`list_images`] of an object-store prefix: one paginated LIST of every object under
+/// it (or the single object it names), then the same rules as a local folder (hidden
+/// names, globs, partitions, labels, sampling) over the keys as paths.
+fn list_remote(root: &str, options: &ImageReadOptions) -> Result<ImageListing> {
+    use crate::storage::ObjectUrl;
+    let url = ObjectUrl::parse(root).map_err(|e| e.context("read_images"))?;
+    crate::access::check_url(&url).map_err(|e| e.context("read_images"))?;
+    let key = url.key_str();
+    // Keys as absolute paths below '/', so that the folder rules apply unchanged.
+    let root_path = PathBuf::from(format!("/{key}"));
+    // A key naming one object is a single file; a bucket root never is.
+    let single = if key.is_empty() {
+        None
+    } else {
+        let u = url.clone();
+        crate::storage::io_blocking(async move { crate::storage::head(&u).await })
+            .map_err(|e| e.context("read_images"))?
+    };
+    let mut leaves: Vec<(PathBuf, u64)> = Vec::new();
+    let base = match single {
+        Some(size) => {
+            leaves.push((root_path.clone(), size));
+            root_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        }
+        _ => {
+            let u = url.clone();
+            let objects =
+                crate::storage::io_blocking(async move { crate::storage::list(&u).await })
+                    .map_err(|e| e.context("read_images"))?;
+            if objects.is_empty() {
+                return plan_err!("read_images: path does not exist: {url} (no object under it)");
+            }
+            for (object, size) in objects {
+                let k = object.key_str();
+                let rel = k.strip_prefix(&key).unwrap_or(&k).trim_start_matches('/');
+                // Hidden names are skipped at every level below the root, as the walk
+                // of a local folder skips hidden folders.
+                if rel.is_empty() || rel.split('/').any(is_hidden) {
+                    continue;
+                }
+                leaves.push((PathBuf::from(format!("/{k}")), size));
+            }
+            root_path.clone()
+        }
+    };
+    let to_url = |p: &Path| {
+        url.with_key(p.to_string_lossy().trim_start_matches('/'))
+            .to_string()
+    };
+    assemble(
+        url.to_string(),
+        &root_path,
+        &base,
+        leaves,
+        options,
+        to_url,
+        |_| Ok(()),
+    )
+}
+
+/// The folder rules over `leaves` (every non-hidden file under the root, with its size):
+/// glob filter, zero-byte files, partition discovery, labels, sampling. `name_of` gives a
+/// file's path or URL as rows carry it; `check` is the access check of each file.
+fn assemble(
+    root: String,
+    root_path: &Path,
+    base: &Path,
+    mut leaves: Vec<(PathBuf, u64)>,
+    options: &ImageReadOptions,
+    name_of: impl Fn(&Path) -> String,
+    check: impl Fn(&Path) -> Result<()>,
+) -> Result<ImageListing> {
+    let glob = match &options.path_glob_filter {
+        Some(g) => Some(
+            globset::Glob::new(g)
+                .map_err(|e| plan_datafusion_err!("read_images: bad pathGlobFilter: {e}"))?
+                .compile_matcher(),
+        ),
+        None => None,
+    };
     let mut empty_files = 0usize;
     leaves.retain(|(path, size)| {
         let name = path
@@ -182,11 +275,11 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
     let (partition_columns, per_dir) = if recursive {
         (Vec::new(), BTreeMap::new())
     } else {
-        discover_partitions(&base, &leaves)?
+        discover_partitions(base, &leaves)?
     };
     if !recursive && partition_columns.is_empty() {
         // Spark: an unpartitioned directory read without recursion yields only its own files.
-        leaves.retain(|(p, _)| p.parent() == Some(base.as_path()) || *p == root_path);
+        leaves.retain(|(p, _)| p.parent() == Some(base) || p == root_path);
     }
 
     let labels: Vec<Option<String>> = leaves
@@ -196,7 +289,7 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
                 return None;
             }
             match p.parent() {
-                Some(parent) if parent != base.as_path() => {
+                Some(parent) if parent != base => {
                     parent.file_name().map(|n| n.to_string_lossy().into_owned())
                 }
                 _ => None,
@@ -214,7 +307,7 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
     let mut files = Vec::with_capacity(leaves.len());
     for ((path, size), label) in leaves.into_iter().zip(labels) {
         if options.sample_ratio < 1.0 {
-            let rel = path.strip_prefix(&base).unwrap_or(&path).to_string_lossy();
+            let rel = path.strip_prefix(base).unwrap_or(&path).to_string_lossy();
             if unit_hash(options.seed, rel.as_bytes()) >= options.sample_ratio {
                 continue;
             }
@@ -227,17 +320,16 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
             let idx = classes.binary_search(&name).unwrap_or(0) as i32;
             (idx, name)
         });
-        // A symlink under the root may point elsewhere: every file is checked.
-        crate::access::check_path(&path).map_err(|e| plan_datafusion_err!("read_images: {e}"))?;
+        check(&path)?;
         files.push(ImageFile {
-            path: path.to_string_lossy().into_owned(),
+            path: name_of(&path),
             size,
             partition_values,
             label,
         });
     }
     Ok(ImageListing {
-        root: root_path,
+        root,
         partition_columns,
         classes,
         files,

@@ -202,11 +202,25 @@ impl Rows {
 
     /// Writes the rows as an Arrow IPC file (atomically: temp file, then rename).
     pub fn write_ipc(&self, path: &Path) -> Result<()> {
-        let schema = Self::part_schema(self.dim.max(1));
         let tmp = path.with_extension("tmp");
         let file = File::create(&tmp)
             .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", tmp.display()))?;
-        let mut writer = FileWriter::try_new(file, &schema)?;
+        self.write_ipc_to(std::io::BufWriter::new(file))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| exec_datafusion_err!("cannot rename {}: {e}", tmp.display()))?;
+        Ok(())
+    }
+
+    /// The rows as the bytes of an Arrow IPC file (a part in object storage).
+    pub fn to_ipc_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.x.len() * 8 + self.y.len() * 16 + 4096);
+        self.write_ipc_to(&mut out)?;
+        Ok(out)
+    }
+
+    fn write_ipc_to(&self, sink: impl std::io::Write) -> Result<()> {
+        let schema = Self::part_schema(self.dim.max(1));
+        let mut writer = FileWriter::try_new(sink, &schema)?;
         const CHUNK: usize = 4096;
         let dim = self.dim.max(1);
         let mut start = 0;
@@ -231,22 +245,35 @@ impl Rows {
             start = end;
         }
         writer.finish()?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| exec_datafusion_err!("cannot rename {}: {e}", tmp.display()))?;
         Ok(())
     }
 
-    /// Reads a part file written by [`Rows::write_ipc`].
+    /// Reads a part written by [`Rows::write_ipc`] or [`Rows::to_ipc_bytes`]: a local
+    /// file, or an object in object storage.
     pub fn read_ipc(path: &Path) -> Result<Self> {
+        if let Some(url) = crate::storage::url_of_path(path) {
+            let target = url.clone();
+            let bytes =
+                crate::storage::io_blocking(
+                    async move { crate::storage::get(&target, u64::MAX).await },
+                )
+                .map_err(|e| e.context("reading a training part"))?;
+            return Self::read_ipc_from(std::io::Cursor::new(bytes), url.as_str());
+        }
         let file = File::open(path).map_err(|e| {
             exec_datafusion_err!(
-                "cannot open training part {} (the work dir must be storage every executor sees): {e}",
+                "cannot open training part {} (the work dir must be storage every executor \
+                 sees: a shared volume, or DLP_WORK_DIR=s3://bucket/prefix): {e}",
                 path.display()
             )
         })?;
-        let reader = FileReader::try_new(file, None)?;
+        Self::read_ipc_from(std::io::BufReader::new(file), &path.display().to_string())
+    }
+
+    fn read_ipc_from(source: impl std::io::Read + std::io::Seek, where_: &str) -> Result<Self> {
+        let reader = FileReader::try_new(source, None)?;
         let mut rows = Rows::default();
-        let where_ = path.display().to_string();
+        let where_ = where_.to_string();
         for batch in reader {
             rows.push_batch(
                 &batch?,
@@ -477,8 +504,11 @@ mod cache {
                 return Ok((e.part.clone(), true));
             }
         }
-        crate::access::check_work_path(Path::new(path))
-            .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
+        match crate::storage::url_of_path(Path::new(path)) {
+            Some(url) => crate::access::check_work_url(&url),
+            None => crate::access::check_work_path(Path::new(path)),
+        }
+        .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
         let rows = Rows::read_ipc(Path::new(path))?;
         Ok((cache_put(path, PartTensors::from_rows(&rows)), false))
     }

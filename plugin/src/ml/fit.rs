@@ -34,7 +34,7 @@ impl Drop for RunDir {
     fn drop(&mut self) {
         cache_evict_dir(&self.0.to_string_lossy());
         if !crate::access::keep_work() {
-            let _ = std::fs::remove_dir_all(&self.0);
+            crate::storage::remove_work(&self.0);
         }
     }
 }

@@ -88,17 +88,33 @@ fn materialize(
     let path = if rows.is_empty() {
         None
     } else {
-        crate::access::check_work_path(Path::new(&spec.run_dir))
-            .map_err(|e| exec_datafusion_err!("{e}"))?;
-        std::fs::create_dir_all(&spec.run_dir).map_err(|e| {
-            exec_datafusion_err!("cannot create the work dir {}: {e}", spec.run_dir)
-        })?;
         // The partition index is local to the task's slice of the input (Ballista
         // renumbers sliced leaves), so it cannot name the file: a random name can.
-        let path =
-            Path::new(&spec.run_dir).join(format!("part-{:016x}.arrow", rand::random::<u64>()));
-        rows.write_ipc(&path)?;
-        let path = path.to_string_lossy().into_owned();
+        let name = format!("part-{:016x}.arrow", rand::random::<u64>());
+        let path = match crate::storage::url_of_path(Path::new(&spec.run_dir)) {
+            // The work dir in object storage: executors that share no file system.
+            Some(dir) => {
+                crate::access::check_work_url(&dir).map_err(|e| exec_datafusion_err!("{e}"))?;
+                let url = dir.join(&name);
+                let bytes = bytes::Bytes::from(rows.to_ipc_bytes()?);
+                let target = url.clone();
+                crate::storage::io_blocking(
+                    async move { crate::storage::put(&target, bytes).await },
+                )
+                .map_err(|e| e.context("writing a training part"))?;
+                url.to_string()
+            }
+            None => {
+                crate::access::check_work_path(Path::new(&spec.run_dir))
+                    .map_err(|e| exec_datafusion_err!("{e}"))?;
+                std::fs::create_dir_all(&spec.run_dir).map_err(|e| {
+                    exec_datafusion_err!("cannot create the work dir {}: {e}", spec.run_dir)
+                })?;
+                let path = Path::new(&spec.run_dir).join(name);
+                rows.write_ipc(&path)?;
+                path.to_string_lossy().into_owned()
+            }
+        };
         #[cfg(feature = "torch")]
         cache_put(&path, PartTensors::from_rows(&rows));
         Some(path)

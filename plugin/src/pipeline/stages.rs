@@ -290,7 +290,32 @@ impl PipelineModel {
     /// Saves to `dir`, atomically: the model is written beside it and renamed into place,
     /// replacing an earlier save there; a failed save leaves what was there untouched.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        if let Some(url) = crate::storage::url_of_path(dir.as_ref()) {
+            return self.save_remote(&url, None);
+        }
         save_atomically(dir.as_ref(), |tmp| self.save_files(tmp))
+    }
+
+    /// Saves to object storage: written in a local temporary folder, then uploaded with
+    /// the manifest last (a reader that finds the manifest finds the rest), after the
+    /// objects of an earlier model there are removed. A failed upload removes what it
+    /// wrote, so no partial model is left behind (an earlier model there is gone too).
+    fn save_remote(&self, url: &crate::storage::ObjectUrl, owner: Option<&str>) -> Result<()> {
+        crate::access::check_write_url(url).map_err(|e| e.context("output.model"))?;
+        let tmp = tempfile::tempdir()
+            .map_err(|e| exec_datafusion_err!("cannot make a temporary folder: {e}"))?;
+        self.save_files(tmp.path())?;
+        if let Some(owner) = owner {
+            let path = tmp.path().join(OWNER_FILE);
+            std::fs::write(&path, format!("{owner}\n"))
+                .map_err(|e| exec_datafusion_err!("cannot write {}: {e}", path.display()))?;
+        }
+        let (u, local) = (url.clone(), tmp.path().to_path_buf());
+        crate::storage::io_blocking(async move {
+            crate::storage::delete_prefix(&u).await?;
+            crate::storage::upload_dir(&local, &u, Some(MANIFEST_FILE)).await
+        })
+        .map_err(|e| e.context("saving the model"))
     }
 
     /// Saves for `owner` on a shared scheduler: a model already at `dir` is replaced only
@@ -299,6 +324,9 @@ impl PipelineModel {
     pub fn save_owned(&self, dir: impl AsRef<Path>, owner: &str, overwrite: bool) -> Result<()> {
         let dir = dir.as_ref();
         may_save(dir, owner, overwrite)?;
+        if let Some(url) = crate::storage::url_of_path(dir) {
+            return self.save_remote(&url, Some(owner));
+        }
         save_atomically(dir, |tmp| {
             self.save_files(tmp)?;
             let path = tmp.join(OWNER_FILE);
@@ -354,6 +382,25 @@ impl PipelineModel {
     /// fitted with.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
+        if let Some(url) = crate::storage::url_of_path(dir) {
+            // A saved pipeline in object storage is fetched whole into a temporary
+            // folder, every time (it may have been replaced), and loaded from there.
+            crate::access::check_url(&url).map_err(|e| e.context("model"))?;
+            let tmp = tempfile::tempdir()
+                .map_err(|e| exec_datafusion_err!("cannot make a temporary folder: {e}"))?;
+            let (u, local) = (url.clone(), tmp.path().to_path_buf());
+            crate::storage::io_blocking(async move {
+                crate::storage::download_prefix(&u, &local).await
+            })
+            .map_err(|e| e.context(format!("{url} is not a saved pipeline")))?;
+            return Self::load(tmp.path()).map_err(|e| {
+                exec_datafusion_err!(
+                    "{url}: {}",
+                    e.strip_backtrace()
+                        .replace(&tmp.path().display().to_string(), url.as_str())
+                )
+            });
+        }
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             exec_datafusion_err!(
@@ -448,10 +495,31 @@ impl PipelineModel {
 /// Whether `owner` may save a model at `dir`: a new directory, or a model `owner` saved
 /// there with `overwrite` set. Checked at submission and again when saving.
 pub fn may_save(dir: &Path, owner: &str, overwrite: bool) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let saved_by = std::fs::read_to_string(dir.join(OWNER_FILE)).ok();
+    let saved_by = match crate::storage::url_of_path(dir) {
+        Some(url) => {
+            let u = url.clone();
+            let (objects, owner_file) = crate::storage::io_blocking(async move {
+                let objects = crate::storage::list(&u).await?;
+                let owner_file = match crate::storage::get(&u.join(OWNER_FILE), 4096).await {
+                    Ok(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                    Err(crate::error::DlpError::NotFound(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                Ok((objects, owner_file))
+            })
+            .map_err(|e| e.context("output.model"))?;
+            if objects.is_empty() {
+                return Ok(());
+            }
+            owner_file
+        }
+        None => {
+            if !dir.exists() {
+                return Ok(());
+            }
+            std::fs::read_to_string(dir.join(OWNER_FILE)).ok()
+        }
+    };
     match saved_by.as_deref().map(str::trim) {
         Some(o) if o == owner && overwrite => Ok(()),
         Some(o) if o == owner => plan_err!(

@@ -245,7 +245,7 @@ struct Cleanup(PathBuf);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if !crate::access::keep_work() {
-            let _ = std::fs::remove_dir_all(&self.0);
+            crate::storage::remove_work(&self.0);
         }
     }
 }
@@ -359,8 +359,7 @@ impl Tuner {
                 .map(|f| col(datafusion::common::Column::from_name(f.name())))
                 .collect();
             let dir = run_dir.join(format!("features-{i}"));
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", dir.display()))?;
+            crate::storage::ensure_dir(&dir)?;
             let dir_s = dir.to_string_lossy().into_owned();
             out.select(keep)?
                 .write_parquet(&dir_s, DataFrameWriteOptions::new(), None)

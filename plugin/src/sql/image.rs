@@ -14,7 +14,7 @@ use datafusion::logical_expr::{
 use percent_encoding::percent_decode_str;
 
 use crate::image::decode::{DecodeOptions, InvalidImage};
-use crate::image::exec::read_and_decode;
+use crate::image::exec::{read_and_decode, read_and_decode_any};
 use crate::image::listing::origin_uri;
 use crate::image::schema::{ImageColumnBuilder, ImageRow, image_data_type};
 
@@ -58,7 +58,7 @@ pub fn uri_to_path(uri: &str) -> std::result::Result<String, InvalidImage> {
         }
         Some((scheme, _)) if scheme.len() > 1 && !scheme.contains('/') => {
             return Err(InvalidImage::Unreadable(format!(
-                "'{uri}': only local files (file: URIs or paths) are read, not {scheme}:"
+                "'{uri}': only local files (file: URIs or paths) and s3://, s3a://, gs://, az://, abfss:// or http(s):// URLs are read, not {scheme}:"
             )));
         }
         _ => uri.to_string(),
@@ -68,6 +68,16 @@ pub fn uri_to_path(uri: &str) -> std::result::Result<String, InvalidImage> {
 
 /// Reads and decodes one file; every failure is an invalid image with its reason.
 pub fn load_image(uri: &str, options: &DecodeOptions) -> (String, Result<ImageRow, InvalidImage>) {
+    if crate::storage::is_url(uri) {
+        // An object in object storage: its URL is its origin.
+        return match read_and_decode_any(uri.trim(), options) {
+            Ok((row, _)) => (uri.trim().to_string(), row),
+            Err(e) => (
+                uri.to_string(),
+                Err(InvalidImage::Unreadable(e.to_string())),
+            ),
+        };
+    }
     let path = match uri_to_path(uri) {
         Ok(p) => p,
         Err(e) => return (uri.to_string(), Err(e)),

@@ -1303,3 +1303,145 @@ fn kube_apiserver_accepts_the_overlay_and_the_chart() {
     assert_eq!(status["info"]["status"], "deployed");
     assert_eq!(status["version"], 2);
 }
+
+/// Object-storage mode (`storage.objectStore` in the chart, `components/object-store` in
+/// kustomize): valid manifests in which no pod mounts a shared claim (only the scheduler
+/// its own state), every process gets the bucket roots, the work directory in the bucket,
+/// the AWS variables and the credentials Secret, the executors read `storage:` from
+/// dlp.yaml, and the chart refuses settings that cannot work.
+#[test]
+fn object_store_mode_shares_no_volume() {
+    let helm = helm_template("dlp", &["helm/dlp/ci/objectstore-values.yaml"], &[]);
+    let kustomized = my_overlay(
+        "resources: [../deploy/overlays/gpu]\ncomponents: [../deploy/components/object-store]\n",
+        &[],
+    );
+    for (label, yaml, gpu) in [
+        ("helm template objectstore-values", &helm, false),
+        ("kustomize gpu + object-store", &kustomized, true),
+    ] {
+        validate_strictly(label, yaml);
+        let objs = objects(label, yaml);
+        assert_eq!(
+            names(&objs, "PersistentVolumeClaim"),
+            BTreeSet::from(["dlp-state".to_string()]),
+            "{label}: claims"
+        );
+        let mut deployments = vec!["dlp-scheduler", "dlp-executor-cpu"];
+        if gpu {
+            deployments.push("dlp-executor-gpu");
+        }
+        for name in deployments {
+            let d = get(&objs, "Deployment", name);
+            let c = container(d);
+            for v in seq_at(d, "spec.template.spec.volumes") {
+                let claim = str_at(v, "persistentVolumeClaim.claimName");
+                assert!(
+                    claim.is_empty() || (claim == "dlp-state" && name == "dlp-scheduler"),
+                    "{label}: {name} mounts the claim {claim}"
+                );
+            }
+            assert_eq!(
+                arg_values(c, "data-root"),
+                ["s3://images/"],
+                "{label}: {name}"
+            );
+            assert_eq!(
+                arg_values(c, "writable-root"),
+                ["s3://dlp-out/"],
+                "{label}: {name}"
+            );
+            assert_eq!(
+                arg_values(c, "model-dir"),
+                ["s3://dlp-models/zoo"],
+                "{label}: {name}"
+            );
+            let env: Vec<(String, String)> = seq_at(c, "env")
+                .iter()
+                .map(|e| {
+                    (
+                        str_at(e, "name").to_string(),
+                        str_at(e, "value").to_string(),
+                    )
+                })
+                .collect();
+            for (k, v) in [
+                ("DLP_WORK_DIR", "s3://dlp-work/cluster"),
+                ("AWS_ENDPOINT_URL", "http://minio.storage.svc:9000"),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ALLOW_HTTP", "true"),
+            ] {
+                assert!(
+                    env.contains(&(k.to_string(), v.to_string())),
+                    "{label}: {name} has no {k}={v}: {env:?}"
+                );
+            }
+            assert_eq!(
+                str_at(&seq_at(c, "envFrom")[0], "secretRef.name"),
+                "dlp-s3-credentials",
+                "{label}: {name}"
+            );
+            assert_eq!(
+                arg_values(c, "config"),
+                ["/etc/dlp/dlp.yaml"],
+                "{label}: {name}"
+            );
+            assert!(
+                seq_at(c, "volumeMounts")
+                    .iter()
+                    .any(|m| str_at(m, "mountPath") == "/etc/dlp/dlp.yaml"),
+                "{label}: {name} does not mount dlp.yaml"
+            );
+        }
+    }
+    // The chart: the storage: section reaches dlp.yaml, the annotations the accounts.
+    let objs = objects("helm", &helm);
+    let config: Value = serde_yaml::from_str(str_at(
+        get(&objs, "ConfigMap", "dlp-config"),
+        "data.dlp.yaml",
+    ))
+    .unwrap();
+    assert_eq!(config["storage"]["maxConcurrentGets"].as_u64(), Some(32));
+    for account in ["dlp-scheduler", "dlp-executor"] {
+        assert_eq!(
+            key(
+                get(&objs, "ServiceAccount", account),
+                "metadata.annotations",
+                "eks.amazonaws.com/role-arn"
+            )
+            .as_str(),
+            Some("arn:aws:iam::111122223333:role/dlp")
+        );
+    }
+    let out = run_ok(
+        &tool("helm"),
+        &[
+            "lint",
+            "--strict",
+            "helm/dlp",
+            "-f",
+            "helm/dlp/ci/objectstore-values.yaml",
+        ],
+        None,
+        &[],
+    );
+    assert!(
+        out.contains("0 chart(s) failed") && !out.contains("[WARNING]"),
+        "{out}"
+    );
+    // Settings that cannot work are refused, naming the value.
+    let err = helm_template_err(&["storage.objectStore.enabled=true"]);
+    assert!(
+        err.contains("storage.writableRoots: /data/dlp-out"),
+        "{err}"
+    );
+    let err = helm_template_err(&[
+        "storage.objectStore.enabled=true",
+        "storage.writableRoots[0]=s3://out/",
+        "storage.objectStore.dataRoots[0]=s3://images/",
+    ]);
+    assert!(
+        err.contains("storage.objectStore.workDir is required"),
+        "{err}"
+    );
+}
