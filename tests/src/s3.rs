@@ -68,6 +68,43 @@ impl S3Server {
         })
     }
 
+    /// An S3 server written in Rust (`s3s-fs` from crates.io, installed by
+    /// `scripts/bench-s3.sh`) serving the folder `root` (its sub-folders are the buckets),
+    /// with SigV4 authentication: the fast server of the throughput benchmark.
+    pub fn start_fs(bin: &Path, root: &Path) -> anyhow::Result<Self> {
+        let port = free_port();
+        let key = format!("DLPBENCH{port}");
+        let secret = format!("bench-secret-{port}-{}", std::process::id());
+        let log = std::env::temp_dir().join(format!("dlp-s3s-fs-{port}.log"));
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", &key, "--secret-key", &secret])
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&log)?))
+            .stderr(Stdio::from(std::fs::File::create(&log)?))
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let server = Self {
+            port,
+            access_key_id: key,
+            secret_access_key: secret,
+            objects: 0,
+            child,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "s3s-fs did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

@@ -178,43 +178,42 @@ fn list_remote(root: &str, options: &ImageReadOptions) -> Result<ImageListing> {
     let key = url.key_str();
     // Keys as absolute paths below '/', so that the folder rules apply unchanged.
     let root_path = PathBuf::from(format!("/{key}"));
-    // A key naming one object is a single file; a bucket root never is.
-    let single = if key.is_empty() {
-        None
-    } else {
+    // A prefix with objects under it is a folder; else the key may name one object (a
+    // single file). Listing first also spares the HEAD in the common case.
+    let objects = {
         let u = url.clone();
-        crate::storage::io_blocking(async move { crate::storage::head(&u).await })
+        crate::storage::io_blocking(async move { crate::storage::list(&u).await })
             .map_err(|e| e.context("read_images"))?
     };
     let mut leaves: Vec<(PathBuf, u64)> = Vec::new();
-    let base = match single {
-        Some(size) => {
-            leaves.push((root_path.clone(), size));
-            root_path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-        }
-        _ => {
+    let base = if objects.is_empty() {
+        let single = if key.is_empty() {
+            None
+        } else {
             let u = url.clone();
-            let objects =
-                crate::storage::io_blocking(async move { crate::storage::list(&u).await })
-                    .map_err(|e| e.context("read_images"))?;
-            if objects.is_empty() {
-                return plan_err!("read_images: path does not exist: {url} (no object under it)");
+            crate::storage::io_blocking(async move { crate::storage::head(&u).await })
+                .map_err(|e| e.context("read_images"))?
+        };
+        let Some(size) = single else {
+            return plan_err!("read_images: path does not exist: {url} (no object under it)");
+        };
+        leaves.push((root_path.clone(), size));
+        root_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    } else {
+        for (object, size) in objects {
+            let k = object.key_str();
+            let rel = k.strip_prefix(&key).unwrap_or(&k).trim_start_matches('/');
+            // Hidden names are skipped at every level below the root, as the walk of a
+            // local folder skips hidden folders.
+            if rel.is_empty() || rel.split('/').any(is_hidden) {
+                continue;
             }
-            for (object, size) in objects {
-                let k = object.key_str();
-                let rel = k.strip_prefix(&key).unwrap_or(&k).trim_start_matches('/');
-                // Hidden names are skipped at every level below the root, as the walk
-                // of a local folder skips hidden folders.
-                if rel.is_empty() || rel.split('/').any(is_hidden) {
-                    continue;
-                }
-                leaves.push((PathBuf::from(format!("/{k}")), size));
-            }
-            root_path.clone()
+            leaves.push((PathBuf::from(format!("/{k}")), size));
         }
+        root_path.clone()
     };
     let to_url = |p: &Path| {
         url.with_key(p.to_string_lossy().trim_start_matches('/'))

@@ -1,8 +1,11 @@
 //! Object storage beside local disk, on the product's path (the embedded cluster's
 //! `read_images`: listing, GETs, Spark-exact decoding): the flowers read from a local
-//! S3-compatible server (moto on loopback, `dlp_tests::s3`) and from `../shared/data`,
-//! with one task slot and with all cores, and the listing of 10,000 objects beside the
-//! same 10,000 files on disk. Prints a table and the ratios; `scripts/bench-s3.sh` runs it.
+//! S3-compatible server and from `../shared/data`, with one task slot and with all cores,
+//! and the listing of 10,000 objects beside the same 10,000 files on disk. Two servers on
+//! loopback: `s3s-fs` (Rust, from crates.io: fast enough that the client is what is
+//! measured) and moto (Python, the tests' server: it serves about 150 requests a second on
+//! this machine and bounds whatever reads from it). Prints tables and the ratios;
+//! `scripts/bench-s3.sh` runs it.
 
 use std::time::Instant;
 
@@ -21,6 +24,12 @@ struct Args {
     /// Timed repetitions of each read (after one warm-up); the best is reported.
     #[arg(long, default_value_t = 2)]
     runs: usize,
+    /// The s3s-fs binary (`scripts/bench-s3.sh` installs it).
+    #[arg(long)]
+    s3s_fs: Option<std::path::PathBuf>,
+    /// Also measure against moto (slow: it uploads the objects through boto3 first).
+    #[arg(long)]
+    moto: bool,
 }
 
 /// Images per second of `SELECT count(*) ... FROM read_images(root)` (every image
@@ -51,7 +60,7 @@ async fn read_rate(ctx: &SessionContext, root: &str, runs: usize) -> anyhow::Res
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let flowers = shared_data().join("flowers");
-    // 10,000 small files for the listing benchmark (each a copy of a tiny PNG).
+    // 10,000 small files for the listing benchmark (listing reads no content).
     let many = tempfile::tempdir()?;
     let png = std::fs::read(shared_data().join("spark-images/images/origin/kittens/not-image.txt"))
         .unwrap_or_else(|_| b"x".to_vec());
@@ -60,40 +69,62 @@ async fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(&sub)?;
         std::fs::write(sub.join(format!("f{i:05}.png")), &png)?;
     }
-    let started = Instant::now();
-    let server = S3Server::start(&[
-        ("flowers", Some(flowers.as_path()), "flowers"),
-        ("many", Some(many.path()), "many"),
-    ])?;
-    eprintln!(
-        "S3 server (moto) on 127.0.0.1:{} with {} objects, uploaded in {:.1} s",
-        server.port,
-        server.objects,
-        started.elapsed().as_secs_f64()
-    );
-    let mut config = StorageConfig::default();
-    for b in ["flowers", "many"] {
-        config
-            .buckets
-            .insert(format!("s3://{b}"), server.bucket_settings());
-    }
-    dlp_plugin::storage::configure(config)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "object storage benchmark, {} ({} cores): the flowers read and decoded by read_images on the embedded cluster",
+        "object storage benchmark, {} ({cores} cores; dev profile, the build make run and make test use): \
+         the flowers read and decoded by read_images on the embedded cluster",
         chrono_date(),
-        cores
     );
+    // (label, server, bucket of the flowers, bucket of the 10,000 objects)
+    let mut servers: Vec<(&str, S3Server, &str, &str)> = Vec::new();
+    let fs_root = tempfile::tempdir()?;
+    if let Some(bin) = &args.s3s_fs {
+        // s3s-fs serves a folder: its sub-folders are the buckets.
+        copy_dir(&flowers, &fs_root.path().join("fsflowers/flowers"))?;
+        copy_dir(many.path(), &fs_root.path().join("fsmany/many"))?;
+        let server = S3Server::start_fs(bin, fs_root.path())?;
+        servers.push(("s3s-fs", server, "fsflowers", "fsmany"));
+    }
+    if args.moto {
+        let started = Instant::now();
+        let server = S3Server::start(&[
+            ("flowers", Some(flowers.as_path()), "flowers"),
+            ("many", Some(many.path()), "many"),
+        ])?;
+        eprintln!(
+            "moto on 127.0.0.1:{}: {} objects uploaded in {:.1} s",
+            server.port,
+            server.objects,
+            started.elapsed().as_secs_f64()
+        );
+        servers.push(("moto", server, "flowers", "many"));
+    }
+    anyhow::ensure!(!servers.is_empty(), "give --s3s-fs PATH and/or --moto");
+    let mut config = StorageConfig::default();
+    for (_, server, a, b) in &servers {
+        for bucket in [a, b] {
+            config
+                .buckets
+                .insert(format!("s3://{bucket}"), server.bucket_settings());
+        }
+    }
+    dlp_plugin::storage::configure(config)?;
+
     println!(
-        "{:<8} {:>14} {:>14} {:>8}",
-        "slots", "disk img/s", "S3 img/s", "ratio"
+        "{:<8} {:<7} {:>12} {:>12} {:>8}",
+        "server", "slots", "disk img/s", "S3 img/s", "ratio"
     );
     for slots in [1, cores] {
         let ctx = dlp_plugin::embedded::standalone_context(Some(slots)).await?;
         let (disk, n1) = read_rate(&ctx, &flowers.to_string_lossy(), args.runs).await?;
-        let (s3, n2) = read_rate(&ctx, "s3://flowers/flowers", args.runs).await?;
-        anyhow::ensure!(n1 == n2, "disk read {n1} images, S3 {n2}");
-        println!("{slots:<8} {disk:>14.1} {s3:>14.1} {:>7.2}x", s3 / disk);
+        for (name, _, bucket, _) in &servers {
+            let (s3, n2) = read_rate(&ctx, &format!("s3://{bucket}/flowers"), args.runs).await?;
+            anyhow::ensure!(n1 == n2, "disk read {n1} images, {name} {n2}");
+            println!(
+                "{name:<8} {slots:<7} {disk:>12.1} {s3:>12.1} {:>7.2}x",
+                s3 / disk
+            );
+        }
     }
     // Listing: the product's listing (Spark's rules) of 10,000 objects vs files.
     let opts = ImageReadOptions::from_pairs([("recursiveFileLookup", "true")])?;
@@ -101,19 +132,36 @@ async fn main() -> anyhow::Result<()> {
     let o = opts.clone();
     let (disk_s, disk_n) =
         tokio::task::spawn_blocking(move || time_listing(&many_root, &o)).await??;
-    let (s3_s, s3_n) =
-        tokio::task::spawn_blocking(move || time_listing("s3://many/many", &opts)).await??;
-    anyhow::ensure!(
-        disk_n == s3_n && s3_n == args.objects,
-        "listed {disk_n} / {s3_n}"
-    );
-    println!(
-        "listing {} objects: disk {:.3} s, S3 {:.3} s ({} LIST pages of 1,000)",
-        args.objects,
-        disk_s,
-        s3_s,
-        args.objects.div_ceil(1000)
-    );
+    for (name, _, _, bucket) in &servers {
+        let (root, o) = (format!("s3://{bucket}/many"), opts.clone());
+        let (s3_s, s3_n) = tokio::task::spawn_blocking(move || time_listing(&root, &o)).await??;
+        anyhow::ensure!(
+            disk_n == s3_n && s3_n == args.objects,
+            "listed {disk_n} files, {s3_n} objects"
+        );
+        println!(
+            "listing {} objects ({} pages of 1,000): disk {:.3} s, {name} {:.3} s",
+            args.objects,
+            args.objects.div_ceil(1000),
+            disk_s,
+            s3_s
+        );
+    }
+    Ok(())
+}
+
+/// Copies a folder tree (the s3s-fs buckets).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
     Ok(())
 }
 
