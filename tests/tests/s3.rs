@@ -490,3 +490,81 @@ async fn a_failed_save_leaves_no_partial_model() {
         .to_string();
     assert!(e.contains("s3://out/small/nothing"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tables_read_image_and_the_model_directory_in_buckets() {
+    let s3 = server();
+    let ctx = dlp_plugin::embedded::standalone_context(Some(2))
+        .await
+        .unwrap();
+    let sql = |q: String| {
+        let ctx = ctx.clone();
+        async move { ctx.sql(&q).await?.collect().await }
+    };
+    let first_i64 = |b: &[RecordBatch]| b[0].column(0).as_primitive::<Int64Type>().value(0);
+    // read_image(uri) of one object.
+    let b = sql(
+        "SELECT read_image('s3://flowers/flowers/daisy/100080576_f52e8ee070_n.jpg')['nChannels'] AS c"
+            .into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b[0].column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int32Type>()
+            .value(0),
+        3
+    );
+    // CREATE EXTERNAL TABLE ... STORED AS IMAGE on a prefix: 4 photos and a text file
+    // (an invalid row).
+    sql(
+        "CREATE EXTERNAL TABLE kittens STORED AS IMAGE LOCATION 's3://spark/images/origin/kittens'"
+            .into(),
+    )
+    .await
+    .unwrap();
+    let b = sql("SELECT count(*) AS n, sum(CASE WHEN image['nChannels'] > 0 THEN 1 ELSE 0 END) AS ok FROM kittens".into())
+        .await
+        .unwrap();
+    assert_eq!(first_i64(&b), 5);
+    // COPY TO a bucket, then a Parquet table on it (DataFusion's own reader and writer).
+    sql("COPY (SELECT image['origin'] AS origin, image['width'] AS w FROM kittens) TO 's3://out/tables/kittens/' STORED AS PARQUET".into())
+        .await
+        .unwrap();
+    sql("CREATE EXTERNAL TABLE k STORED AS PARQUET LOCATION 's3://out/tables/kittens/'".into())
+        .await
+        .unwrap();
+    let b = sql("SELECT count(*) FROM k".into()).await.unwrap();
+    assert_eq!(first_i64(&b), 5);
+
+    // The model directory in a bucket: fetched once into the process's cache, sha256
+    // checked (`dlp models verify` loads every model).
+    let models = dlp_plugin::torch::manifest::default_model_dir();
+    let zoo = dlp_plugin::storage::ObjectUrl::parse("s3://out/zoo").unwrap();
+    dlp_plugin::storage::io(
+        async move { dlp_plugin::storage::upload_dir(&models, &zoo, None).await },
+    )
+    .await
+    .unwrap();
+    let out = dlp(
+        &["--model-dir", "s3://out/zoo", "models", "verify"],
+        &s3.env(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("efficientnet_lite0"), "{}", text(&out));
+    let out = dlp(
+        &[
+            "--model-dir",
+            "s3://out/zoo",
+            "sql",
+            "SELECT predict_topk('efficientnet_lite0', image, 1) AS top FROM read_images('s3://flowers/flowers/daisy', 'pathGlobFilter=100080576*')",
+        ],
+        &s3.env(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("daisy"),
+        "{}",
+        text(&out)
+    );
+}
