@@ -275,9 +275,19 @@ fn paths_outside_the_data_roots_are_rejected() {
             "read_images('flowers', 'recursiveFileLookup=true')".to_string(),
             "through a symlink",
         ),
+        // A URL is refused unless under a bucket root: no request leaves the cluster for
+        // a client (SSRF), and none reaches the instance metadata service.
         (
             "read_images('http://127.0.0.1/x')".to_string(),
-            "only local paths",
+            "outside the data roots",
+        ),
+        (
+            "read_images('http://169.254.169.254/latest/meta-data/')".to_string(),
+            "outside the data roots",
+        ),
+        (
+            "read_images('s3://another-bucket/x')".to_string(),
+            "outside the data roots",
         ),
     ];
     for (from, expected) in cases {
@@ -297,6 +307,7 @@ fn paths_outside_the_data_roots_are_rejected() {
         "file:///etc/passwd",
         "escape/private.jpg",
         "../secret",
+        "s3://another-bucket/x.csv",
     ] {
         let ddl = format!("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{location}'");
         let err = adbc(cluster.port, &ddl, None).expect_err(&ddl);
