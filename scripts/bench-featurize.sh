@@ -7,7 +7,7 @@ dir="$DLP_DATA/flowers"
 # 2 threads, beside PyTorch (Pillow decode, same preprocessing ops, same TorchScript file).
 echo
 echo "featurize benchmark: efficientnet_lite0, batch 16, 2 threads, all flowers"
-ours=$("$CARGO_TARGET_DIR/debug/dlp-bench-featurize" --dir "$dir" --batch 16 --threads 2)
+ours=$("$DLP_BENCH_BIN/dlp-bench-featurize" --dir "$dir" --batch 16 --threads 2)
 files_json=$("$DLP_PYTHON" -c "
 import json, os, sys
 fs = sorted(os.path.join(d, n) for d, _, ns in os.walk(sys.argv[1]) for n in ns if n.lower().endswith('.jpg'))

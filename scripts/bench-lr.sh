@@ -21,7 +21,7 @@ jobs="${jobs%,}]"
 spark=$("$DLP_PYTHON" tests/python/lr_reference.py spark --jobs "$jobs" --warm)
 printf '%-22s %5s %9s %6s %10s %10s %9s %9s %9s\n' engine alpha "fit s" iters "train acc" "test acc" "non-zero" "vs Spark" "vs sklrn"
 for alpha in 0.0 0.5; do
-  ours=$("$CARGO_TARGET_DIR/debug/dlp-bench-lr" --train "$lrdir/train.parquet" --test "$lrdir/test.parquet" \
+  ours=$("$DLP_BENCH_BIN/dlp-bench-lr" --train "$lrdir/train.parquet" --test "$lrdir/test.parquet" \
     --params "{\"family\": \"multinomial\", \"regParam\": 0.03, \"elasticNetParam\": $alpha}")
   sk=$("$DLP_PYTHON" tests/python/lr_reference.py sklearn --train "$lrdir/train.parquet" \
     --test "$lrdir/test.parquet" --reg-param 0.03 --elastic-net-param "$alpha" --tol 1e-6 --max-iter 100)

@@ -10,7 +10,7 @@ echo "decode benchmark: $(find "$dir" -iname '*.jpg' | wc -l) JPEGs under $dir, 
 printf '%-8s %-7s %12s %16s %16s %8s %20s %8s\n' mode threads "dlp img/s" "pillow img/s" "" ratio "pillow+draft img/s" ratio
 for threads in 1 "$cores"; do
   for mode in decode resize; do
-    ours=$("$CARGO_TARGET_DIR/debug/dlp-bench-decode" --dir "$dir" --threads "$threads" --mode "$mode")
+    ours=$("$DLP_BENCH_BIN/dlp-bench-decode" --dir "$dir" --threads "$threads" --mode "$mode")
     peer=$("$DLP_PYTHON" bench/decode_pillow.py --dir "$dir" --threads "$threads" --mode "$mode")
     draft="null"
     if [ "$mode" = resize ]; then

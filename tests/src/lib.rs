@@ -13,6 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// The build the benchmarks measure, as they print it.
+pub const BUILD_PROFILE: &str = if cfg!(debug_assertions) {
+    "dev profile, make test's build"
+} else {
+    "release profile, the container images' build"
+};
+
 /// `../shared/data` of the checkout, without `..` segments (as `origin` URIs have none).
 pub fn shared_data() -> PathBuf {
     let mut out = PathBuf::new();

@@ -158,15 +158,30 @@ impl ExecutionPlan for ImageDecodeExec {
         });
         let chunk = self.spec.options.batch_size;
         let chunks = crate::batches::rechunk(input, chunk);
+        let fetch = job.decode;
         let decode_metrics = metrics.clone();
         let decoded = chunks
-            .map(move |files| {
+            // Objects in object storage are fetched a chunk ahead, on the storage I/O
+            // runtime (storage.maxConcurrentGets GETs in flight per chunk), so that decoding
+            // threads do not wait on the network: while two chunks decode, the GETs of the
+            // next two run. Local files are read by the decoding thread itself.
+            .map(move |files| async move {
+                let files = files?;
+                let fetched = if fetch {
+                    fetch_remote(&files).await?
+                } else {
+                    Default::default()
+                };
+                Ok::<_, datafusion::error::DataFusionError>((files, fetched))
+            })
+            .buffered(2)
+            .map(move |fetched| {
                 let job = job.clone();
                 let metrics = decode_metrics.clone();
                 async move {
-                    let files = files?;
+                    let (files, fetched) = fetched?;
                     // Decoding is CPU work: keep it off the async poll threads.
-                    tokio::task::spawn_blocking(move || job.decode_batch(&files, &metrics))
+                    tokio::task::spawn_blocking(move || job.decode_batch(&files, fetched, &metrics))
                         .await
                         .map_err(|e| exec_datafusion_err!("image decode task failed: {e}"))?
                 }
@@ -243,6 +258,7 @@ impl DecodeJob {
     fn decode_batch(
         &self,
         files: &RecordBatch,
+        mut fetched: std::collections::HashMap<usize, Fetched>,
         metrics: &DecodeMetrics,
     ) -> Result<Vec<RecordBatch>> {
         let _timer = metrics.baseline.elapsed_compute().timer();
@@ -263,13 +279,6 @@ impl DecodeJob {
         };
         let mut images = ImageColumnBuilder::with_capacity(n, data_hint);
         let mut pixel_bytes: Vec<usize> = Vec::with_capacity(n);
-        // Objects in object storage are fetched for the whole chunk first, several GETs
-        // in flight (storage.maxConcurrentGets), then decoded here.
-        let mut fetched = if self.decode {
-            fetch_remote(paths, sizes)?
-        } else {
-            Default::default()
-        };
         for i in 0..n {
             let path = paths.value(i);
             if !self.decode {
@@ -350,12 +359,11 @@ type Fetched = std::result::Result<bytes::Bytes, InvalidImage>;
 /// is gone, too large or outside this executor's roots becomes an invalid row; a store
 /// that fails (down, refusing credentials, past its retries) fails the task with the URL
 /// in the error, so no image is lost silently.
-fn fetch_remote(
-    paths: &datafusion::arrow::array::StringArray,
-    sizes: &datafusion::arrow::array::UInt64Array,
-) -> Result<std::collections::HashMap<usize, Fetched>> {
+async fn fetch_remote(files: &RecordBatch) -> Result<std::collections::HashMap<usize, Fetched>> {
     use crate::error::DlpError;
     use crate::storage::{ObjectUrl, is_url};
+    let paths = files.column(0).as_string::<i32>();
+    let sizes = files.column(1).as_primitive::<UInt64Type>();
     let limit = crate::limits::Limits::get().max_file_bytes;
     let mut out = std::collections::HashMap::new();
     let mut wanted: Vec<(usize, ObjectUrl)> = Vec::new();
@@ -392,7 +400,7 @@ fn fetch_remote(
     }
     let urls: Vec<ObjectUrl> = wanted.iter().map(|(_, u)| u.clone()).collect();
     let concurrency = crate::storage::config().max_concurrent_gets;
-    let results = crate::storage::io_blocking(crate::storage::get_many(urls, limit, concurrency));
+    let results = crate::storage::get_many(urls, limit, concurrency).await;
     for ((i, _), r) in wanted.into_iter().zip(results) {
         let fetched = match r {
             Ok(b) => Ok(b),

@@ -93,7 +93,7 @@ fn percent_decode(s: &str) -> String {
 
 /// Characters `java.net.URI` quotes in a path (Hadoop `Path.toUri`): everything outside
 /// unreserved, punct (`,;:$&+=`), `/` and `@`. Non-ASCII characters are kept as they are.
-const URI_PATH: &AsciiSet = &CONTROLS
+pub(crate) const URI_PATH: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b'#')

@@ -448,24 +448,9 @@ impl ObjectUrl {
     }
 }
 
-/// Characters escaped in one path segment of a storage URL.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'[')
-    .add(b'\\')
-    .add(b']')
-    .add(b'^')
-    .add(b'`')
-    .add(b'{')
-    .add(b'|')
-    .add(b'}')
-    .add(b'/');
+/// Characters escaped in one path segment of a storage URL: those `java.net.URI` quotes
+/// in a path (as `origin` has them for local files), and `/`.
+const SEGMENT: &percent_encoding::AsciiSet = &crate::image::listing::URI_PATH.add(b'/');
 
 static STORES: LazyLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> =
     LazyLock::new(Default::default);
@@ -684,36 +669,43 @@ pub async fn head(url: &ObjectUrl) -> Result<Option<u64>, DlpError> {
 /// The whole object at `url`, refused (before its body is read) when it is larger than
 /// `limit` bytes.
 pub async fn get(url: &ObjectUrl, limit: u64) -> Result<Bytes, DlpError> {
-    let (store, key, u) = (store(url)?, url.key(), url.clone());
-    io(async move {
-        let r = store
-            .get_opts(&key, GetOptions::default())
-            .await
-            .map_err(|e| storage_error("GET", &u, &e))?;
-        if r.meta.size > limit {
-            return Err(DlpError::Limit(format!(
-                "{u}: {} bytes, above the limit of {limit} bytes",
-                r.meta.size
-            )));
-        }
-        r.bytes()
-            .await
-            .map_err(|e| DlpError::Storage(describe("GET", &u, &e)))
-    })
-    .await
+    io(get_here(url.clone(), limit)).await
 }
 
-/// Many objects at once, at most `concurrency` in flight; results in input order.
+/// [`get`] on the calling runtime (which must be the I/O runtime).
+async fn get_here(u: ObjectUrl, limit: u64) -> Result<Bytes, DlpError> {
+    let (store, key) = (store(&u)?, u.key());
+    let r = store
+        .get_opts(&key, GetOptions::default())
+        .await
+        .map_err(|e| storage_error("GET", &u, &e))?;
+    if r.meta.size > limit {
+        return Err(DlpError::Limit(format!(
+            "{u}: {} bytes, above the limit of {limit} bytes",
+            r.meta.size
+        )));
+    }
+    r.bytes()
+        .await
+        .map_err(|e| DlpError::Storage(describe("GET", &u, &e)))
+}
+
+/// Many objects at once, at most `concurrency` in flight; results in input order. The
+/// whole batch runs as one task on the I/O runtime: it goes on while the caller is busy
+/// elsewhere (the image reader starts a chunk's GETs and decodes the previous chunk).
 pub async fn get_many(
     urls: Vec<ObjectUrl>,
     limit: u64,
     concurrency: usize,
 ) -> Vec<Result<Bytes, DlpError>> {
-    futures::stream::iter(urls)
-        .map(|u| async move { get(&u, limit).await })
-        .buffered(concurrency.max(1))
-        .collect()
-        .await
+    io(async move {
+        futures::stream::iter(urls)
+            .map(|u| get_here(u, limit))
+            .buffered(concurrency.max(1))
+            .collect()
+            .await
+    })
+    .await
 }
 
 /// Writes `bytes` to `url` (one PUT; object stores make it visible whole or not at all).

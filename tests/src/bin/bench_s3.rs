@@ -32,15 +32,55 @@ struct Args {
     moto: bool,
 }
 
-/// Images per second of `SELECT count(*) ... FROM read_images(root)` (every image
-/// decoded: dropInvalid needs validity), best of `runs` after a warm-up.
-async fn read_rate(ctx: &SessionContext, root: &str, runs: usize) -> anyhow::Result<(f64, u64)> {
+/// One read's figures: images per second (best run), images, and the CPU time per image
+/// (milliseconds, averaged over the timed runs) of this process (the reader: listing,
+/// GETs, decoding) and of the server.
+struct Rate {
+    rate: f64,
+    images: u64,
+    reader_ms: f64,
+    server_ms: f64,
+}
+
+/// CPU seconds (user + system, all threads) of process `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let tick = *TICK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / tick
+}
+
+/// `SELECT count(*) ... FROM read_images(root)` (every image decoded: dropInvalid needs
+/// validity): the best of `runs` after a warm-up, and the CPU the timed runs took in this
+/// process and in the server `server` (when there is one).
+async fn read_rate(
+    ctx: &SessionContext,
+    root: &str,
+    runs: usize,
+    server: Option<u32>,
+) -> anyhow::Result<Rate> {
     let q = format!(
         "SELECT count(*) AS n FROM read_images('{root}', 'recursiveFileLookup=true', 'dropInvalid=true')"
     );
+    let me = std::process::id();
     let mut best = f64::MAX;
     let mut n = 0u64;
+    let (mut reader, mut served) = (0.0, 0.0);
     for i in 0..=runs {
+        let (r0, s0) = (cpu_seconds(me), server.map_or(0.0, cpu_seconds));
         let start = Instant::now();
         let batches = ctx.sql(&q).await?.collect().await?;
         let secs = start.elapsed().as_secs_f64();
@@ -51,9 +91,17 @@ async fn read_rate(ctx: &SessionContext, root: &str, runs: usize) -> anyhow::Res
             .map_or(0, |a| a.value(0) as u64);
         if i > 0 {
             best = best.min(secs);
+            reader += cpu_seconds(me) - r0;
+            served += server.map_or(0.0, cpu_seconds) - s0;
         }
     }
-    Ok((n as f64 / best, n))
+    let per_image = |s: f64| 1000.0 * s / (n.max(1) as f64 * runs.max(1) as f64);
+    Ok(Rate {
+        rate: n as f64 / best,
+        images: n,
+        reader_ms: per_image(reader),
+        server_ms: per_image(served),
+    })
 }
 
 #[tokio::main]
@@ -71,16 +119,20 @@ async fn main() -> anyhow::Result<()> {
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "object storage benchmark, {} ({cores} cores; dev profile, the build make run and make test use): \
+        "object storage benchmark, {} ({cores} cores; {}): \
          the flowers read and decoded by read_images on the embedded cluster",
         chrono_date(),
+        dlp_tests::BUILD_PROFILE,
     );
     // (label, server, bucket of the flowers, bucket of the 10,000 objects)
     let mut servers: Vec<(&str, S3Server, &str, &str)> = Vec::new();
     let fs_root = tempfile::tempdir()?;
     if let Some(bin) = &args.s3s_fs {
-        // s3s-fs serves a folder: its sub-folders are the buckets.
-        copy_dir(&flowers, &fs_root.path().join("fsflowers/flowers"))?;
+        // s3s-fs serves a folder: its sub-folders are the buckets. The flowers are uploaded
+        // through PUT below, as objects get into any bucket (s3s-fs then keeps their ETag;
+        // files copied under its folder would be re-read for an MD5 at every GET). The
+        // listing's 10,000 objects are only listed, never read: copied.
+        std::fs::create_dir_all(fs_root.path().join("fsflowers"))?;
         copy_dir(many.path(), &fs_root.path().join("fsmany/many"))?;
         let server = S3Server::start_fs(bin, fs_root.path())?;
         servers.push(("s3s-fs", server, "fsflowers", "fsmany"));
@@ -109,22 +161,91 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     dlp_plugin::storage::configure(config)?;
+    if args.s3s_fs.is_some() {
+        let started = Instant::now();
+        let url = dlp_plugin::storage::ObjectUrl::parse("s3://fsflowers/flowers")?;
+        dlp_plugin::storage::upload_dir(&flowers, &url, None).await?;
+        eprintln!(
+            "s3s-fs: the flowers uploaded in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
 
     println!(
-        "{:<8} {:<7} {:>12} {:>12} {:>8}",
-        "server", "slots", "disk img/s", "S3 img/s", "ratio"
+        "{:<8} {:<22} {:>11} {:>10} {:>7}   {:>9} {:>9} {:>9}   {:>7}",
+        "server",
+        "reader",
+        "disk img/s",
+        "S3 img/s",
+        "ratio",
+        "disk cpu",
+        "S3 reader",
+        "S3 server",
+        "ceiling"
     );
+    let me = std::process::id();
+    let all = format!("0-{}", cores - 1);
+    let mut ceilings = Vec::new();
     for slots in [1, cores] {
+        // One core: the reader (this process, every thread, one task slot) on core 0 for
+        // both reads, the servers on the other cores, as a server on another machine would
+        // be. All cores: everything on every core, the server included.
+        let one_core = slots == 1 && cores > 1;
+        let last = format!("1-{}", cores - 1);
+        pin(me, if one_core { "0" } else { &all })?;
+        for (_, server, _, _) in &servers {
+            pin(server.pid(), if one_core { &last } else { &all })?;
+        }
+        let label = if one_core {
+            "1 core, server apart".to_string()
+        } else {
+            format!("{cores} cores, with server")
+        };
         let ctx = dlp_plugin::embedded::standalone_context(Some(slots)).await?;
-        let (disk, n1) = read_rate(&ctx, &flowers.to_string_lossy(), args.runs).await?;
-        for (name, _, bucket, _) in &servers {
-            let (s3, n2) = read_rate(&ctx, &format!("s3://{bucket}/flowers"), args.runs).await?;
-            anyhow::ensure!(n1 == n2, "disk read {n1} images, {name} {n2}");
+        let disk = read_rate(&ctx, &flowers.to_string_lossy(), args.runs, None).await?;
+        for (name, server, bucket, _) in &servers {
+            let root = format!("s3://{bucket}/flowers");
+            let s3 = read_rate(&ctx, &root, args.runs, Some(server.pid())).await?;
+            anyhow::ensure!(
+                disk.images == s3.images,
+                "disk read {} images, {name} {}",
+                disk.images,
+                s3.images
+            );
+            // With every core busy, a rate is at most cores / (CPU per image): the S3 read
+            // can reach at most disk cpu / (reader + server) of the disk rate while the
+            // server shares these cores.
+            let ceiling = disk.reader_ms / (s3.reader_ms + s3.server_ms);
+            let shown = if slots == cores {
+                ceilings.push((name.to_string(), disk.reader_ms, s3.reader_ms, s3.server_ms));
+                format!("{ceiling:>6.2}x")
+            } else {
+                format!("{:>7}", "-")
+            };
             println!(
-                "{name:<8} {slots:<7} {disk:>12.1} {s3:>12.1} {:>7.2}x",
-                s3 / disk
+                "{name:<8} {label:<22} {:>11.1} {:>10.1} {:>6.2}x   {:>6.2} ms {:>6.2} ms {:>6.2} ms   {shown}",
+                disk.rate,
+                s3.rate,
+                s3.rate / disk.rate,
+                disk.reader_ms,
+                s3.reader_ms,
+                s3.server_ms,
             );
         }
+    }
+    println!(
+        "cpu: CPU time per image (user + system, every thread) of the reader (this process: \
+         listing, GETs, decoding) and of the S3 server; ceiling: the most an S3 read can reach \
+         of the disk rate with all {cores} cores busy and the server on them, disk cpu / \
+         (reader + server)"
+    );
+    for (name, disk, reader, server) in &ceilings {
+        println!(
+            "{name}: the reader spends {:.2} ms per image more from the bucket than from disk \
+             ({:.2}x disk's CPU per image); the server {server:.2} ms",
+            reader - disk,
+            disk / reader,
+        );
     }
     // Listing: the product's listing (Spark's rules) of 10,000 objects vs files.
     let opts = ImageReadOptions::from_pairs([("recursiveFileLookup", "true")])?;
@@ -147,6 +268,20 @@ async fn main() -> anyhow::Result<()> {
             s3_s
         );
     }
+    Ok(())
+}
+
+/// Confines every thread of process `pid` (threads it starts later inherit it) to `cpus`
+/// (a `taskset` list).
+fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "taskset -a -p -c {cpus} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
