@@ -46,7 +46,8 @@ pub const LOG_TARGET: &str = "dlp_plugin::storage";
 #[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// GET requests in flight per image-reading task.
+    /// GET requests in flight per chunk being fetched (an image-reading task fetches the
+    /// next two chunks while two decode).
     pub max_concurrent_gets: usize,
     /// Seconds one request may take before it is abandoned (and retried).
     pub request_timeout_seconds: u64,
