@@ -8,7 +8,7 @@
 set -euo pipefail
 source "$(dirname "$0")/bench-prelude.sh"
 server="$DLP_CACHE/s3s/bin/dlp-bench-s3-server"
-if [ ! -x "$server" ] || [ bench/s3-server/src/main.rs -nt "$server" ]; then
+if [ ! -x "$server" ] || [ -n "$(find bench/s3-server -type f -newer "$server")" ]; then
   echo "bench-s3: building bench/s3-server (s3s-fs 0.14.1 with TCP_NODELAY) into $DLP_CACHE/s3s"
   cargo install -q --locked --path bench/s3-server --root "$DLP_CACHE/s3s"
 fi
