@@ -16,7 +16,8 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::image::{ImageDecodeExec, ImageScanSpec, ImageTableProvider};
+use crate::image::provider::MAX_CARRIED_LISTING_BYTES;
+use crate::image::{ImageDecodeExec, ImageListing, ImageScanSpec, ImageTableProvider};
 use crate::ml::{MlNode, MlStep};
 use crate::torch::{TorchInferenceExec, TorchInferenceNode, TorchSpec};
 
@@ -79,6 +80,23 @@ fn split(buf: &[u8]) -> Result<Tagged<'_>> {
         },
         _ => internal_err!("plugin codec: buffer without a plugin/Ballista tag"),
     }
+}
+
+/// An image table as the logical codec writes it: the spec, and the files the table keeps
+/// when their encoding fits [`MAX_CARRIED_LISTING_BYTES`].
+#[derive(Serialize)]
+struct ImageTableOut<'a> {
+    spec: &'a ImageScanSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listing: Option<&'a ImageListing>,
+}
+
+/// An image table as the logical codec reads it.
+#[derive(Deserialize)]
+struct ImageTableIn {
+    spec: ImageScanSpec,
+    #[serde(default)]
+    listing: Option<ImageListing>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -144,8 +162,11 @@ impl LogicalExtensionCodec for PluginLogicalCodec {
                 .inner
                 .try_decode_table_provider(rest, table_ref, schema, ctx),
             Ok((Kind::ImageTable, body)) => {
-                let spec: ImageScanSpec = read_plugin(Kind::ImageTable, body)?;
-                let provider = ImageTableProvider::from_spec(spec);
+                let table: ImageTableIn = read_plugin(Kind::ImageTable, body)?;
+                let mut provider = ImageTableProvider::from_spec(table.spec);
+                if let Some(listing) = table.listing {
+                    provider = provider.with_listing(listing)?;
+                }
                 if provider.schema().fields() != schema.fields() {
                     return internal_err!(
                         "plugin codec: image table {table_ref} decoded with schema {:?}, plan \
@@ -167,7 +188,22 @@ impl LogicalExtensionCodec for PluginLogicalCodec {
         buf: &mut Vec<u8>,
     ) -> Result<()> {
         if let Some(images) = node.downcast_ref::<ImageTableProvider>() {
-            return write_plugin(buf, Kind::ImageTable, images.spec());
+            let start = buf.len();
+            let with_files = ImageTableOut {
+                spec: images.spec(),
+                listing: images.listing().map(|l| l.as_ref()),
+            };
+            write_plugin(buf, Kind::ImageTable, &with_files)?;
+            if buf.len() - start <= MAX_CARRIED_LISTING_BYTES {
+                return Ok(());
+            }
+            // Too many files to carry: the scheduler's scan lists them again.
+            buf.truncate(start);
+            let spec_only = ImageTableOut {
+                spec: images.spec(),
+                listing: None,
+            };
+            return write_plugin(buf, Kind::ImageTable, &spec_only);
         }
         buf.push(TAG_BALLISTA);
         self.inner.try_encode_table_provider(table_ref, node, buf)
@@ -362,6 +398,29 @@ mod tests {
             .downcast_ref::<ImageTableProvider>()
             .expect("image table");
         assert_eq!(decoded.spec(), provider.spec());
+        // The files listed when the table was defined travel with it: the scheduler's scan
+        // does not list again.
+        let kept = decoded.listing().expect("the listing is carried");
+        assert_eq!(Some(kept), provider.listing());
+        // The 1,428 photos and LICENSE.txt (an invalid row, dropped by dropInvalid).
+        assert_eq!(kept.files.len(), 1429);
+        // A catalog table (STORED AS IMAGE) carries none: its scans list.
+        let table: Arc<dyn TableProvider> = Arc::new(provider.clone().listing_at_scan());
+        let mut buf = vec![];
+        codec
+            .try_encode_table_provider(&TableReference::bare("t"), table.clone(), &mut buf)
+            .unwrap();
+        let back = codec
+            .try_decode_table_provider(
+                &buf,
+                &TableReference::bare("t"),
+                table.schema(),
+                &ctx.task_ctx(),
+            )
+            .unwrap();
+        let back = back.downcast_ref::<ImageTableProvider>().unwrap();
+        assert!(back.listing().is_none());
+        assert_eq!(back.spec(), provider.spec());
     }
 
     #[tokio::test]

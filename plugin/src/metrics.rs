@@ -16,6 +16,9 @@ struct Counters {
     invalid_images: AtomicU64,
     image_bytes_read: AtomicU64,
     decode_nanos: AtomicU64,
+    listings: AtomicU64,
+    listed_files: AtomicU64,
+    listing_nanos: AtomicU64,
     inference: Mutex<BTreeMap<String, Inference>>,
 }
 
@@ -32,6 +35,21 @@ struct Inference {
 /// One finished image partition: images decoded, invalid ones, bytes read, decode time.
 pub fn record_decoded(decoded: usize, invalid: usize, bytes: usize, decode_nanos: usize) {
     PROCESS.record_decoded(decoded, invalid, bytes, decode_nanos)
+}
+
+/// One listing of an image folder or prefix (`read_images`, a table scan, a job's data):
+/// the files it kept and how long it took.
+pub fn record_listing(files: usize, nanos: u64) {
+    PROCESS.record_listing(files, nanos)
+}
+
+/// Listings so far in this process and the seconds they took (e.g. to tell a read's
+/// listing from its decoding).
+pub fn listing_totals() -> (u64, f64) {
+    (
+        PROCESS.listings.load(Ordering::Relaxed),
+        PROCESS.listing_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+    )
 }
 
 /// Forward passes of `model` with `batch_size` images each at most: `batches` of them over
@@ -67,6 +85,9 @@ impl Counters {
             invalid_images: AtomicU64::new(0),
             image_bytes_read: AtomicU64::new(0),
             decode_nanos: AtomicU64::new(0),
+            listings: AtomicU64::new(0),
+            listed_files: AtomicU64::new(0),
+            listing_nanos: AtomicU64::new(0),
             inference: Mutex::new(BTreeMap::new()),
         }
     }
@@ -80,6 +101,12 @@ impl Counters {
             .fetch_add(bytes as u64, Ordering::Relaxed);
         self.decode_nanos
             .fetch_add(decode_nanos as u64, Ordering::Relaxed);
+    }
+
+    fn record_listing(&self, files: usize, nanos: u64) {
+        self.listings.fetch_add(1, Ordering::Relaxed);
+        self.listed_files.fetch_add(files as u64, Ordering::Relaxed);
+        self.listing_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     fn record_inference(
@@ -129,6 +156,21 @@ impl Counters {
                 "dlp_decode_seconds_total",
                 "Time spent decoding images.",
                 self.decode_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            ),
+            (
+                "dlp_listings_total",
+                "Listings of image folders or object-store prefixes.",
+                self.listings.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "dlp_listed_files_total",
+                "Files those listings kept (after hidden names, globs and sampling).",
+                self.listed_files.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "dlp_listing_seconds_total",
+                "Time spent listing image folders and prefixes.",
+                self.listing_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             ),
         ];
         for (name, help, value) in counters {
@@ -200,6 +242,8 @@ mod tests {
         let counters = Counters::new();
         counters.record_decoded(3, 1, 1000, 2_000_000_000);
         counters.record_inference("m\"1", 4, 2, 5, 1, 0.5);
+        counters.record_listing(1428, 250_000_000);
+        counters.record_listing(2, 250_000_000);
         counters.record_inference("m\"1", 3, 1, 3, 0, 0.25);
         let text = counters.render(&[("id", "cpu-x"), ("device", "cpu")]);
         assert!(
@@ -208,6 +252,9 @@ mod tests {
         );
         assert!(text.contains("dlp_invalid_images_total 1"), "{text}");
         assert!(text.contains("dlp_decode_seconds_total 2"), "{text}");
+        assert!(text.contains("dlp_listings_total 2"), "{text}");
+        assert!(text.contains("dlp_listed_files_total 1430"), "{text}");
+        assert!(text.contains("dlp_listing_seconds_total 0.5"), "{text}");
         assert!(
             text.contains("dlp_inference_images_total{model=\"m\\\"1\"} 8"),
             "{text}"

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 use datafusion::common::{Result, plan_datafusion_err, plan_err};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use serde::{Deserialize, Serialize};
 
 use super::options::ImageReadOptions;
 
 /// One file to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageFile {
     /// Absolute path, or the object's URL.
     pub path: String,
@@ -24,7 +25,7 @@ pub struct ImageFile {
 }
 
 /// What a listing found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageListing {
     /// The root as an absolute path, or its URL.
     pub root: String,
@@ -129,9 +130,17 @@ fn is_hidden(name: &str) -> bool {
 /// Lists the files to read under `root` (a local path, a `file:` URI or an object-store
 /// URL such as `s3://bucket/prefix`) according to `options`.
 pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListing> {
-    if crate::storage::is_url(root) {
-        return list_remote(root, options);
-    }
+    let started = std::time::Instant::now();
+    let listing = if crate::storage::is_url(root) {
+        list_remote(root, options)?
+    } else {
+        list_local(root, options)?
+    };
+    crate::metrics::record_listing(listing.files.len(), started.elapsed().as_nanos() as u64);
+    Ok(listing)
+}
+
+fn list_local(root: &str, options: &ImageReadOptions) -> Result<ImageListing> {
     let root_path = resolve_root(root)?;
     let meta = std::fs::metadata(&root_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -166,6 +175,26 @@ pub fn list_images(root: &str, options: &ImageReadOptions) -> Result<ImageListin
         // A symlink under the root may point elsewhere: every file is checked.
         |p| crate::access::check_path(p).map_err(|e| plan_datafusion_err!("read_images: {e}")),
     )
+}
+
+/// Checks every file of a listing against this process's data roots, as its own listing
+/// would have: a scan over files listed elsewhere (a client's, carried by the codec) may
+/// name no file this process could not list itself.
+pub fn check_listing(listing: &ImageListing) -> Result<()> {
+    if crate::access::DataRoots::get().is_none() {
+        return Ok(());
+    }
+    for f in &listing.files {
+        if crate::storage::is_url(&f.path) {
+            let url =
+                crate::storage::ObjectUrl::parse(&f.path).map_err(|e| e.context("read_images"))?;
+            crate::access::check_url(&url).map_err(|e| e.context("read_images"))?;
+        } else {
+            crate::access::check_path(Path::new(&f.path))
+                .map_err(|e| plan_datafusion_err!("read_images: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// [`list_images`] of an object-store prefix: one paginated LIST of every object under

@@ -297,21 +297,23 @@ pub async fn read_labelled(
     for name in &class_names {
         let folder = Path::new(&path).join(name).to_string_lossy().into_owned();
         let files = list_images(&folder, &class_options)?;
-        listings.push((folder, files.files.len()));
         member_files.extend(
             files
                 .files
                 .iter()
-                .map(|f| (origin_uri(&f.path), listings.len() - 1)),
+                .map(|f| (origin_uri(&f.path), listings.len())),
         );
+        listings.push((folder, files));
     }
     let total_files = member_files.len().max(1);
-    for (i, (name, (folder, n))) in class_names.iter().zip(listings).enumerate() {
+    for (i, (name, (folder, files))) in class_names.iter().zip(listings).enumerate() {
         let mut class_options = class_options.clone();
         if options.num_partitions.is_none() {
+            let n = files.files.len();
             class_options.num_partitions = Some((target * n).div_ceil(total_files).max(1));
         }
-        let provider = ImageTableProvider::try_new(&folder, class_options)?;
+        // The table scans the files just listed: each folder is listed once.
+        let provider = ImageTableProvider::from_listing(&folder, class_options, files);
         parts.push(
             ctx.read_table(Arc::new(provider))?
                 .with_column(LABEL_COLUMN, lit(i as i32))?
