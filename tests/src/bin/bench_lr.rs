@@ -32,6 +32,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> datafusion::common::Result<()> {
     let args = Args::parse();
+    // RUST_LOG (e.g. `ballista=debug,dlp=info`) logs to stderr: where a job's time goes.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init();
+    }
     let params: LogisticRegressionParams = serde_json::from_str(&args.params)
         .map_err(|e| datafusion::common::plan_datafusion_err!("--params: {e}"))?;
     let started = Instant::now();
