@@ -43,7 +43,7 @@ row("dlp, from Parquet", ours, o["iterations"], o["train_accuracy"], o["test_acc
 row("Spark MLlib local[2]", s["warm_fit_seconds"], s["iterations"], s["train_accuracy"], s["test_accuracy"], s["non_zeros"])
 row("scikit-learn", sk["fit_seconds"], sk["iterations"], sk["train_accuracy"], sk["test_accuracy"], sk["non_zeros"])
 print(f'  dlp: first fit {o["fit_seconds"]:.2f} s, prepare {o["prepare_seconds"]:.2f} s, {o["evaluations"]} loss jobs of {o["job_seconds"] * 1000:.0f} ms '
-      f'(Ballista overhead {o["job_overhead_seconds"] * 1000:.0f} ms/job), materialize {o["materialize_seconds"]:.2f} s; '
+      f'(compute {o["job_compute_seconds"] * 1000:.0f} ms/job summed over {o["parts"]} parts), materialize {o["materialize_seconds"]:.2f} s; '
       f'objective {o["objective"]:.6f} vs Spark {s["objective"]:.6f}; Spark first fit {s["fit_seconds"]:.2f} s')
 PY
 done

@@ -1,7 +1,7 @@
 # Sourced by the benchmark scripts: environment, set-up and the benchmarks' build, done once
 # per `make bench` (scripts/bench.sh exports DLP_BENCH_READY for the scripts it runs).
 # The benchmarks measure the build users run: the release profile, as in the container
-# images (the first release build takes about 40 minutes on 2 cores; later ones rebuild only
+# images (the first release build takes about 67 minutes on 2 cores; later ones rebuild only
 # what changed). DLP_BENCH_PROFILE=dev measures make test's build instead (dependencies at
 # opt-level 1), for a quick look.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -16,7 +16,7 @@ if [ -z "${DLP_BENCH_READY:-}" ]; then
   scripts/setup.sh
   if [ "$profile" = release ]; then
     [ -x "$DLP_BENCH_BIN/dlp-bench-s3" ] ||
-      echo "bench: building the benchmarks with the release profile (about 40 minutes on 2 cores the first time)" >&2
+      echo "bench: building the benchmarks with the release profile (about 67 minutes on 2 cores the first time)" >&2
     cargo build -q --release -p dlp-tests --bins
   else
     cargo build -q --workspace --bins --tests  # same build as `make test`: nothing recompiled

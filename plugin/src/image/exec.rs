@@ -160,11 +160,14 @@ impl ExecutionPlan for ImageDecodeExec {
         let chunks = crate::batches::rechunk(input, chunk);
         let fetch = job.decode;
         let decode_metrics = metrics.clone();
-        let decoded = chunks
-            // Objects in object storage are fetched a chunk ahead, on the storage I/O
-            // runtime (storage.maxConcurrentGets GETs in flight per chunk), so that decoding
-            // threads do not wait on the network: while two chunks decode, the GETs of the
-            // next two run. Local files are read by the decoding thread itself.
+        // Objects in object storage are fetched ahead, by a task of their own: it keeps
+        // FETCH_AHEAD chunks' GETs in flight (storage.maxConcurrentGets per chunk, on the
+        // storage I/O runtime) and FETCH_AHEAD fetched chunks queued, whether or not the
+        // decoding below is ready for them, so that decoding threads never wait on the
+        // network. (A fetch stage polled by the decoding stage started a chunk's GETs only
+        // when a decoding slot freed, and the decoder then waited for them.) Local files
+        // are read by the decoding thread itself. Dropping the stream aborts the task.
+        let fetch_stage = chunks
             .map(move |files| async move {
                 let files = files?;
                 let fetched = if fetch {
@@ -174,7 +177,23 @@ impl ExecutionPlan for ImageDecodeExec {
                 };
                 Ok::<_, datafusion::error::DataFusionError>((files, fetched))
             })
-            .buffered(2)
+            .buffered(FETCH_AHEAD);
+        let fetched = futures::stream::once(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(FETCH_AHEAD);
+            let task = datafusion::common::runtime::SpawnedTask::spawn(async move {
+                let mut stage = std::pin::pin!(fetch_stage);
+                while let Some(item) = stage.next().await {
+                    if tx.send(item).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            futures::stream::unfold((rx, task), |(mut rx, task)| async move {
+                rx.recv().await.map(|item| (item, (rx, task)))
+            })
+        })
+        .flatten();
+        let decoded = fetched
             .map(move |fetched| {
                 let job = job.clone();
                 let metrics = decode_metrics.clone();
@@ -461,6 +480,9 @@ pub(crate) fn read_and_decode_any(
     };
     Ok(decode_fetched(object, options))
 }
+
+/// Chunks whose GETs are in flight ahead of decoding, and fetched chunks queued for it.
+const FETCH_AHEAD: usize = 2;
 
 /// Largest pixel payload of one output batch: batches travel as single gRPC / Flight
 /// messages (16 MiB by default), so big photos are spread over several batches.

@@ -399,7 +399,7 @@ struct JobObjective {
 const JOB_ATTEMPTS: usize = 3;
 
 impl JobObjective {
-    /// Sums of one loss job, and the compute time of its slowest part.
+    /// Sums of one loss job, and the compute time of all its parts.
     async fn partial_sums(&self, spec: GradientSpec) -> Result<(Partial, f64)> {
         let node = MlNode::try_new(None, MlStep::Gradient(spec))?;
         let batches: Vec<RecordBatch> = DataFrame::new(self.state.clone(), node.into_plan())
@@ -407,7 +407,7 @@ impl JobObjective {
             .await?;
         // Sum in partition order: the same model whatever executor ran what.
         let mut rows: Vec<(u32, u64, f64, Vec<f64>)> = vec![];
-        let mut slowest: f64 = 0.0;
+        let mut compute: f64 = 0.0;
         for b in &batches {
             let part = b.column(0).as_primitive::<UInt32Type>();
             let n = b.column(1).as_primitive::<UInt64Type>();
@@ -415,7 +415,7 @@ impl JobObjective {
             let grad = b.column(3).as_binary::<i32>();
             let secs = b.column(4).as_primitive::<Float64Type>();
             for i in 0..b.num_rows() {
-                slowest = slowest.max(secs.value(i));
+                compute += secs.value(i);
                 let g = grad
                     .value(i)
                     .chunks_exact(8)
@@ -442,7 +442,7 @@ impl JobObjective {
             sum.loss += loss;
             sum.grad.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
         }
-        Ok((sum, slowest))
+        Ok((sum, compute))
     }
 }
 

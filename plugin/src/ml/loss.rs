@@ -96,43 +96,66 @@ pub fn partial(
     let (k, d) = (layout.sets as i64, layout.dim as i64);
     let coef = Tensor::from_slice(&params[..layout.intercepts_at()]).view([k, d]);
     let inv = Tensor::from_slice(inv_std).view([1, d]);
-    let effective = &coef * &inv;
-    let mut margins = part.x.f_matmul(&effective.tr()).map_err(tch_err)?;
-    if layout.fit_intercept {
-        margins += Tensor::from_slice(&params[layout.intercepts_at()..]).view([1, k]);
+    let effective_t = (&coef * &inv).tr();
+    let intercepts = layout
+        .fit_intercept
+        .then(|| Tensor::from_slice(&params[layout.intercepts_at()..]).view([1, k]));
+    // Row blocks small enough to stay in the core's cache between the two products that
+    // read them (margins = X W^T, then gradient += g^T X): the features cross the memory
+    // bus once per evaluation instead of twice, which is what bounds this loop.
+    let rows = part.rows as i64;
+    let mut loss = Tensor::zeros([], (Kind::Double, tch::Device::Cpu));
+    let mut grad_coef = Tensor::zeros([k, d], (Kind::Double, tch::Device::Cpu));
+    let mut grad_intercept = Tensor::zeros([k], (Kind::Double, tch::Device::Cpu));
+    let mut start = 0i64;
+    while start < rows {
+        let len = BLOCK_ROWS.min(rows - start);
+        let x = part.x.narrow(0, start, len);
+        let w = w.narrow(0, start, len);
+        let y_index = part.y_index.narrow(0, start, len);
+        let mut margins = x.f_matmul(&effective_t).map_err(tch_err)?;
+        if let Some(b) = &intercepts {
+            margins += b;
+        }
+        let (block_loss, g) = if layout.multinomial {
+            let lse = margins.logsumexp([1i64].as_slice(), false);
+            let picked = margins
+                .gather(1, &y_index.unsqueeze(1), false)
+                .squeeze_dim(1);
+            let block_loss = ((&lse - picked) * &w).sum(Kind::Double);
+            let p = (&margins - lse.unsqueeze(1)).exp();
+            let onehot = p.zeros_like().scatter_value(1, &y_index.unsqueeze(1), 1.0);
+            (block_loss, (p - onehot) * w.unsqueeze(1))
+        } else {
+            let y = part.y.narrow(0, start, len);
+            let m = margins.squeeze_dim(1);
+            let softplus = m.clamp_min(0.0) + (-m.abs()).exp().log1p();
+            let block_loss = ((softplus - &y * &m) * &w).sum(Kind::Double);
+            (block_loss, ((m.sigmoid() - &y) * &w).unsqueeze(1))
+        };
+        loss += block_loss;
+        // g: rows x sets; gradient w.r.t. the standardized coefficients: (g^T X) / std.
+        grad_coef = grad_coef.f_addmm(&g.tr(), &x).map_err(tch_err)?;
+        if layout.fit_intercept {
+            grad_intercept += g.sum_dim_intlist([0i64].as_slice(), false, Kind::Double);
+        }
+        start += len;
     }
-    let (loss, g) = if layout.multinomial {
-        let lse = margins.logsumexp([1i64].as_slice(), false);
-        let picked = margins
-            .gather(1, &part.y_index.unsqueeze(1), false)
-            .squeeze_dim(1);
-        let loss = ((&lse - picked) * &w).sum(Kind::Double);
-        let p = (&margins - lse.unsqueeze(1)).exp();
-        let onehot = p
-            .zeros_like()
-            .scatter_value(1, &part.y_index.unsqueeze(1), 1.0);
-        (loss, (p - onehot) * w.unsqueeze(1))
-    } else {
-        let m = margins.squeeze_dim(1);
-        let softplus = m.clamp_min(0.0) + (-m.abs()).exp().log1p();
-        let loss = ((softplus - &part.y * &m) * &w).sum(Kind::Double);
-        (loss, ((m.sigmoid() - &part.y) * &w).unsqueeze(1))
-    };
-    // g: rows x sets. Gradient w.r.t. the standardized coefficients: (g^T X) / std.
-    let grad_coef = g.tr().f_matmul(&part.x).map_err(tch_err)? * &inv;
-    let mut grad = tensor_to_vec(&grad_coef)?;
+    let mut grad = tensor_to_vec(&(grad_coef * &inv))?;
     if layout.fit_intercept {
-        grad.extend(tensor_to_vec(&g.sum_dim_intlist(
-            [0i64].as_slice(),
-            false,
-            Kind::Double,
-        ))?);
+        grad.extend(tensor_to_vec(&grad_intercept)?);
     }
     Ok(Partial {
         loss: loss.double_value(&[]),
         grad,
     })
 }
+
+/// Rows per block of [`partial`]. On 4,096 x 1,280 f64 features (one core, libtorch's own
+/// products): blocks of 64 to 256 rows (0.6-2.6 MB) took 12-19 ms, the whole part at once
+/// 19-23 ms, blocks of 1,024 rows 20-23 ms.
+#[cfg(feature = "torch")]
+const BLOCK_ROWS: i64 = 256;
 
 #[cfg(feature = "torch")]
 fn tensor_to_vec(t: &Tensor) -> Result<Vec<f64>> {
@@ -289,6 +312,47 @@ mod tests {
             for (a, b) in got.grad.iter().zip(&grad) {
                 assert!((a - b).abs() < 1e-12, "{a} vs {b}");
             }
+        }
+    }
+
+    #[cfg(feature = "torch")]
+    #[test]
+    fn partials_over_several_row_blocks_match_the_reference() {
+        // More rows than one block, and a last block that is not full.
+        let (n, dim) = (2 * BLOCK_ROWS as usize + 37, 3);
+        let value = |i: usize| ((i * 7919 % 1000) as f64 / 250.0) - 2.0;
+        let r = Rows {
+            dim,
+            x: (0..n * dim).map(value).collect(),
+            y: (0..n).map(|i| (i % 3) as f64).collect(),
+            w: (0..n).map(|i| 0.5 + (i % 4) as f64 / 4.0).collect(),
+        };
+        let layout = Layout {
+            multinomial: true,
+            sets: 3,
+            dim,
+            fit_intercept: true,
+        };
+        let inv_std = [0.5, 2.0, 1.0];
+        let params: Vec<f64> = (0..layout.num_params())
+            .map(|i| 0.1 * i as f64 - 0.4)
+            .collect();
+        let got = partial(
+            &PartTensors::from_rows(&r),
+            &layout,
+            &inv_std,
+            &params,
+            None,
+        )
+        .unwrap();
+        let (loss, grad) = reference(&r, &layout, &inv_std, &params);
+        assert!(
+            (got.loss - loss).abs() < 1e-9 * loss.abs(),
+            "{} vs {loss}",
+            got.loss
+        );
+        for (a, b) in got.grad.iter().zip(&grad) {
+            assert!((a - b).abs() < 1e-9 * (1.0 + b.abs()), "{a} vs {b}");
         }
     }
 

@@ -29,8 +29,8 @@ pub struct TrainingSummary {
     pub fit_seconds: f64,
     pub materialize_seconds: f64,
     pub evaluation_seconds: f64,
-    /// Sum over loss jobs of the slowest part's compute time on its executor; the rest of
-    /// `evaluation_seconds` is Ballista's per-job overhead (planning, launch, fetch).
+    /// Sum over loss jobs of every part's compute time on its executor (parts of one job
+    /// run as many at a time as the cluster has task slots).
     pub compute_seconds: f64,
     /// Partitions (parts) of the training data.
     pub partitions: usize,
