@@ -299,19 +299,20 @@ mod tests {
             let params: Vec<f64> = (0..layout.num_params())
                 .map(|i| 0.3 * i as f64 - 0.7)
                 .collect();
-            let got = partial(
-                &PartTensors::from_rows(&r),
-                &layout,
-                &inv_std,
-                &params,
-                None,
-            )
-            .unwrap();
-            let (loss, grad) = reference(&r, &layout, &inv_std, &params);
-            assert!((got.loss - loss).abs() < 1e-12, "{} vs {loss}", got.loss);
-            for (a, b) in got.grad.iter().zip(&grad) {
-                assert!((a - b).abs() < 1e-12, "{a} vs {b}");
-            }
+            assert_matches_reference(&r, &layout, &inv_std, &params, 1e-12);
+        }
+    }
+
+    /// `partial` against [`reference`], within `tol` relative to each value (and absolute
+    /// near 0).
+    #[cfg(feature = "torch")]
+    fn assert_matches_reference(r: &Rows, layout: &Layout, inv_std: &[f64], p: &[f64], tol: f64) {
+        let got = partial(&PartTensors::from_rows(r), layout, inv_std, p, None).unwrap();
+        let (loss, grad) = reference(r, layout, inv_std, p);
+        let close = |a: f64, b: f64| (a - b).abs() <= tol * (1.0 + b.abs());
+        assert!(close(got.loss, loss), "{} vs {loss}", got.loss);
+        for (a, b) in got.grad.iter().zip(&grad) {
+            assert!(close(*a, *b), "{a} vs {b}");
         }
     }
 
@@ -337,23 +338,7 @@ mod tests {
         let params: Vec<f64> = (0..layout.num_params())
             .map(|i| 0.1 * i as f64 - 0.4)
             .collect();
-        let got = partial(
-            &PartTensors::from_rows(&r),
-            &layout,
-            &inv_std,
-            &params,
-            None,
-        )
-        .unwrap();
-        let (loss, grad) = reference(&r, &layout, &inv_std, &params);
-        assert!(
-            (got.loss - loss).abs() < 1e-9 * loss.abs(),
-            "{} vs {loss}",
-            got.loss
-        );
-        for (a, b) in got.grad.iter().zip(&grad) {
-            assert!((a - b).abs() < 1e-9 * (1.0 + b.abs()), "{a} vs {b}");
-        }
+        assert_matches_reference(&r, &layout, &inv_std, &params, 1e-9);
     }
 
     #[test]
