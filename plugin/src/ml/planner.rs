@@ -17,6 +17,7 @@ use super::gradient::GradientExec;
 use super::materialize::MaterializeExec;
 use super::node::{MlNode, MlStep, parts_schema};
 use super::predict::PredictExec;
+use crate::finetune::{FtPrepareExec, FtStepExec};
 
 /// The operator of `step` over `input`.
 pub fn operator(input: Arc<dyn ExecutionPlan>, step: MlStep) -> Result<Arc<dyn ExecutionPlan>> {
@@ -24,6 +25,8 @@ pub fn operator(input: Arc<dyn ExecutionPlan>, step: MlStep) -> Result<Arc<dyn E
         MlStep::Materialize(s) => Arc::new(MaterializeExec::try_new(input, s)?),
         MlStep::Gradient(s) => Arc::new(GradientExec::try_new(input, s)?),
         MlStep::Predict(s) => Arc::new(PredictExec::try_new(input, s)?),
+        MlStep::FtPrepare(s) => Arc::new(FtPrepareExec::try_new(input, s)?),
+        MlStep::FtStep(s) => Arc::new(FtStepExec::try_new(input, s)?),
     })
 }
 
@@ -34,6 +37,12 @@ pub fn step_of(plan: &dyn ExecutionPlan) -> Option<MlStep> {
     }
     if let Some(e) = plan.downcast_ref::<GradientExec>() {
         return Some(MlStep::Gradient(e.spec().clone()));
+    }
+    if let Some(e) = plan.downcast_ref::<FtPrepareExec>() {
+        return Some(MlStep::FtPrepare(e.spec().clone()));
+    }
+    if let Some(e) = plan.downcast_ref::<FtStepExec>() {
+        return Some(MlStep::FtStep(e.spec().clone()));
     }
     plan.downcast_ref::<PredictExec>()
         .map(|e| MlStep::Predict(e.spec().clone()))
@@ -58,7 +67,7 @@ impl ExtensionPlanner for MlExtensionPlanner {
             return Ok(None);
         };
         let plan: Arc<dyn ExecutionPlan> = match node.step() {
-            MlStep::Materialize(_) | MlStep::Predict(_) => {
+            MlStep::Materialize(_) | MlStep::Predict(_) | MlStep::FtPrepare(_) => {
                 operator(physical_inputs[0].clone(), node.step().clone())?
             }
             MlStep::Gradient(s) => {
@@ -81,6 +90,33 @@ impl ExtensionPlanner for MlExtensionPlanner {
                                     (0..paths.len() as u32).map(|i| first + i),
                                 )),
                                 Arc::new(StringArray::from_iter_values(paths)),
+                            ],
+                        )?])
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let leaf = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
+                operator(leaf, node.step().clone())?
+            }
+            MlStep::FtStep(s) => {
+                // The parts holding rows of the step, at most `target_partitions` tasks.
+                let used: Vec<(u32, &String)> = s
+                    .parts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| s.rows.get(*i).is_some_and(|r| !r.is_empty()))
+                    .map(|(i, p)| (i as u32, p))
+                    .collect();
+                let schema = parts_schema();
+                let tasks = session.config().target_partitions().max(1);
+                let per_task = used.len().div_ceil(tasks).max(1);
+                let partitions = used
+                    .chunks(per_task)
+                    .map(|chunk| {
+                        Ok(vec![RecordBatch::try_new(
+                            schema.clone(),
+                            vec![
+                                Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|c| c.0))),
+                                Arc::new(StringArray::from_iter_values(chunk.iter().map(|c| c.1))),
                             ],
                         )?])
                     })

@@ -94,6 +94,34 @@ pub struct ModelManifest {
     /// `mean` and `std`, which suits image-to-image models working in the input's space).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_output: Option<ImageOutput>,
+    /// The trainable form of the model, for fine-tuning (absent: the model cannot be
+    /// fine-tuned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingGraph>,
+}
+
+/// A model's trainable form (the manifest's `training` section, written by
+/// `models/export.py`): a TorchScript file whose parameters are not frozen, with one traced
+/// method per stage. Applied in order, the stages give the logits; the last one is the
+/// classifier (`features -> logits`), which fine-tuning replaces for its classes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingGraph {
+    /// TorchScript file, relative to the manifest.
+    pub file: String,
+    /// sha256 of `file`, checked before loading.
+    pub sha256: String,
+    /// The stages, input to logits.
+    pub stages: Vec<TrainingStage>,
+}
+
+/// One stage of a [`TrainingGraph`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingStage {
+    /// The module's method that applies the stage.
+    pub method: String,
+    /// Prefixes of the names of the parameters the stage owns.
+    #[serde(default)]
+    pub params: Vec<String>,
 }
 
 impl ModelManifest {
@@ -113,7 +141,11 @@ impl ModelManifest {
             );
         }
         // Files named by a manifest stay in the model directory.
-        for f in std::iter::once(&self.file).chain(&self.classes_file) {
+        let training_file = self.training.as_ref().map(|t| &t.file);
+        for f in std::iter::once(&self.file)
+            .chain(&self.classes_file)
+            .chain(training_file)
+        {
             if !std::path::Path::new(f)
                 .components()
                 .all(|c| matches!(c, std::path::Component::Normal(_)))
@@ -123,6 +155,15 @@ impl ModelManifest {
                     self.name
                 );
             }
+        }
+        if let Some(t) = &self.training
+            && (t.stages.len() < 2 || t.stages.iter().any(|s| s.method.is_empty()))
+        {
+            return plan_err!(
+                "model {}: training.stages needs at least two named stages (the last one is \
+                 the classifier)",
+                self.name
+            );
         }
         if self.input.height == 0 || self.input.width == 0 {
             return plan_err!("model {}: input size must be positive", self.name);
@@ -204,24 +245,47 @@ impl ModelEntry {
 
     /// Recomputes the file's sha256 and compares it with the manifest.
     pub fn verify(&self) -> Result<()> {
-        let path = self.file_path();
-        let bytes = std::fs::read(&path).map_err(|e| {
-            plan_datafusion_err!(
-                "model {}: missing file {}: {e}",
-                self.manifest.name,
-                path.display()
-            )
+        verify_file(
+            &self.manifest.name,
+            &self.file_path(),
+            &self.manifest.sha256,
+        )
+    }
+
+    /// The trainable form (its section and absolute file path), or an error saying the
+    /// model cannot be fine-tuned.
+    pub fn training(&self) -> Result<(&TrainingGraph, PathBuf)> {
+        match &self.manifest.training {
+            Some(t) => Ok((t, self.dir.join(&t.file))),
+            None => plan_err!(
+                "model {} has no trainable form (no `training` section in its manifest); \
+                 export it again with models/export.py to fine-tune it",
+                self.manifest.name
+            ),
+        }
+    }
+
+    /// [`verify`](Self::verify) for the trainable form's file.
+    pub fn verify_training(&self) -> Result<()> {
+        let (t, path) = self.training()?;
+        verify_file(&self.manifest.name, &path, &t.sha256)
+    }
+}
+
+/// Checks that `path` has the sha256 `want` (hex), naming the model and file otherwise.
+pub fn verify_file(model: &str, path: &Path, want: &str) -> Result<()> {
+    {
+        let bytes = std::fs::read(path).map_err(|e| {
+            plan_datafusion_err!("model {model}: missing file {}: {e}", path.display())
         })?;
         let got: String = Sha256::digest(&bytes)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        if got != self.manifest.sha256 {
+        if got != want {
             return plan_err!(
-                "model {}: sha256 mismatch for {}: manifest says {}, file has {got}",
-                self.manifest.name,
-                path.display(),
-                self.manifest.sha256
+                "model {model}: sha256 mismatch for {}: manifest says {want}, file has {got}",
+                path.display()
             );
         }
         Ok(())

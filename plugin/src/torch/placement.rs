@@ -13,11 +13,15 @@ use super::TorchInferenceExec;
 use crate::sql::runs_model;
 
 /// True when `plan` (one stage's plan, or any sub-plan) runs a torch model: a
-/// [`TorchInferenceExec`] (featurizer, predictor, user model, file-URI transformer), or a
+/// [`TorchInferenceExec`] (featurizer, predictor, user model, file-URI transformer), a
+/// fine-tuning step ([`crate::finetune::FtStepExec`], [`crate::finetune::FtPrepareExec`]), or a
 /// projection or filter calling a model SQL function ([`crate::sql::runs_model`]).
 pub fn plan_runs_torch(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let node = plan.as_ref();
-    if node.is::<TorchInferenceExec>() {
+    if node.is::<TorchInferenceExec>()
+        || node.is::<crate::finetune::FtPrepareExec>()
+        || node.is::<crate::finetune::FtStepExec>()
+    {
         return true;
     }
     let exprs: Vec<&Arc<dyn PhysicalExpr>> = if let Some(p) = node.downcast_ref::<ProjectionExec>()

@@ -1,0 +1,38 @@
+//! Fine-tuning pretrained zoo models on the cluster (sparkdl's `KerasImageFileEstimator`,
+//! in libtorch): [`TorchImageEstimator`] starts from a model's trainable form (manifest
+//! `training` section), replaces its classifier for the label column's classes and trains
+//! the head, the last blocks or everything by synchronous data-parallel SGD over Ballista
+//! executors.
+//!
+//! ```text
+//! fit(df) ── job 1: FtPrepareExec ── per partition: decode, resize, frozen stages once, part file
+//!         ── per step: job FtStepExec(parts, rows of the batch, parameter file)
+//!                      ── per task: trainable stages forward + backward -> loss, gradient sums
+//!                   driver: mean gradient -> SGD / Adam / AdamW update -> next parameter file
+//!         ── per epoch: validation pass (optional), checkpoint (optional)
+//! TorchImageModel::save(dir) ── <name>.pt (TorchScript) + <name>.yaml: an ordinary zoo model
+//! ```
+//!
+//! BatchNorm layers keep the pretrained statistics (the trainable form is traced in eval
+//! mode, the usual choice when fine-tuning with small batches), so a sample's gradient does
+//! not depend on the other samples of its batch: splitting a batch over executors gives the
+//! gradient of the whole batch, and one executor or two give the same weights.
+
+pub mod fit;
+pub mod optim;
+pub mod params;
+pub mod spec;
+pub mod tensors;
+#[cfg(feature = "torch")]
+pub mod worker;
+
+pub use fit::{EpochRecord, TorchImageEstimator, TorchImageModel};
+pub use optim::{OptimizerKind, Schedule};
+pub use params::{TorchImageEstimatorParams, Trainable};
+pub use spec::{FtPrepareExec, FtStepExec, PrepareSpec, StepSpec};
+pub use tensors::NamedTensors;
+
+/// Runs blocking file work off the async workers.
+pub(crate) fn io<T>(f: impl FnOnce() -> T) -> T {
+    crate::torch::infer::blocking(f)
+}
