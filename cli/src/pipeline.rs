@@ -16,7 +16,8 @@ use datafusion::prelude::{SessionContext, col};
 use dlp_plugin::image::{ImageReadOptions, ImageTableProvider};
 use dlp_plugin::pipeline::job::{DataSpec, JobEvent, JobReport, read_labelled, run_job};
 use dlp_plugin::pipeline::{
-    JobSpec, MulticlassClassificationEvaluator, MulticlassMetrics, PipelineModel, TuningEvent,
+    FittedStage, JobSpec, MulticlassClassificationEvaluator, MulticlassMetrics, PipelineModel,
+    TuningEvent,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -130,12 +131,15 @@ pub async fn run_job_command(
         JobEvent::Tuning(TuningEvent::Refitting) => {
             bar.set_message("refitting the best candidate on the whole training split".to_string())
         }
+        JobEvent::Epoch(r) if bar.is_hidden() => println!("{}", epoch_line(&r)),
+        JobEvent::Epoch(r) => bar.println(epoch_line(&r)),
     });
     let report = run_job(ctx, &spec, tune, Some(progress)).await;
     pb.finish_and_clear();
     let report = report?;
     print_job(&spec, &report);
     write_report(&report_dir, &report.class_names, &report.metrics)?;
+    write_history(&report_dir, &report.model)?;
     println!(
         "\nmodel:  {} (dlp predict --model {} <images>)\nreport: {}/report.txt, metrics.json, confusion_matrix.png, confusion_matrix.svg",
         model_dir.display(),
@@ -143,6 +147,74 @@ pub async fn run_job_command(
         report_dir.display()
     );
     Ok(())
+}
+
+/// One line per fine-tuning epoch.
+fn epoch_line(r: &dlp_plugin::finetune::EpochRecord) -> String {
+    let mut line = format!(
+        "epoch {:>3}: loss {:.4}, train accuracy {:.4}",
+        r.epoch, r.train_loss, r.train_accuracy
+    );
+    if let (Some(l), Some(a)) = (r.validation_loss, r.validation_accuracy) {
+        line += &format!(", validation loss {l:.4}, accuracy {a:.4}");
+    }
+    line += &format!(
+        ", {:.1} images/s, {:.1} s (lr {:.2e})",
+        r.images_per_second, r.seconds, r.learning_rate
+    );
+    line
+}
+
+/// The fine-tuning stage's history, if the model has one.
+fn history(model: &PipelineModel) -> Option<&[dlp_plugin::finetune::EpochRecord]> {
+    model.stages.iter().rev().find_map(|s| match s {
+        FittedStage::TorchImageClassifier(t) if !t.history.is_empty() => Some(t.history.as_slice()),
+        _ => None,
+    })
+}
+
+/// `training_history.json`, `.svg` and `.png` in the report folder (local reports; for an
+/// object-store report they are written locally beside it is not possible, so skipped).
+fn write_history(dir: &Path, model: &PipelineModel) -> anyhow::Result<()> {
+    let Some(h) = history(model) else {
+        return Ok(());
+    };
+    if dlp_plugin::storage::url_of_path(dir).is_some() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(
+        dir.join("training_history.json"),
+        serde_json::to_string_pretty(h)?,
+    )?;
+    let series = |f: &dyn Fn(&dlp_plugin::finetune::EpochRecord) -> Option<f64>| {
+        h.iter()
+            .map(|r| f(r).unwrap_or(f64::NAN))
+            .collect::<Vec<f64>>()
+    };
+    let mut loss = vec![plot::Curve {
+        name: "train",
+        color: [214, 39, 40],
+        values: series(&|r| Some(r.train_loss)),
+    }];
+    let mut accuracy = vec![plot::Curve {
+        name: "train",
+        color: [214, 39, 40],
+        values: series(&|r| Some(r.train_accuracy)),
+    }];
+    if h.iter().any(|r| r.validation_loss.is_some()) {
+        loss.push(plot::Curve {
+            name: "validation",
+            color: [31, 119, 180],
+            values: series(&|r| r.validation_loss),
+        });
+        accuracy.push(plot::Curve {
+            name: "validation",
+            color: [31, 119, 180],
+            values: series(&|r| r.validation_accuracy),
+        });
+    }
+    plot::write_history(dir, &[("loss", loss), ("accuracy", accuracy)])
 }
 
 fn print_job(spec: &JobSpec, r: &JobReport) {
@@ -206,6 +278,16 @@ fn print_job(spec: &JobSpec, r: &JobReport) {
             },
             s.objective(),
             lr.non_zero_coefficients()
+        );
+    }
+    if let Some(h) = history(&r.model) {
+        let images: f64 = h.iter().map(|e| e.images_per_second * e.seconds).sum();
+        let seconds: f64 = h.iter().map(|e| e.seconds).sum();
+        println!(
+            "\nfine-tuned in {:.1} s: {} epochs, {:.1} images/s (report: training_history.png)",
+            r.fit_seconds,
+            h.len(),
+            images / seconds.max(1e-9)
         );
     }
     println!("evaluated the test split in {:.1} s\n", r.evaluate_seconds);

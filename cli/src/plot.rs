@@ -209,9 +209,208 @@ pub fn write_confusion(dir: &Path, names: &[String], confusion: &[Vec<f64>]) -> 
     Ok(())
 }
 
+/// One curve of a training-history plot: a name, a colour and a value per epoch.
+pub struct Curve<'a> {
+    pub name: &'a str,
+    pub color: [u8; 3],
+    pub values: Vec<f64>,
+}
+
+const PANEL_W: u32 = 320;
+const PANEL_H: u32 = 200;
+
+/// Panels of curves over epochs (e.g. loss, accuracy), side by side: `(title, curves)`.
+fn history_layout(panels: usize) -> (u32, u32) {
+    (
+        MARGIN + panels as u32 * (PANEL_W + 3 * MARGIN),
+        PANEL_H + 4 * MARGIN + 48,
+    )
+}
+
+fn panel_points(curve: &Curve, lo: f64, hi: f64, x0: u32, y0: u32) -> Vec<(f64, f64)> {
+    let n = curve.values.len().max(2) - 1;
+    curve
+        .values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(i, v)| {
+            let x = x0 as f64 + PANEL_W as f64 * i as f64 / n as f64;
+            let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+            (x, y0 as f64 + PANEL_H as f64 * (1.0 - t))
+        })
+        .collect()
+}
+
+fn range(curves: &[Curve]) -> (f64, f64) {
+    let vals = curves
+        .iter()
+        .flat_map(|c| c.values.iter().copied())
+        .filter(|v| v.is_finite());
+    let (lo, hi) = vals.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if lo > hi {
+        (0.0, 1.0)
+    } else {
+        (lo.min(0.0), hi.max(lo + 1e-9))
+    }
+}
+
+fn hex(c: [u8; 3]) -> String {
+    format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
+}
+
+/// The training history as SVG.
+pub fn history_svg(panels: &[(&str, Vec<Curve>)]) -> String {
+    let (w, h) = history_layout(panels.len());
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"monospace\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for (p, (title, curves)) in panels.iter().enumerate() {
+        let x0 = 2 * MARGIN + p as u32 * (PANEL_W + 3 * MARGIN);
+        let y0 = 2 * MARGIN + 16;
+        let (lo, hi) = range(curves);
+        let _ = writeln!(
+            out,
+            "<text x=\"{x0}\" y=\"{}\">{title} (epochs 1-{})</text>",
+            MARGIN + 8,
+            curves.first().map_or(0, |c| c.values.len())
+        );
+        let _ = writeln!(
+            out,
+            "<rect x=\"{x0}\" y=\"{y0}\" width=\"{PANEL_W}\" height=\"{PANEL_H}\" fill=\"none\" stroke=\"#c0c0c0\"/>"
+        );
+        let _ = writeln!(
+            out,
+            "<text x=\"{}\" y=\"{}\" font-size=\"10\">{hi:.3}</text>",
+            x0 + 2,
+            y0 + 10
+        );
+        let _ = writeln!(
+            out,
+            "<text x=\"{}\" y=\"{}\" font-size=\"10\">{lo:.3}</text>",
+            x0 + 2,
+            y0 + PANEL_H - 2
+        );
+        for (i, c) in curves.iter().enumerate() {
+            let pts: Vec<String> = panel_points(c, lo, hi, x0, y0)
+                .iter()
+                .map(|(x, y)| format!("{x:.1},{y:.1}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>",
+                pts.join(" "),
+                hex(c.color)
+            );
+            let _ = writeln!(
+                out,
+                "<text x=\"{}\" y=\"{}\" fill=\"{}\">{}</text>",
+                x0 + i as u32 * 150,
+                y0 + PANEL_H + 20,
+                hex(c.color),
+                c.name
+            );
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn draw_line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), color: [u8; 3]) {
+    let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()) as usize).max(1) * 2;
+    for s in 0..=steps {
+        let t = s as f64 / steps as f64;
+        let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
+        for (dx, dy) in [(0, 0), (1, 0), (0, 1)] {
+            let (px, py) = (x as u32 + dx, y as u32 + dy);
+            if px < img.width() && py < img.height() {
+                img.put_pixel(px, py, Rgb(color));
+            }
+        }
+    }
+}
+
+/// The training history as a PNG image.
+pub fn history_png(panels: &[(&str, Vec<Curve>)]) -> RgbImage {
+    let (w, h) = history_layout(panels.len());
+    let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    for (p, (title, curves)) in panels.iter().enumerate() {
+        let x0 = 2 * MARGIN + p as u32 * (PANEL_W + 3 * MARGIN);
+        let y0 = 2 * MARGIN + 16;
+        let (lo, hi) = range(curves);
+        draw_text(&mut img, x0, MARGIN, title, [0, 0, 0]);
+        for x in x0..=x0 + PANEL_W {
+            img.put_pixel(x, y0, Rgb([192, 192, 192]));
+            img.put_pixel(x, y0 + PANEL_H, Rgb([192, 192, 192]));
+        }
+        for y in y0..=y0 + PANEL_H {
+            img.put_pixel(x0, y, Rgb([192, 192, 192]));
+            img.put_pixel(x0 + PANEL_W, y, Rgb([192, 192, 192]));
+        }
+        draw_text(&mut img, x0 + 2, y0 + 2, &format!("{hi:.3}"), [96, 96, 96]);
+        draw_text(
+            &mut img,
+            x0 + 2,
+            y0 + PANEL_H - 10,
+            &format!("{lo:.3}"),
+            [96, 96, 96],
+        );
+        for (i, c) in curves.iter().enumerate() {
+            let pts = panel_points(c, lo, hi, x0, y0);
+            for pair in pts.windows(2) {
+                draw_line(&mut img, pair[0], pair[1], c.color);
+            }
+            draw_text(
+                &mut img,
+                x0 + i as u32 * 150,
+                y0 + PANEL_H + 12,
+                c.name,
+                c.color,
+            );
+        }
+    }
+    img
+}
+
+/// Writes `training_history.svg` and `training_history.png` into `dir`.
+pub fn write_history(dir: &Path, panels: &[(&str, Vec<Curve>)]) -> anyhow::Result<()> {
+    let svg = dir.join("training_history.svg");
+    std::fs::write(&svg, history_svg(panels))
+        .with_context(|| format!("cannot write {}", svg.display()))?;
+    let png = dir.join("training_history.png");
+    history_png(panels)
+        .save(&png)
+        .with_context(|| format!("cannot write {}", png.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_plots_draw_every_curve() {
+        let panels = vec![(
+            "loss",
+            vec![
+                Curve {
+                    name: "train",
+                    color: [200, 0, 0],
+                    values: vec![2.0, 1.0, 0.5],
+                },
+                Curve {
+                    name: "validation",
+                    color: [0, 0, 200],
+                    values: vec![2.2, 1.4, f64::NAN],
+                },
+            ],
+        )];
+        let svg = history_svg(&panels);
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        let png = history_png(&panels);
+        assert!(png.pixels().any(|p| p.0 == [200, 0, 0]));
+        assert!(png.pixels().any(|p| p.0 == [0, 0, 200]));
+    }
 
     #[test]
     fn plots_have_a_cell_per_pair() {

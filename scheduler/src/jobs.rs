@@ -302,6 +302,14 @@ impl PipelineJobs {
                 JobEvent::Tuning(TuningEvent::Refitting) => {
                     push_event(s, &events.started, "tuning: refitting the best".into())
                 }
+                JobEvent::Epoch(r) => push_event(
+                    s,
+                    &events.started,
+                    format!(
+                        "fine-tuning: epoch {} loss {:.4} accuracy {:.4}",
+                        r.epoch, r.train_loss, r.train_accuracy
+                    ),
+                ),
             });
             if phase {
                 // The record knows the phase a restart would cut.

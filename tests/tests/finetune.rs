@@ -330,10 +330,11 @@ fn steps_in(log: &str) -> Vec<u64> {
 async fn two_executors_give_the_embedded_weights_even_when_one_is_killed() {
     let zoo = zoo();
     let dir = tempfile::tempdir().unwrap();
-    let data = digits(&dir.path().join("data"), &["5", "6", "7"], 4);
+    // 24 images, all in every step: two tasks of 16 and 8 rows per step.
+    let data = digits(&dir.path().join("data"), &["5", "6", "7"], 8);
     let p = params(json!({
         "trainable": "blocks", "trainableBlocks": 1, "optimizer": "sgd", "learningRate": 0.02,
-        "batchSize": 4, "epochs": 12, "seed": 3,
+        "batchSize": 24, "epochs": 16, "seed": 3,
     }));
     let env = [(
         "DLP_MODEL_DIR".to_string(),
@@ -406,4 +407,58 @@ async fn two_executors_give_the_embedded_weights_even_when_one_is_killed() {
         diff <= 1e-5,
         "cluster and embedded weights differ by {diff}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pipeline_stage_fits_saves_loads_and_predicts() {
+    zoo();
+    let dir = tempfile::tempdir().unwrap();
+    let data = digits(&dir.path().join("data"), &["8", "9"], 10);
+    let ctx = dlp_plugin::embedded::standalone_context(Some(2))
+        .await
+        .unwrap();
+    let spec = format!(
+        "stages:\n  - {{type: TorchImageEstimator, modelName: efficientnet_lite0, resize: stretch, \
+         outputModelName: lite0_ft_pipeline, learningRate: 0.01, epochs: 4, batchSize: 8}}\n\
+         data: {{path: '{data}'}}\n"
+    );
+    let spec: dlp_plugin::pipeline::JobSpec = serde_yaml::from_str(&spec).unwrap();
+    let pipeline = dlp_plugin::pipeline::Pipeline::new(spec.stages);
+    let df = ctx
+        .sql(&format!(
+            "SELECT image, label FROM read_images('{data}', 'withLabel=true')"
+        ))
+        .await
+        .unwrap();
+    let epochs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = epochs.clone();
+    let model = pipeline
+        .fit_observed(
+            df.clone(),
+            Some(std::sync::Arc::new(
+                move |_: &dlp_plugin::finetune::EpochRecord| {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                },
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(epochs.load(std::sync::atomic::Ordering::SeqCst), 4);
+    let saved = dir.path().join("pipeline");
+    model.save(&saved).unwrap();
+    let loaded = dlp_plugin::pipeline::PipelineModel::load(&saved).unwrap();
+    assert_eq!(loaded, model);
+    let accuracy = dlp_plugin::pipeline::MulticlassClassificationEvaluator::new("accuracy")
+        .evaluate(loaded.transform(df).unwrap())
+        .await
+        .unwrap();
+    eprintln!("training accuracy after 4 epochs of the head: {accuracy}");
+    assert!(accuracy >= 0.8, "training accuracy {accuracy}");
+    // Unknown parameters are named.
+    let err = serde_yaml::from_str::<dlp_plugin::pipeline::JobSpec>(
+        "stages:\n  - {type: TorchImageEstimator, modelName: m, learningrate: 1}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("learningrate"), "{err}");
 }

@@ -22,6 +22,7 @@ pub mod fit;
 pub mod optim;
 pub mod params;
 pub mod spec;
+pub mod stage;
 pub mod tensors;
 #[cfg(feature = "torch")]
 pub mod worker;
@@ -30,6 +31,7 @@ pub use fit::{EpochRecord, TorchImageEstimator, TorchImageModel};
 pub use optim::{OptimizerKind, Schedule};
 pub use params::{TorchImageEstimatorParams, Trainable};
 pub use spec::{FtPrepareExec, FtStepExec, PrepareSpec, StepSpec};
+pub use stage::TorchImageClassifier;
 pub use tensors::NamedTensors;
 
 /// Runs blocking file work off the async workers.

@@ -48,6 +48,9 @@ pub fn step_of(plan: &dyn ExecutionPlan) -> Option<MlStep> {
         .map(|e| MlStep::Predict(e.spec().clone()))
 }
 
+/// Rows of a fine-tuning step per task.
+pub const FT_ROWS_PER_TASK: usize = 16;
+
 /// Plans [`MlNode`]s.
 #[derive(Debug, Default)]
 pub struct MlExtensionPlanner;
@@ -98,19 +101,36 @@ impl ExtensionPlanner for MlExtensionPlanner {
                 operator(leaf, node.step().clone())?
             }
             MlStep::FtStep(s) => {
-                // The parts holding rows of the step, at most `target_partitions` tasks.
-                let used: Vec<(u32, &String)> = s
+                // The parts holding rows of the step, grouped into tasks of about
+                // FT_ROWS_PER_TASK rows (at most `target_partitions` tasks): a step's batch
+                // is small, and every task costs a scheduling round and a gradient to send.
+                let used: Vec<(u32, &String, usize)> = s
                     .parts
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| s.rows.get(*i).is_some_and(|r| !r.is_empty()))
-                    .map(|(i, p)| (i as u32, p))
+                    .filter_map(|(i, p)| {
+                        let n = s.rows.get(i).map_or(0, Vec::len);
+                        (n > 0).then_some((i as u32, p, n))
+                    })
                     .collect();
+                let total: usize = used.iter().map(|u| u.2).sum();
+                let tasks = total
+                    .div_ceil(FT_ROWS_PER_TASK)
+                    .clamp(1, session.config().target_partitions().max(1));
+                let per_task = total.div_ceil(tasks).max(1);
+                let mut groups: Vec<Vec<(u32, &String)>> = vec![vec![]];
+                let mut in_group = 0;
+                for (i, p, n) in used {
+                    if in_group >= per_task {
+                        groups.push(vec![]);
+                        in_group = 0;
+                    }
+                    groups.last_mut().expect("one group").push((i, p));
+                    in_group += n;
+                }
                 let schema = parts_schema();
-                let tasks = session.config().target_partitions().max(1);
-                let per_task = used.len().div_ceil(tasks).max(1);
-                let partitions = used
-                    .chunks(per_task)
+                let partitions = groups
+                    .iter()
                     .map(|chunk| {
                         Ok(vec![RecordBatch::try_new(
                             schema.clone(),

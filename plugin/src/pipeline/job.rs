@@ -381,6 +381,8 @@ pub type JobProgress = Arc<dyn Fn(JobEvent) + Send + Sync>;
 pub enum JobEvent {
     Phase(String),
     Tuning(TuningEvent),
+    /// An epoch of a fine-tuning stage ended.
+    Epoch(crate::finetune::EpochRecord),
 }
 
 /// Images per class in split `which` of `weights` (the same rule as `random_split`).
@@ -476,7 +478,11 @@ async fn fit_or_tune(
         (None, true) => plan_err!("the spec has no tuning section; use fit, or add one"),
         (_, false) => {
             say(JobEvent::Phase("fitting (featurize, then optimize)".into()));
-            Ok((pipeline.fit(train).await?, None))
+            let observer: Option<super::stages::EpochObserver> = progress.cloned().map(|p| {
+                Arc::new(move |r: &crate::finetune::EpochRecord| p(JobEvent::Epoch(r.clone())))
+                    as super::stages::EpochObserver
+            });
+            Ok((pipeline.fit_observed(train, observer).await?, None))
         }
     }
 }

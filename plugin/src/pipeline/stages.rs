@@ -9,6 +9,8 @@ use datafusion::dataframe::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use super::assembler::VectorAssembler;
+use crate::finetune::stage::TorchImageClassifier;
+use crate::finetune::{EpochRecord, TorchImageEstimator, TorchImageEstimatorParams};
 use crate::ml::{LogisticRegression, LogisticRegressionModel, LogisticRegressionParams};
 use crate::torch::{
     DeepImageFeaturizer, DeepImagePredictor, ProcessTorchConfig, TorchImageTransformer,
@@ -62,12 +64,17 @@ pub enum PipelineStage {
     VectorAssembler(VectorAssembler),
     /// MLlib's `LogisticRegression` (an estimator).
     LogisticRegression(LogisticRegressionParams),
+    /// Fine-tuning of a zoo model (an estimator; sparkdl's `KerasImageFileEstimator`).
+    TorchImageEstimator(TorchImageEstimatorParams),
 }
 
 impl PipelineStage {
     /// Whether fitting the stage learns something (an estimator).
     pub fn is_estimator(&self) -> bool {
-        matches!(self, Self::LogisticRegression(_))
+        matches!(
+            self,
+            Self::LogisticRegression(_) | Self::TorchImageEstimator(_)
+        )
     }
 
     /// The parameters the stage's type accepts (its job-spec and saved names), as its
@@ -79,6 +86,7 @@ impl PipelineStage {
             Self::TorchImageTransformer(_) => fields_of::<TorchImageTransformer>(),
             Self::VectorAssembler(_) => fields_of::<VectorAssembler>(),
             Self::LogisticRegression(_) => fields_of::<LogisticRegressionParams>(),
+            Self::TorchImageEstimator(_) => fields_of::<TorchImageEstimatorParams>(),
         }
     }
 
@@ -90,6 +98,7 @@ impl PipelineStage {
             Self::TorchImageTransformer(_) => "TorchImageTransformer",
             Self::VectorAssembler(_) => "VectorAssembler",
             Self::LogisticRegression(_) => "LogisticRegression",
+            Self::TorchImageEstimator(_) => "TorchImageEstimator",
         }
     }
 
@@ -101,7 +110,7 @@ impl PipelineStage {
             Self::DeepImagePredictor(t) => FittedStage::DeepImagePredictor(t.clone()),
             Self::TorchImageTransformer(t) => FittedStage::TorchImageTransformer(t.clone()),
             Self::VectorAssembler(t) => FittedStage::VectorAssembler(t.clone()),
-            Self::LogisticRegression(_) => return None,
+            Self::LogisticRegression(_) | Self::TorchImageEstimator(_) => return None,
         })
     }
 }
@@ -114,6 +123,8 @@ pub enum FittedStage {
     TorchImageTransformer(TorchImageTransformer),
     VectorAssembler(VectorAssembler),
     LogisticRegressionModel(Box<LogisticRegressionModel>),
+    /// A fine-tuned model (from [`PipelineStage::TorchImageEstimator`]).
+    TorchImageClassifier(Box<TorchImageClassifier>),
 }
 
 impl FittedStage {
@@ -125,6 +136,7 @@ impl FittedStage {
             Self::TorchImageTransformer(t) => t.transform(df),
             Self::VectorAssembler(t) => t.transform(df),
             Self::LogisticRegressionModel(m) => m.transform(df),
+            Self::TorchImageClassifier(m) => m.transform(df),
         }
     }
 
@@ -136,6 +148,7 @@ impl FittedStage {
             Self::TorchImageTransformer(_) => "TorchImageTransformer",
             Self::VectorAssembler(_) => "VectorAssembler",
             Self::LogisticRegressionModel(_) => "LogisticRegressionModel",
+            Self::TorchImageClassifier(_) => "TorchImageClassifier",
         }
     }
 }
@@ -166,6 +179,10 @@ impl Pipeline {
                 PipelineStage::TorchImageTransformer(t) => t.spec().map(|_| ()),
                 PipelineStage::VectorAssembler(t) => t.validate(),
                 PipelineStage::LogisticRegression(p) => p.validate(),
+                PipelineStage::TorchImageEstimator(p) => p.validate().and_then(|_| {
+                    let entry = zoo.get(&p.model_name)?;
+                    p.first_trainable(entry.training()?.0).map(|_| ())
+                }),
             };
             checked.map_err(|e| {
                 exec_datafusion_err!("stage {i} ({}): {}", s.type_name(), e.strip_backtrace())
@@ -177,6 +194,15 @@ impl Pipeline {
     /// Fits the pipeline on `df`: transformers are kept as they are, each estimator is fitted
     /// on what the stages before it produce (Spark's `Pipeline.fit`).
     pub async fn fit(&self, df: DataFrame) -> Result<PipelineModel> {
+        self.fit_observed(df, None).await
+    }
+
+    /// [`fit`](Self::fit), telling `on_epoch` about every epoch of a fine-tuning stage.
+    pub async fn fit_observed(
+        &self,
+        df: DataFrame,
+        on_epoch: Option<EpochObserver>,
+    ) -> Result<PipelineModel> {
         self.validate()?;
         let last_estimator = self.stages.iter().rposition(PipelineStage::is_estimator);
         let mut df = df;
@@ -195,6 +221,21 @@ impl Pipeline {
                         })?;
                     FittedStage::LogisticRegressionModel(Box::new(m))
                 }
+                PipelineStage::TorchImageEstimator(p) => {
+                    let observer = on_epoch.clone();
+                    fine_tune(p, df.clone(), move |r| {
+                        if let Some(o) = &observer {
+                            o(r)
+                        }
+                    })
+                    .await
+                    .map_err(|e| {
+                        exec_datafusion_err!(
+                            "stage {i} (TorchImageEstimator): {}",
+                            e.strip_backtrace()
+                        )
+                    })?
+                }
                 transformer => transformer
                     .as_fitted_transformer()
                     .expect("every stage but the estimators is a transformer"),
@@ -208,6 +249,41 @@ impl Pipeline {
             stages: fitted,
             class_names: vec![],
         })
+    }
+}
+
+/// Told about every epoch of a fine-tuning stage.
+pub type EpochObserver = std::sync::Arc<dyn Fn(&EpochRecord) + Send + Sync>;
+
+/// Fine-tunes, then saves the model into the process's model directory (where executors
+/// look models up by name) and returns the stage that applies it.
+async fn fine_tune(
+    p: &TorchImageEstimatorParams,
+    df: DataFrame,
+    progress: impl FnMut(&EpochRecord) + Send,
+) -> Result<FittedStage> {
+    let model = TorchImageEstimator::new(p.clone())
+        .fit_with_progress(df, progress)
+        .await?;
+    #[cfg(feature = "torch")]
+    {
+        let zoo = ProcessTorchConfig::get().zoo();
+        let entry = model.save(zoo.dir())?;
+        Ok(FittedStage::TorchImageClassifier(Box::new(
+            TorchImageClassifier {
+                model_name: entry.manifest.name,
+                input_col: p.input_col.clone(),
+                num_classes: model.num_classes,
+                resize: p.resize,
+                batch_size: None,
+                history: model.history,
+            },
+        )))
+    }
+    #[cfg(not(feature = "torch"))]
+    {
+        let _ = model;
+        plan_err!("saving a fine-tuned model needs libtorch (dlp-plugin's `torch` feature)")
     }
 }
 
@@ -266,6 +342,12 @@ enum SavedStage {
     LogisticRegressionModel {
         /// Directory of the weights, relative to the pipeline directory.
         path: String,
+    },
+    TorchImageClassifier {
+        #[serde(flatten)]
+        params: TorchImageClassifier,
+        #[serde(rename = "modelSha256")]
+        model_sha256: String,
     },
 }
 
@@ -360,6 +442,10 @@ impl PipelineModel {
                     m.save(dir.join(&rel))?;
                     SavedStage::LogisticRegressionModel { path: rel }
                 }
+                FittedStage::TorchImageClassifier(t) => SavedStage::TorchImageClassifier {
+                    params: t.as_ref().clone(),
+                    model_sha256: zoo.get(&t.model_name)?.manifest.sha256,
+                },
             });
         }
         let manifest = Manifest {
@@ -471,6 +557,13 @@ impl PipelineModel {
                     FittedStage::TorchImageTransformer(params)
                 }
                 SavedStage::VectorAssembler { params } => FittedStage::VectorAssembler(params),
+                SavedStage::TorchImageClassifier {
+                    params,
+                    model_sha256,
+                } => {
+                    check_model(&params.model_name, &model_sha256)?;
+                    FittedStage::TorchImageClassifier(Box::new(params))
+                }
                 SavedStage::LogisticRegressionModel { path: rel } => {
                     let sub: PathBuf = dir.join(&rel);
                     FittedStage::LogisticRegressionModel(Box::new(

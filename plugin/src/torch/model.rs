@@ -64,7 +64,8 @@ impl Drop for Turn<'_> {
     }
 }
 
-type CacheKey = (PathBuf, Device);
+/// File, its sha256 (a model saved again under the same name is another model) and device.
+type CacheKey = (PathBuf, String, Device);
 
 fn cache() -> &'static Mutex<HashMap<CacheKey, Arc<LoadedModel>>> {
     static CACHE: OnceLock<Mutex<HashMap<CacheKey, Arc<LoadedModel>>>> = OnceLock::new();
@@ -86,7 +87,7 @@ pub fn init_threads(threads: usize) {
 
 /// The model on `device`, loaded (and its sha256 verified) on first use in this process.
 pub fn load_model(entry: &ModelEntry, device: Device) -> Result<Arc<LoadedModel>> {
-    let key = (entry.file_path(), device);
+    let key = (entry.file_path(), entry.manifest.sha256.clone(), device);
     let mut cache = cache()
         .lock()
         .map_err(|_| exec_datafusion_err!("model cache lock poisoned"))?;
