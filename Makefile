@@ -16,6 +16,9 @@ bench-featurize: ## only the featurization benchmark (PyTorch + Pillow)
 bench-s3:   ## only the object-storage benchmark (local S3 server vs disk, listing 10,000 objects)
 	scripts/bench-s3.sh
 
+bench-finetune: ## only the fine-tuning benchmark (PyTorch reference loop)
+	scripts/bench-finetune.sh
+
 bench-lr:   ## only the logistic regression benchmark (Spark MLlib, scikit-learn)
 	scripts/bench-lr.sh
 

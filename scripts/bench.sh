@@ -36,3 +36,5 @@ scripts/bench-featurize.sh
 
 # Logistic regression beside Spark MLlib and scikit-learn.
 scripts/bench-lr.sh
+
+scripts/bench-finetune.sh

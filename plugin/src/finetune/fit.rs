@@ -142,6 +142,14 @@ impl TorchImageEstimator {
         let started = Instant::now();
         let p = &self.params;
         p.validate()?;
+        if !cfg!(feature = "torch") {
+            return plan_err!(
+                "fine-tuning {}: the driver reads and writes the model's parameters with \
+                 libtorch, and this process was built without it (dlp-plugin's `torch` \
+                 feature); fit from the dlp CLI or a Rust client built with it",
+                p.model_name
+            );
+        }
         let entry = ProcessTorchConfig::get().zoo().get(&p.model_name)?;
         let (graph, _) = entry.training()?;
         let stages = graph.stages.len();
@@ -266,6 +274,7 @@ impl TorchImageEstimator {
             stored,
             first,
             label_smoothing: p.label_smoothing,
+            flip: p.horizontal_flip,
             parts: data.parts.clone(),
         };
         let mut step_no = optimizer.steps;
@@ -498,6 +507,7 @@ struct StepJob {
     stored: usize,
     first: usize,
     label_smoothing: f64,
+    flip: bool,
     parts: Vec<String>,
 }
 
@@ -541,6 +551,7 @@ impl StepJob {
             params_path: params_path.to_string(),
             label_smoothing: self.label_smoothing,
             augment,
+            flip: self.flip,
             evaluate,
             parts: self.parts.clone(),
             rows: per_part,
@@ -617,7 +628,9 @@ impl StepJob {
     }
 }
 
-fn write_file(dir: &str, name: &str, bytes: Vec<u8>) -> Result<String> {
+/// Writes `name` under `dir` (local path, written beside and renamed so that a reader never
+/// sees half a file; or object URL); returns its path.
+pub(crate) fn write_file(dir: &str, name: &str, bytes: Vec<u8>) -> Result<String> {
     match crate::storage::url_of_path(Path::new(dir)) {
         Some(url) => {
             let target = url.join(name);
@@ -641,7 +654,8 @@ fn write_file(dir: &str, name: &str, bytes: Vec<u8>) -> Result<String> {
     }
 }
 
-fn read_file(path: &str) -> Result<Option<Vec<u8>>> {
+/// The bytes of a local file or object (`None`: it does not exist).
+pub(crate) fn read_file(path: &str) -> Result<Option<Vec<u8>>> {
     match crate::storage::url_of_path(Path::new(path)) {
         Some(url) => crate::storage::io_blocking(async move {
             match crate::storage::head(&url).await? {

@@ -77,6 +77,10 @@ pub struct TorchImageEstimatorParams {
     /// the frozen stages run at every step instead of once.
     #[serde(default)]
     pub augment: bool,
+    /// With `augment`: flip half the images horizontally (default on; turn it off for
+    /// digits and text, whose mirror images are other shapes).
+    #[serde(default = "yes")]
+    pub horizontal_flip: bool,
     /// Shuffle the training images every epoch (default on).
     #[serde(default = "yes")]
     pub shuffle: bool,

@@ -58,6 +58,8 @@ pub struct StepSpec {
     pub label_smoothing: f64,
     /// Seed and epoch of the augmentation (absent: none).
     pub augment: Option<(u64, u64)>,
+    /// With the augmentation: horizontal flips.
+    pub flip: bool,
     /// Forward only (validation): no gradients.
     pub evaluate: bool,
     /// Part files, by part index.

@@ -288,53 +288,26 @@ pub fn evict_dir(dir: &str) {
     }
 }
 
-/// Reads a work file (local path or object URL), after checking where it is.
-pub fn read_work_file(path: &str) -> Result<Vec<u8>> {
+/// Checks that a work file or directory a plan names lies where work files may be.
+fn check_work(path: &str) -> Result<()> {
     match crate::storage::url_of_path(Path::new(path)) {
-        Some(url) => {
-            crate::access::check_work_url(&url).map_err(|e| exec_datafusion_err!("{e}"))?;
-            let bytes =
-                crate::storage::io_blocking(
-                    async move { crate::storage::get(&url, u64::MAX).await },
-                )
-                .map_err(|e| exec_datafusion_err!("{e}"))?;
-            Ok(bytes.to_vec())
-        }
-        None => {
-            crate::access::check_work_path(Path::new(path))
-                .map_err(|e| exec_datafusion_err!("{e}"))?;
-            std::fs::read(path).map_err(|e| exec_datafusion_err!("cannot read {path}: {e}"))
-        }
+        Some(url) => crate::access::check_work_url(&url),
+        None => crate::access::check_work_path(Path::new(path)),
     }
+    .map_err(|e| exec_datafusion_err!("{e}"))
 }
 
-/// Writes a work file under `dir` (local path or object URL); returns its path.
+/// Reads a work file (local path or object URL), after checking where it is.
+pub fn read_work_file(path: &str) -> Result<Vec<u8>> {
+    check_work(path)?;
+    super::fit::read_file(path)?.ok_or_else(|| exec_datafusion_err!("{path} is missing"))
+}
+
+/// Writes a work file under `dir` (local path or object URL), after checking where it is;
+/// returns its path.
 pub fn write_work_file(dir: &str, name: &str, bytes: Vec<u8>) -> Result<String> {
-    match crate::storage::url_of_path(Path::new(dir)) {
-        Some(dir) => {
-            crate::access::check_work_url(&dir).map_err(|e| exec_datafusion_err!("{e}"))?;
-            let url = dir.join(name);
-            let target = url.clone();
-            crate::storage::io_blocking(async move {
-                crate::storage::put(&target, bytes::Bytes::from(bytes)).await
-            })
-            .map_err(|e| exec_datafusion_err!("{e}"))?;
-            Ok(url.to_string())
-        }
-        None => {
-            crate::access::check_work_path(Path::new(dir))
-                .map_err(|e| exec_datafusion_err!("{e}"))?;
-            std::fs::create_dir_all(dir)
-                .map_err(|e| exec_datafusion_err!("cannot create the work dir {dir}: {e}"))?;
-            let path = Path::new(dir).join(name);
-            // Written beside and renamed, so a reader never sees half a file.
-            let tmp = path.with_extension("partial");
-            std::fs::write(&tmp, &bytes)
-                .and_then(|_| std::fs::rename(&tmp, &path))
-                .map_err(|e| exec_datafusion_err!("cannot write {}: {e}", path.display()))?;
-            Ok(path.to_string_lossy().into_owned())
-        }
-    }
+    check_work(dir)?;
+    super::fit::write_file(dir, name, bytes)
 }
 
 fn part(path: &str) -> Result<(Tensor, Tensor)> {
@@ -529,7 +502,7 @@ pub fn step(spec: &StepSpec, parts: &[u32]) -> Result<StepSums> {
         if let (Some((seed, epoch)), Some(ids)) = (spec.augment, spec.ids.get(p))
             && spec.stored_stages == 0
         {
-            xb = augment(&xb, seed, epoch, ids)?;
+            xb = augment(&xb, seed, epoch, ids, spec.flip)?;
         }
         let run = |t: &Trainer| -> Result<(Tensor, Tensor)> {
             let h = tch::no_grad(|| {
@@ -603,8 +576,8 @@ impl Rng {
 }
 
 /// Random resized crop (area 0.35-1, aspect 3/4-4/3, back to the input size, bilinear) and
-/// horizontal flip (probability 1/2) of each image of `x` `[n, C, H, W]`.
-pub fn augment(x: &Tensor, seed: u64, epoch: u64, ids: &[u32]) -> Result<Tensor> {
+/// horizontal flip (probability 1/2, when `flip`) of each image of `x` `[n, C, H, W]`.
+pub fn augment(x: &Tensor, seed: u64, epoch: u64, ids: &[u32], flip: bool) -> Result<Tensor> {
     let size = x.size();
     let (h, w) = (size[2], size[3]);
     let mut out = Vec::with_capacity(ids.len());
@@ -624,7 +597,7 @@ pub fn augment(x: &Tensor, seed: u64, epoch: u64, ids: &[u32]) -> Result<Tensor>
             .unsqueeze(0)
             .f_upsample_bilinear2d([h, w], false, None, None)
             .map_err(tch_err("augmentation"))?;
-        if rng.next() < 0.5 {
+        if rng.next() < 0.5 && flip {
             img = img.flip([3]);
         }
         out.push(img);
