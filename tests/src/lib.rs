@@ -676,3 +676,15 @@ pub async fn accuracy(
     }
     Ok(right as f64 / all as f64)
 }
+
+/// This process's peak resident set size in MB (`VmHWM`), 0 where unknown.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -27,19 +27,6 @@ struct Args {
     threads: usize,
 }
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 #[tokio::main]
 async fn main() -> datafusion::common::Result<()> {
     let args = Args::parse();
@@ -65,7 +52,7 @@ async fn main() -> datafusion::common::Result<()> {
     println!(
         "{{\"impl\": \"dlp\", \"images\": {n}, \"seconds\": {secs:.3}, \"images_per_s\": {:.2}, \"peak_rss_mb\": {:.0}, \"batch\": {}, \"threads\": {}}}",
         n as f64 / secs,
-        peak_rss_mb(),
+        dlp_tests::peak_rss_mb(),
         args.batch,
         args.threads
     );

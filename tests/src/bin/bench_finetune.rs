@@ -37,17 +37,6 @@ struct Args {
     no_peer: bool,
 }
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn subset(dir: &Path, classes: &[String], per_class: usize, to: &Path) -> Vec<(String, i64)> {
     let mut files = vec![];
     for (label, c) in classes.iter().enumerate() {
@@ -172,11 +161,14 @@ async fn main() -> datafusion::common::Result<()> {
             "{}",
             json!({
                 "mode": m, "epochs": epochs, "images_per_s": ours, "prepare_seconds": model.prepare_seconds,
-                "fit_seconds": total, "peak_rss_mb": peak_rss_mb(),
+                "fit_seconds": total, "peak_rss_mb": dlp_tests::peak_rss_mb(),
                 "pytorch_cached": cached, "pytorch_plain": plain,
             })
         );
     }
-    println!("dlp peak RSS {:.0} MB (the whole run)", peak_rss_mb());
+    println!(
+        "dlp peak RSS {:.0} MB (the whole run)",
+        dlp_tests::peak_rss_mb()
+    );
     Ok(())
 }
