@@ -390,7 +390,7 @@ pub async fn evaluate(ctx: &SessionContext, args: &EvaluateArgs) -> anyhow::Resu
 /// images get null predictions.
 pub async fn predict(ctx: &SessionContext, args: &PredictArgs) -> anyhow::Result<()> {
     let model = PipelineModel::load(&args.model)?;
-    let Some(lr) = model.classifier() else {
+    let Some((prediction_col, probability_col)) = model.prediction_columns() else {
         anyhow::bail!(
             "{}: the pipeline has no classifier stage",
             args.model.display()
@@ -402,8 +402,8 @@ pub async fn predict(ctx: &SessionContext, args: &PredictArgs) -> anyhow::Result
     let df = df.with_column("origin", get_field(col("image"), "origin"))?;
     let out = model.transform(df)?.select(vec![
         col("origin"),
-        col(&lr.params.prediction_col),
-        col(&lr.params.probability_col),
+        col(&prediction_col),
+        col(&probability_col),
     ])?;
     let pb = spinner(&format!("predicting {}", args.data));
     let batches = out.collect().await;

@@ -446,8 +446,37 @@ async fn a_pipeline_stage_fits_saves_loads_and_predicts() {
     assert_eq!(epochs.load(std::sync::atomic::Ordering::SeqCst), 4);
     let saved = dir.path().join("pipeline");
     model.save(&saved).unwrap();
+    // The saved pipeline carries its model: loaded where the model directory lacks it,
+    // the model is installed there (sha256 checked).
+    let in_zoo = |f: &str| zoo().join(format!("lite0_ft_pipeline.{f}"));
+    let sha = std::fs::read(in_zoo("pt")).unwrap();
+    for f in ["pt", "yaml", "classes.txt"] {
+        std::fs::remove_file(in_zoo(f)).unwrap();
+    }
     let loaded = dlp_plugin::pipeline::PipelineModel::load(&saved).unwrap();
     assert_eq!(loaded, model);
+    assert_eq!(std::fs::read(in_zoo("pt")).unwrap(), sha);
+    // A damaged copy is refused, naming the model, and not installed.
+    let copy = saved.join("stages/0-TorchImageClassifier/lite0_ft_pipeline.pt");
+    assert!(copy.exists(), "the pipeline holds no copy of its model");
+    for f in ["pt", "yaml", "classes.txt"] {
+        std::fs::remove_file(in_zoo(f)).unwrap();
+    }
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(&copy, &bytes).unwrap();
+    let err = dlp_plugin::pipeline::PipelineModel::load(&saved)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("lite0_ft_pipeline") && err.contains("sha256"),
+        "{err}"
+    );
+    assert!(!in_zoo("yaml").exists(), "a damaged model was installed");
+    bytes[n / 2] ^= 1;
+    std::fs::write(&copy, &bytes).unwrap();
+    let loaded = dlp_plugin::pipeline::PipelineModel::load(&saved).unwrap();
     let accuracy = dlp_plugin::pipeline::MulticlassClassificationEvaluator::new("accuracy")
         .evaluate(loaded.transform(df).unwrap())
         .await

@@ -568,3 +568,171 @@ async fn tables_read_image_and_the_model_directory_in_buckets() {
         text(&out)
     );
 }
+
+/// A model fine-tuned through a cluster whose model directory is a bucket: the client
+/// saves it into its copy of that folder and publishes it to the bucket, and the executors
+/// (which copied the folder when they started, into their own temporary folders) fetch it
+/// when the evaluation and `dlp predict` ask for it by name. Nothing shares a file system
+/// but the images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fine_tuned_model_reaches_executors_through_a_model_bucket() {
+    let s3 = server();
+    let dir = tempfile::tempdir().unwrap();
+    // The base model only (its inference and trainable forms, its classes).
+    let zoo = dlp_plugin::torch::manifest::default_model_dir();
+    let base = dir.path().join("base-zoo");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in [
+        "efficientnet_lite0.yaml",
+        "efficientnet_lite0.pt",
+        "efficientnet_lite0.train.pt",
+        "imagenet_classes.txt",
+    ] {
+        std::fs::copy(zoo.join(f), base.join(f)).unwrap();
+    }
+    let url = dlp_plugin::storage::ObjectUrl::parse("s3://out/ft-zoo").unwrap();
+    let b = base.clone();
+    dlp_plugin::storage::io(async move { dlp_plugin::storage::upload_dir(&b, &url, None).await })
+        .await
+        .unwrap();
+    // Ten digits of two classes.
+    let digits = dir.path().join("digits");
+    for c in ["3", "7"] {
+        let mut files: Vec<_> = std::fs::read_dir(shared_data().join("numta-50").join(c))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        std::fs::create_dir_all(digits.join(c)).unwrap();
+        for f in files.into_iter().take(10) {
+            std::fs::copy(&f, digits.join(c).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let spec = dir.path().join("ft.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "data: {{path: '{}'}}\n\
+             stages:\n  - {{type: TorchImageEstimator, modelName: efficientnet_lite0, resize: stretch, \
+             outputModelName: lite0_ft_bucket, imageSize: 96, learningRate: 0.01, epochs: 2, batchSize: 8}}\n\
+             evaluation: {{metricName: accuracy}}\n\
+             output: {{model: 's3://out/ft/model', report: 's3://out/ft/report'}}\n",
+            digits.display()
+        ),
+    )
+    .unwrap();
+    let mut env = s3.env();
+    env.push(("DLP_MODEL_DIR".into(), "s3://out/ft-zoo".into()));
+    // Separate temporary folders: the cluster's copies of the bucket are not the client's.
+    let cluster_tmp = dir.path().join("cluster-tmp");
+    std::fs::create_dir_all(&cluster_tmp).unwrap();
+    let mut cluster_env = env.clone();
+    cluster_env.push(("TMPDIR".into(), cluster_tmp.to_string_lossy().into_owned()));
+    let cluster = Cluster::start_each_with_env(2, &[], &[&[]], &cluster_env).expect("cluster");
+    let client_tmp = dir.path().join("client-tmp");
+    std::fs::create_dir_all(&client_tmp).unwrap();
+    let mut client_env = env.clone();
+    client_env.push(("TMPDIR".into(), client_tmp.to_string_lossy().into_owned()));
+    let out = dlp(
+        &[
+            "--scheduler",
+            &cluster.url(),
+            "fit",
+            &spec.to_string_lossy(),
+        ],
+        &client_env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The model is in the bucket, the manifest beside its TorchScript and classes.
+    let u = dlp_plugin::storage::ObjectUrl::parse("s3://out/ft-zoo").unwrap();
+    let objects: Vec<String> =
+        dlp_plugin::storage::io(async move { dlp_plugin::storage::list(&u).await })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(o, _)| o.to_string())
+            .collect();
+    for f in [
+        "lite0_ft_bucket.pt",
+        "lite0_ft_bucket.yaml",
+        "lite0_ft_bucket.classes.txt",
+    ] {
+        assert!(objects.iter().any(|o| o.ends_with(f)), "{f}: {objects:?}");
+    }
+    // Trained and applied at 96x96, as its manifest says.
+    let u = dlp_plugin::storage::ObjectUrl::parse("s3://out/ft-zoo/lite0_ft_bucket.yaml").unwrap();
+    let manifest =
+        dlp_plugin::storage::io(async move { dlp_plugin::storage::get(&u, 1 << 20).await })
+            .await
+            .unwrap();
+    let manifest: dlp_plugin::torch::ModelManifest = serde_yaml::from_slice(&manifest).unwrap();
+    assert_eq!((manifest.input.height, manifest.input.width), (96, 96));
+    // The executor fetched it (it started before the model existed).
+    assert!(
+        cluster.executors[0]
+            .output()
+            .contains("refreshed a folder cached from object storage"),
+        "{}",
+        cluster.executors[0].output()
+    );
+
+    // `dlp predict` of the saved pipeline on the cluster, from a client with a fresh
+    // temporary folder, and embedded with a model directory that lacks the model (the
+    // pipeline carries a copy): the same predictions.
+    let fresh_tmp = dir.path().join("fresh-tmp");
+    std::fs::create_dir_all(&fresh_tmp).unwrap();
+    let mut fresh_env = env.clone();
+    fresh_env.push(("TMPDIR".into(), fresh_tmp.to_string_lossy().into_owned()));
+    let sevens = digits.join("7").to_string_lossy().into_owned();
+    let out = dlp(
+        &[
+            "--scheduler",
+            &cluster.url(),
+            "predict",
+            "--format",
+            "json",
+            "--model",
+            "s3://out/ft/model",
+            &sevens,
+        ],
+        &fresh_env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 10);
+    let mut embedded_env = s3.env();
+    let empty_zoo = dir.path().join("empty-zoo");
+    std::fs::create_dir_all(&empty_zoo).unwrap();
+    std::fs::copy(
+        base.join("efficientnet_lite0.yaml"),
+        empty_zoo.join("efficientnet_lite0.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        base.join("efficientnet_lite0.pt"),
+        empty_zoo.join("efficientnet_lite0.pt"),
+    )
+    .unwrap();
+    std::fs::copy(
+        base.join("imagenet_classes.txt"),
+        empty_zoo.join("imagenet_classes.txt"),
+    )
+    .unwrap();
+    embedded_env.push((
+        "DLP_MODEL_DIR".into(),
+        empty_zoo.to_string_lossy().into_owned(),
+    ));
+    let embedded = predictions("s3://out/ft/model", &sevens, &embedded_env);
+    assert!(empty_zoo.join("lite0_ft_bucket.pt").exists());
+    assert_eq!(embedded.len(), 10);
+    for r in &rows {
+        let file = r["origin"].as_str().unwrap().rsplit('/').next().unwrap();
+        let (p, prob) = embedded[file];
+        assert_eq!(r["prediction"].as_f64().unwrap(), p, "{file}");
+        assert!(
+            (r["probability"].as_f64().unwrap() - prob).abs() <= 1e-4,
+            "{file}"
+        );
+    }
+}

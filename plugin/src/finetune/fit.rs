@@ -181,6 +181,7 @@ impl TorchImageEstimator {
                 image_col: p.input_col.clone(),
                 label_col: p.label_col.clone(),
                 resize: p.resize,
+                input: p.input_size(),
                 stored_stages: stored,
             }),
         )?;
@@ -790,6 +791,9 @@ impl TorchImageModel {
         if let Some(r) = self.params.resize {
             m.resize = r;
         }
+        if let Some(input) = self.params.input_size() {
+            m.input = input;
+        }
         let mut training = graph.clone();
         training.file = file;
         training.sha256 = sha;
@@ -804,6 +808,15 @@ impl TorchImageModel {
             dir: dir.to_path_buf(),
         };
         entry.verify()?;
+        // A model directory fetched from object storage: the model goes there too (the
+        // manifest last), where the executors' copies of that folder find it.
+        let files = [
+            entry.manifest.file.clone(),
+            entry.manifest.classes_file.clone().unwrap_or_default(),
+            format!("{name}.yaml"),
+        ];
+        crate::storage::publish_local(dir, &files)
+            .map_err(|e| exec_datafusion_err!("publishing model {name}: {e}"))?;
         Ok(entry)
     }
 

@@ -6,7 +6,7 @@ use datafusion::common::{Result, plan_err};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{OptimizerKind, Schedule};
-use crate::torch::manifest::{ResizePolicy, TrainingGraph};
+use crate::torch::manifest::{InputSize, ResizePolicy, TrainingGraph};
 
 /// Which parameters fine-tuning updates (`trainable`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +95,11 @@ pub struct TorchImageEstimatorParams {
     /// Resize policy override (default the model's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<ResizePolicy>,
+    /// Side of the square input the model is trained on and later applied at (default: the
+    /// model's input size). The zoo's CNNs pool globally, so any size of 32 or more works;
+    /// smaller images train faster, and small sources (28x28 digits) lose nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
     /// Classes of the new classifier (default: the largest label + 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_classes: Option<usize>,
@@ -182,6 +187,11 @@ impl TorchImageEstimatorParams {
         if self.batch_size > 4096 {
             return plan_err!("batchSize must be at most 4096, got {}", self.batch_size);
         }
+        if let Some(n) = self.image_size
+            && !(32..=1024).contains(&n)
+        {
+            return plan_err!("imageSize must be in 32..=1024 pixels, got {n}");
+        }
         if self.num_classes.is_some_and(|k| k < 2) {
             return plan_err!("numClasses must be at least 2");
         }
@@ -194,6 +204,14 @@ impl TorchImageEstimatorParams {
             return plan_err!("outputModelName must be letters, digits, '_' or '-', got '{name}'");
         }
         Ok(())
+    }
+
+    /// The input size of `imageSize` (default: none, the model's).
+    pub fn input_size(&self) -> Option<InputSize> {
+        self.image_size.map(|n| InputSize {
+            height: n,
+            width: n,
+        })
     }
 
     /// The name of the fine-tuned model.

@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::ml::operator::{LrExec, LrStep, StepMetrics};
-use crate::torch::manifest::ResizePolicy;
+use crate::torch::manifest::{InputSize, ResizePolicy};
 
 /// Log target of the fine-tuning operators and driver.
 pub const LOG_TARGET: &str = "dlp_plugin::finetune";
@@ -38,6 +38,9 @@ pub struct PrepareSpec {
     pub image_col: String,
     pub label_col: String,
     pub resize: Option<ResizePolicy>,
+    /// Input size override (default the model's).
+    #[serde(default)]
+    pub input: Option<InputSize>,
     /// Stages applied before the images are stored (0: the model's input is stored).
     pub stored_stages: usize,
 }

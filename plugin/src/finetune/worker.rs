@@ -374,8 +374,11 @@ pub fn prepare(
     batches: &[RecordBatch],
 ) -> Result<(Option<String>, PartSummary)> {
     let started = std::time::Instant::now();
-    let entry = ProcessTorchConfig::get().zoo().get(&spec.model)?;
+    let mut entry = ProcessTorchConfig::get().zoo().get(&spec.model)?;
     let resize = spec.resize.unwrap_or(entry.manifest.resize);
+    if let Some(input) = spec.input {
+        entry.manifest.input = input;
+    }
     let t = trainer(&format!("prepare:{}", spec.model), || {
         Trainer::load(&entry, None, usize::MAX)
     })?;

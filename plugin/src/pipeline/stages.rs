@@ -13,7 +13,7 @@ use crate::finetune::stage::TorchImageClassifier;
 use crate::finetune::{EpochRecord, TorchImageEstimator, TorchImageEstimatorParams};
 use crate::ml::{LogisticRegression, LogisticRegressionModel, LogisticRegressionParams};
 use crate::torch::{
-    DeepImageFeaturizer, DeepImagePredictor, ProcessTorchConfig, TorchImageTransformer,
+    DeepImageFeaturizer, DeepImagePredictor, ModelZoo, ProcessTorchConfig, TorchImageTransformer,
 };
 
 /// The field names of a struct's `Deserialize` implementation: serde hands them to
@@ -348,6 +348,11 @@ enum SavedStage {
         params: TorchImageClassifier,
         #[serde(rename = "modelSha256")]
         model_sha256: String,
+        /// Directory of a copy of the fine-tuned model (TorchScript, manifest, classes),
+        /// relative to the pipeline directory: loading installs it into a model directory
+        /// that lacks it.
+        #[serde(rename = "modelPath", default, skip_serializing_if = "Option::is_none")]
+        model_path: Option<String>,
     },
 }
 
@@ -365,6 +370,21 @@ impl PipelineModel {
     pub fn classifier(&self) -> Option<&LogisticRegressionModel> {
         self.stages.iter().rev().find_map(|s| match s {
             FittedStage::LogisticRegressionModel(m) => Some(m.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The prediction and probability columns of the last classifier stage (a logistic
+    /// regression or a fine-tuned model), if there is one.
+    pub fn prediction_columns(&self) -> Option<(String, String)> {
+        self.stages.iter().rev().find_map(|s| match s {
+            FittedStage::LogisticRegressionModel(m) => Some((
+                m.params.prediction_col.clone(),
+                m.params.probability_col.clone(),
+            )),
+            FittedStage::TorchImageClassifier(_) => {
+                Some(("prediction".to_string(), "probability".to_string()))
+            }
             _ => None,
         })
     }
@@ -442,10 +462,16 @@ impl PipelineModel {
                     m.save(dir.join(&rel))?;
                     SavedStage::LogisticRegressionModel { path: rel }
                 }
-                FittedStage::TorchImageClassifier(t) => SavedStage::TorchImageClassifier {
-                    params: t.as_ref().clone(),
-                    model_sha256: zoo.get(&t.model_name)?.manifest.sha256,
-                },
+                FittedStage::TorchImageClassifier(t) => {
+                    let entry = zoo.get(&t.model_name)?;
+                    let rel = format!("stages/{i}-TorchImageClassifier");
+                    copy_model(&entry, &dir.join(&rel))?;
+                    SavedStage::TorchImageClassifier {
+                        params: t.as_ref().clone(),
+                        model_sha256: entry.manifest.sha256,
+                        model_path: Some(rel),
+                    }
+                }
             });
         }
         let manifest = Manifest {
@@ -560,7 +586,15 @@ impl PipelineModel {
                 SavedStage::TorchImageClassifier {
                     params,
                     model_sha256,
+                    model_path,
                 } => {
+                    if let Some(rel) = model_path
+                        && zoo.get(&params.model_name).is_err()
+                    {
+                        install_model(&dir.join(&rel), &params.model_name, &zoo).map_err(|e| {
+                            exec_datafusion_err!("{}: {}", path.display(), e.strip_backtrace())
+                        })?;
+                    }
                     check_model(&params.model_name, &model_sha256)?;
                     FittedStage::TorchImageClassifier(Box::new(params))
                 }
@@ -583,6 +617,61 @@ impl PipelineModel {
             class_names: manifest.class_names,
         })
     }
+}
+
+/// The files of a zoo model: its TorchScript, its classes (if any), its manifest last.
+fn model_files(m: &crate::torch::ModelManifest) -> Vec<String> {
+    let mut files = vec![m.file.clone()];
+    files.extend(m.classes_file.clone());
+    files.push(format!("{}.yaml", m.name));
+    files
+}
+
+/// Copies a zoo model's files into `to` (a saved pipeline's stage folder).
+fn copy_model(entry: &crate::torch::manifest::ModelEntry, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)
+        .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", to.display()))?;
+    let mut files = model_files(&entry.manifest);
+    // The manifest is read from the model directory under whatever name it has there.
+    files.pop();
+    for f in files {
+        let from = entry.dir.join(&f);
+        std::fs::copy(&from, to.join(&f))
+            .map_err(|e| exec_datafusion_err!("cannot copy {}: {e}", from.display()))?;
+    }
+    let yaml = serde_yaml::to_string(&entry.manifest)
+        .map_err(|e| exec_datafusion_err!("cannot encode the manifest: {e}"))?;
+    let target = to.join(format!("{}.yaml", entry.manifest.name));
+    std::fs::write(&target, yaml)
+        .map_err(|e| exec_datafusion_err!("cannot write {}: {e}", target.display()))
+}
+
+/// Installs the model `name` saved with a pipeline (in `from`) into the process's model
+/// directory, which lacks it: its sha256 checked, the manifest written last, and published
+/// to the object-store folder the directory is a copy of, if it is one.
+fn install_model(from: &Path, name: &str, zoo: &ModelZoo) -> Result<()> {
+    let source = ModelZoo::new(from).get(name).map_err(|e| {
+        exec_datafusion_err!(
+            "the pipeline's copy of model '{name}' is unreadable: {}",
+            e.strip_backtrace()
+        )
+    })?;
+    source.verify()?;
+    let dir = zoo.dir();
+    std::fs::create_dir_all(dir)
+        .map_err(|e| exec_datafusion_err!("cannot create {}: {e}", dir.display()))?;
+    crate::access::check_write_path(dir).map_err(|e| exec_datafusion_err!("{e}"))?;
+    let files = model_files(&source.manifest);
+    for f in &files {
+        let tmp = dir.join(format!(".{f}.partial"));
+        std::fs::copy(from.join(f), &tmp)
+            .and_then(|_| std::fs::rename(&tmp, dir.join(f)))
+            .map_err(|e| exec_datafusion_err!("cannot install {f} into {}: {e}", dir.display()))?;
+    }
+    crate::storage::publish_local(dir, &files)
+        .map_err(|e| exec_datafusion_err!("publishing model {name}: {e}"))?;
+    tracing::info!(model = name, dir = %dir.display(), "installed a fine-tuned model saved with a pipeline");
+    Ok(())
 }
 
 /// Whether `owner` may save a model at `dir`: a new directory, or a model `owner` saved

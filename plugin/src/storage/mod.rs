@@ -750,6 +750,18 @@ pub async fn list(prefix: &ObjectUrl) -> Result<Vec<(ObjectUrl, u64)>, DlpError>
     Ok(out)
 }
 
+/// Removes one object (no error when it is already gone).
+pub async fn delete(url: &ObjectUrl) -> Result<(), DlpError> {
+    let (store, key, u) = (store(url)?, url.key(), url.clone());
+    io(async move {
+        match object_store::ObjectStoreExt::delete(&store, &key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(DlpError::Storage(describe("DELETE", &u, &e))),
+        }
+    })
+    .await
+}
+
 /// Removes every object under `prefix`.
 pub async fn delete_prefix(prefix: &ObjectUrl) -> Result<usize, DlpError> {
     let objects = list(prefix).await?;
@@ -824,13 +836,27 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), D
 /// Downloads every object under `url` into the local directory `dir` (made if needed);
 /// files already there with the same size are kept. Returns how many were fetched.
 pub async fn download_prefix(url: &ObjectUrl, dir: &Path) -> Result<usize, DlpError> {
-    let objects = list(url).await?;
+    download(url, dir, None).await
+}
+
+/// [`download_prefix`], or with `renew` set, only the objects whose names start with
+/// `<renew>.` (one model's files), fetched whatever is there already.
+async fn download(url: &ObjectUrl, dir: &Path, renew: Option<&str>) -> Result<usize, DlpError> {
+    let mut objects = list(url).await?;
+    let base = url.key_str();
+    if let Some(stem) = renew {
+        let stem = format!("{stem}.");
+        objects.retain(|(o, _)| {
+            o.key_str()
+                .strip_prefix(&base)
+                .is_some_and(|rel| rel.trim_start_matches('/').starts_with(&stem))
+        });
+    }
     if objects.is_empty() {
         return Err(DlpError::Storage(format!(
             "{url}: no such object or prefix"
         )));
     }
-    let base = url.key_str();
     // Models and saved pipelines: a bound well above any zoo model, against a runaway
     // prefix filling the disk.
     let limit: u64 = 8 << 30;
@@ -857,9 +883,10 @@ pub async fn download_prefix(url: &ObjectUrl, dir: &Path) -> Result<usize, DlpEr
                         "{o}: the object's name leads outside the folder it is fetched into"
                     )));
                 }
-                if std::fs::metadata(&target)
-                    .map(|m| m.len() == size)
-                    .unwrap_or(false)
+                if renew.is_none()
+                    && std::fs::metadata(&target)
+                        .map(|m| m.len() == size)
+                        .unwrap_or(false)
                 {
                     return Ok(0usize);
                 }
@@ -903,7 +930,85 @@ pub async fn localize_dir(url: &ObjectUrl) -> Result<PathBuf, DlpError> {
     DONE.lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, dir.clone());
+    LOCALIZED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dir.clone(), url.clone());
     Ok(dir)
+}
+
+/// Local copies made by [`localize_dir`], with the URL each was fetched from.
+static LOCALIZED: LazyLock<Mutex<HashMap<PathBuf, ObjectUrl>>> = LazyLock::new(Default::default);
+
+/// The object-store folder that the local folder `dir` is this process's copy of (a
+/// `--model-dir s3://...`), if it is one.
+pub fn source_of_local(dir: &Path) -> Option<ObjectUrl> {
+    LOCALIZED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(dir)
+        .cloned()
+}
+
+/// Fetches again what is new in the folder that `dir` is a local copy of (objects written
+/// there since, such as a model fine-tuned by another process). Returns how many files
+/// were fetched; `Ok(0)` when `dir` is no such copy.
+pub fn refresh_local(dir: &Path) -> Result<usize, DlpError> {
+    let Some(url) = source_of_local(dir) else {
+        return Ok(0);
+    };
+    let dir = dir.to_path_buf();
+    let n = io_blocking(async move { download_prefix(&url, &dir).await })?;
+    tracing::info!(target: LOG_TARGET, fetched = n, "refreshed a folder cached from object storage");
+    Ok(n)
+}
+
+/// Fetches again, whatever is there already, the files `<stem>.*` of the folder that `dir`
+/// is a local copy of (a model replaced there under the same name). Returns how many were
+/// fetched; `Ok(0)` when `dir` is no such copy or the folder holds no such files.
+pub fn renew_local(dir: &Path, stem: &str) -> Result<usize, DlpError> {
+    let Some(url) = source_of_local(dir) else {
+        return Ok(0);
+    };
+    let (dir, stem) = (dir.to_path_buf(), stem.to_string());
+    match io_blocking(async move { download(&url, &dir, Some(&stem)).await }) {
+        Err(DlpError::Storage(m)) if m.ends_with("no such object or prefix") => Ok(0),
+        other => other,
+    }
+}
+
+/// Copies `files` (names in `dir`, in order: the last one is what makes the others
+/// visible, such as a model's manifest) to the folder that `dir` is a local copy of, so
+/// that every process using that folder finds them. Does nothing when `dir` is no such
+/// copy. On failure what was written is removed.
+pub fn publish_local(dir: &Path, files: &[String]) -> Result<(), DlpError> {
+    let Some(url) = source_of_local(dir) else {
+        return Ok(());
+    };
+    let dir = dir.to_path_buf();
+    let files = files.to_vec();
+    io_blocking(async move {
+        let mut written = Vec::new();
+        for name in &files {
+            let path = dir.join(name);
+            let target = url.join(name);
+            let result = match tokio::fs::read(&path).await {
+                Ok(bytes) => put(&target, Bytes::from(bytes)).await,
+                Err(e) => Err(DlpError::Storage(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                ))),
+            };
+            if let Err(e) = result {
+                for w in &written {
+                    let _ = delete(w).await;
+                }
+                return Err(e);
+            }
+            written.push(target);
+        }
+        Ok(())
+    })
 }
 
 /// Removes a work folder, local or in object storage (`DLP_WORK_DIR=s3://...`): the end

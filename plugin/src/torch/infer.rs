@@ -77,7 +77,9 @@ impl Runner {
     /// The step `spec` on this process's model directory and device (the spec's device
     /// first, then the process's).
     pub fn new(spec: TorchSpec) -> Result<Self> {
-        let entry = ProcessTorchConfig::get().zoo().get(&spec.model)?;
+        let entry = ProcessTorchConfig::get()
+            .zoo()
+            .get_version(&spec.model, &spec.sha256)?;
         Self::for_entry(entry, spec)
     }
 

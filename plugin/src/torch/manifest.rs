@@ -360,7 +360,52 @@ impl ModelZoo {
     }
 
     /// The model called `name` (case-insensitive), with a clear error listing the known ones.
+    /// When the directory is this process's copy of an object-store folder (`--model-dir
+    /// s3://...`) and the model is not in it, the folder is fetched again first: a model
+    /// fine-tuned and published there after this process started is found.
     pub fn get(&self, name: &str) -> Result<ModelEntry> {
+        match self.get_here(name) {
+            Err(e) if crate::storage::source_of_local(&self.dir).is_some() => {
+                let fetched = crate::storage::refresh_local(&self.dir)
+                    .map_err(|r| plan_datafusion_err!("model {name}: {r}"))?;
+                if fetched == 0 {
+                    return Err(e);
+                }
+                self.get_here(name)
+            }
+            other => other,
+        }
+    }
+
+    /// [`get`](Self::get) of the version with `sha256` (what the plan was made with; empty:
+    /// any). A copy of an object-store folder whose model differs fetches the model's files
+    /// again; otherwise a different version is an error naming both digests, never a
+    /// silent run of another model.
+    pub fn get_version(&self, name: &str, sha256: &str) -> Result<ModelEntry> {
+        let entry = self.get(name)?;
+        if sha256.is_empty() || entry.manifest.sha256 == sha256 {
+            return Ok(entry);
+        }
+        let stem = entry.manifest.file.strip_suffix(".pt").unwrap_or(name);
+        let renewed = crate::storage::renew_local(&self.dir, stem)
+            .map_err(|e| plan_datafusion_err!("model {name}: {e}"))?;
+        let entry = if renewed > 0 {
+            self.get_here(name)?
+        } else {
+            entry
+        };
+        if entry.manifest.sha256 == sha256 {
+            return Ok(entry);
+        }
+        plan_err!(
+            "model {name}: the plan was made with sha256 {sha256}, but {} holds sha256 {} (the \
+             model was replaced since, or this process's model directory is not the planner's)",
+            self.dir.display(),
+            entry.manifest.sha256
+        )
+    }
+
+    fn get_here(&self, name: &str) -> Result<ModelEntry> {
         let models = self.list()?;
         let wanted = name.to_ascii_lowercase();
         match models

@@ -49,6 +49,9 @@ pub struct TorchSpec {
     /// Length of the output vector (feature dim or class count; 0 for images), fixed at plan
     /// time.
     pub output_dim: usize,
+    /// The model's sha256 when the plan was made: executors run that version or fail.
+    #[serde(default)]
+    pub sha256: String,
 }
 
 impl TorchSpec {
@@ -115,6 +118,7 @@ impl TorchSpec {
             resize: None,
             device: None,
             output_dim,
+            sha256: entry.manifest.sha256.clone(),
         })
     }
 
