@@ -650,6 +650,16 @@ fn copy_model(entry: &crate::torch::manifest::ModelEntry, to: &Path) -> Result<(
 /// directory, which lacks it: its sha256 checked, the manifest written last, and published
 /// to the object-store folder the directory is a copy of, if it is one.
 fn install_model(from: &Path, name: &str, zoo: &ModelZoo) -> Result<()> {
+    // The name becomes a file name in the model directory: nothing that leads out of it.
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return plan_err!(
+            "model name '{name}' must be letters, digits, '_' or '-' to be installed from a pipeline"
+        );
+    }
     let source = ModelZoo::new(from).get(name).map_err(|e| {
         exec_datafusion_err!(
             "the pipeline's copy of model '{name}' is unreadable: {}",
