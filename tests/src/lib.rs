@@ -529,16 +529,27 @@ impl Cluster {
 /// Copies the first `per_class` photos (by name) of each of `classes` of
 /// `../shared/data/flowers` to `to/<class>/`.
 pub fn copy_flowers(to: &Path, classes: &[&str], per_class: usize) {
+    copy_classes("flowers", to, classes, per_class);
+}
+
+/// Copies the first `per_class` images (by name) of each of `classes` of the data set
+/// `../shared/data/<set>` (class folders) to `to/<class>/`.
+pub fn copy_classes(set: &str, to: &Path, classes: &[&str], per_class: usize) {
     for class in classes {
-        let from = shared_data().join("flowers").join(class);
-        let mut photos: Vec<_> = std::fs::read_dir(&from)
-            .expect("flower photos")
-            .map(|e| e.expect("flower photo").path())
+        let from = shared_data().join(set).join(class);
+        let mut images: Vec<_> = std::fs::read_dir(&from)
+            .unwrap_or_else(|e| panic!("{}: {e}", from.display()))
+            .map(|e| e.expect("directory entry").path())
             .collect();
-        photos.sort();
+        images.sort();
+        assert!(
+            images.len() >= per_class,
+            "{} has under {per_class} images",
+            from.display()
+        );
         let dir = to.join(class);
-        std::fs::create_dir_all(&dir).expect("photo folder");
-        for p in &photos[..per_class] {
+        std::fs::create_dir_all(&dir).expect("class folder");
+        for p in &images[..per_class] {
             std::fs::copy(p, dir.join(p.file_name().expect("file name"))).expect("copy");
         }
     }

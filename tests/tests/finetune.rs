@@ -4,7 +4,7 @@
 //! an uninterrupted one; and on a real cluster (scheduler and two executors on loopback)
 //! the weights equal the embedded cluster's, also when an executor is killed mid-fit.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use datafusion::prelude::SessionContext;
 use dlp_plugin::finetune::{
     NamedTensors, TorchImageEstimator, TorchImageEstimatorParams, TorchImageModel,
 };
-use dlp_tests::{Cluster, local_path, python_script, shared_data};
+use dlp_tests::{Cluster, local_path, python_script};
 use serde_json::json;
 
 /// A model directory of this test binary: the zoo's files linked, so that fine-tuned
@@ -36,17 +36,7 @@ fn zoo() -> &'static Path {
 
 /// `per_class` digits of each of `classes` from numta-50, in class folders.
 fn digits(to: &Path, classes: &[&str], per_class: usize) -> String {
-    for c in classes {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(shared_data().join("numta-50").join(c))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        std::fs::create_dir_all(to.join(c)).unwrap();
-        for f in files.into_iter().take(per_class) {
-            std::fs::copy(&f, to.join(c).join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    dlp_tests::copy_classes("numta-50", to, classes, per_class);
     to.to_string_lossy().into_owned()
 }
 

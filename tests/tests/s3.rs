@@ -597,17 +597,7 @@ async fn a_fine_tuned_model_reaches_executors_through_a_model_bucket() {
         .unwrap();
     // Ten digits of two classes.
     let digits = dir.path().join("digits");
-    for c in ["3", "7"] {
-        let mut files: Vec<_> = std::fs::read_dir(shared_data().join("numta-50").join(c))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        std::fs::create_dir_all(digits.join(c)).unwrap();
-        for f in files.into_iter().take(10) {
-            std::fs::copy(&f, digits.join(c).join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    dlp_tests::copy_classes("numta-50", &digits, &["3", "7"], 10);
     let spec = dir.path().join("ft.yaml");
     std::fs::write(
         &spec,

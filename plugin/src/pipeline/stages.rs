@@ -798,4 +798,29 @@ mod tests {
         }
         assert!(!lr.param_names().contains(&"modelName"));
     }
+
+    #[test]
+    fn installing_refuses_model_names_that_lead_out_of_the_model_directory() {
+        let base = std::env::temp_dir().join(format!("dlp-install-{}", std::process::id()));
+        let (from, zoo_dir) = (base.join("stage"), base.join("zoo").join("models"));
+        std::fs::create_dir_all(&from).unwrap();
+        // A manifest that `../x` would reach from the stage folder, were it looked up.
+        std::fs::write(base.join("x.yaml"), "name: x\n").unwrap();
+        let zoo = ModelZoo::new(&zoo_dir);
+        for name in ["../x", "..", "a/b", "/etc/x", "x.y", "", "x\\y", "n\u{e9}"] {
+            let err = install_model(&from, name, &zoo).unwrap_err().to_string();
+            assert!(err.contains("must be letters, digits"), "{name:?}: {err}");
+            assert!(err.contains(&format!("'{name}'")), "{name:?}: {err}");
+        }
+        assert!(
+            !zoo_dir.exists(),
+            "nothing may be written for a refused name"
+        );
+        // An ordinary name passes the check and fails only on the missing copy.
+        let err = install_model(&from, "my_model-2", &zoo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unreadable"), "{err}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

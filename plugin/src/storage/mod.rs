@@ -840,7 +840,7 @@ pub async fn download_prefix(url: &ObjectUrl, dir: &Path) -> Result<usize, DlpEr
 }
 
 /// [`download_prefix`], or with `renew` set, only the objects whose names start with
-/// `<renew>.` (one model's files), fetched whatever is there already.
+/// `<renew>.` (one model's files), fetched whatever is there already (none there: `Ok(0)`).
 async fn download(url: &ObjectUrl, dir: &Path, renew: Option<&str>) -> Result<usize, DlpError> {
     let mut objects = list(url).await?;
     let base = url.key_str();
@@ -853,6 +853,9 @@ async fn download(url: &ObjectUrl, dir: &Path, renew: Option<&str>) -> Result<us
         });
     }
     if objects.is_empty() {
+        if renew.is_some() {
+            return Ok(0);
+        }
         return Err(DlpError::Storage(format!(
             "{url}: no such object or prefix"
         )));
@@ -917,19 +920,14 @@ async fn download(url: &ObjectUrl, dir: &Path, renew: Option<&str>) -> Result<us
 /// saved pipelines are read from there.
 pub async fn localize_dir(url: &ObjectUrl) -> Result<PathBuf, DlpError> {
     use sha2::Digest;
-    static DONE: LazyLock<Mutex<HashMap<String, PathBuf>>> = LazyLock::new(Default::default);
-    let key = url.as_str().trim_end_matches('/').to_string();
-    if let Some(p) = DONE.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(p.clone());
-    }
-    let hash = sha2::Sha256::digest(key.as_bytes());
+    let hash = sha2::Sha256::digest(url.as_str().trim_end_matches('/').as_bytes());
     let name: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
     let dir = std::env::temp_dir().join("dlp-cache").join(name);
+    if source_of_local(&dir).is_some() {
+        return Ok(dir);
+    }
     let n = download_prefix(url, &dir).await?;
     tracing::info!(target: LOG_TARGET, url = %url, dir = %dir.display(), fetched = n, "cached a folder from object storage");
-    DONE.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, dir.clone());
     LOCALIZED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -937,7 +935,8 @@ pub async fn localize_dir(url: &ObjectUrl) -> Result<PathBuf, DlpError> {
     Ok(dir)
 }
 
-/// Local copies made by [`localize_dir`], with the URL each was fetched from.
+/// Local copies made by [`localize_dir`] (each named by a hash of its URL), with the URL
+/// each was fetched from.
 static LOCALIZED: LazyLock<Mutex<HashMap<PathBuf, ObjectUrl>>> = LazyLock::new(Default::default);
 
 /// The object-store folder that the local folder `dir` is this process's copy of (a
@@ -971,10 +970,7 @@ pub fn renew_local(dir: &Path, stem: &str) -> Result<usize, DlpError> {
         return Ok(0);
     };
     let (dir, stem) = (dir.to_path_buf(), stem.to_string());
-    match io_blocking(async move { download(&url, &dir, Some(&stem)).await }) {
-        Err(DlpError::Storage(m)) if m.ends_with("no such object or prefix") => Ok(0),
-        other => other,
-    }
+    io_blocking(async move { download(&url, &dir, Some(&stem)).await })
 }
 
 /// Copies `files` (names in `dir`, in order: the last one is what makes the others
