@@ -38,6 +38,12 @@ class GrayLines(nn.Module):
         return lines.clamp(0.0, 1.0)
 
 
+class FlatMeans(nn.Module):
+    def forward(self, x):
+        n = x.size(0)
+        return x.view(n, -1).view(n, 3, -1).mean(-1)
+
+
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -66,7 +72,10 @@ def main():
         "resize": "shorter_side_center_crop", "channel_order": "BGR", "scale": 1.0 / 255.0,
         "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "outputs": {"image": 0},
         "image_output": {"scale": 1.0 / 255.0, "mean": [0.0], "std": [1.0]}})
-    print(f"wrote half_smooth, gray_lines -> {out}")
+    write(out, "flat_means", FlatMeans(), 96, 128, {
+        "resize": "stretch", "channel_order": "RGB", "scale": 1.0 / 255.0,
+        "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "outputs": {"features": 0}, "feature_dim": 3})
+    print(f"wrote half_smooth, gray_lines, flat_means -> {out}")
 
 
 if __name__ == "__main__":

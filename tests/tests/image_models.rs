@@ -230,7 +230,10 @@ async fn image_and_vector_outputs_match_pytorch() {
     // Vector mode reads the manifest's feature output of the same module.
     let opts =
         ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
-    let df = ctx.read_images(&dir.to_string_lossy(), opts).await.unwrap();
+    let df = ctx
+        .read_images(&dir.to_string_lossy(), opts.clone())
+        .await
+        .unwrap();
     let df = TorchImageTransformer::new("half_smooth", "means", ImageOutputMode::Vector)
         .transform(df)
         .unwrap()
@@ -249,6 +252,27 @@ async fn image_and_vector_outputs_match_pytorch() {
     assert_eq!(want.len(), 3 * got.len());
     for (g, w) in got.iter().zip(want.chunks(3)) {
         assert!(max_abs_diff(g, w) < 1e-4, "{g:?} vs {w:?}");
+    }
+
+    // A model that needs its input in NCHW memory (`view`s over it) refuses the
+    // channels-last batch CPU inference hands models, and is then run on NCHW batches:
+    // the same means, no error, no image lost.
+    let df = ctx.read_images(&dir.to_string_lossy(), opts).await.unwrap();
+    let df = TorchImageTransformer::new("flat_means", "means", ImageOutputMode::Vector)
+        .with_batch_size(4)
+        .transform(df)
+        .unwrap()
+        .select(vec![origin_field(), col("means")])
+        .unwrap();
+    let mut flat = vec![];
+    for (_, rows) in by_origin(df, "means").await {
+        for b in rows {
+            flat.push(vectors(b.column(0).as_ref()).remove(0).unwrap());
+        }
+    }
+    assert_eq!(flat.len(), got.len(), "every image through flat_means");
+    for (g, w) in flat.iter().zip(want.chunks(3)) {
+        assert!(max_abs_diff(g, w) < 1e-4, "flat_means {g:?} vs {w:?}");
     }
 }
 
