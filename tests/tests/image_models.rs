@@ -228,23 +228,7 @@ async fn image_and_vector_outputs_match_pytorch() {
     );
 
     // Vector mode reads the manifest's feature output of the same module.
-    let opts =
-        ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
-    let df = ctx
-        .read_images(&dir.to_string_lossy(), opts.clone())
-        .await
-        .unwrap();
-    let df = TorchImageTransformer::new("half_smooth", "means", ImageOutputMode::Vector)
-        .transform(df)
-        .unwrap()
-        .select(vec![origin_field(), col("means")])
-        .unwrap();
-    let mut got = vec![];
-    for (_, rows) in by_origin(df, "means").await {
-        for b in rows {
-            got.push(vectors(b.column(0).as_ref()).remove(0).unwrap());
-        }
-    }
+    let got = vectors_by_origin(&ctx, &dir, "half_smooth", 16).await;
     let want: Vec<f32> = reference("half_smooth", &files, "features", 1)
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -257,23 +241,36 @@ async fn image_and_vector_outputs_match_pytorch() {
     // A model that needs its input in NCHW memory (`view`s over it) refuses the
     // channels-last batch CPU inference hands models, and is then run on NCHW batches:
     // the same means, no error, no image lost.
-    let df = ctx.read_images(&dir.to_string_lossy(), opts).await.unwrap();
-    let df = TorchImageTransformer::new("flat_means", "means", ImageOutputMode::Vector)
-        .with_batch_size(4)
-        .transform(df)
-        .unwrap()
-        .select(vec![origin_field(), col("means")])
-        .unwrap();
-    let mut flat = vec![];
-    for (_, rows) in by_origin(df, "means").await {
-        for b in rows {
-            flat.push(vectors(b.column(0).as_ref()).remove(0).unwrap());
-        }
-    }
+    let flat = vectors_by_origin(&ctx, &dir, "flat_means", 4).await;
     assert_eq!(flat.len(), got.len(), "every image through flat_means");
     for (g, w) in flat.iter().zip(want.chunks(3)) {
         assert!(max_abs_diff(g, w) < 1e-4, "flat_means {g:?} vs {w:?}");
     }
+}
+
+/// The vector output of `model` for each valid image of `dir`, in origin order.
+async fn vectors_by_origin(
+    ctx: &SessionContext,
+    dir: &Path,
+    model: &str,
+    batch: usize,
+) -> Vec<Vec<f32>> {
+    let opts =
+        ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
+    let df = ctx.read_images(&dir.to_string_lossy(), opts).await.unwrap();
+    let df = TorchImageTransformer::new(model, "out", ImageOutputMode::Vector)
+        .with_batch_size(batch)
+        .transform(df)
+        .unwrap()
+        .select(vec![origin_field(), col("out")])
+        .unwrap();
+    let mut out = vec![];
+    for (_, rows) in by_origin(df, "out").await {
+        for b in rows {
+            out.push(vectors(b.column(0).as_ref()).remove(0).unwrap());
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
