@@ -62,6 +62,8 @@ def main():
         files = a["files"]
         for i in range(0, len(files), a["batch"]):
             batch = torch.stack([preprocess(load(f), a) for f in files[i : i + a["batch"]]])
+            if a.get("channels_last"):
+                batch = batch.contiguous(memory_format=torch.channels_last)
             out = model(batch)
             outs.append(out[idx] if isinstance(out, tuple) else out)
     seconds = time.perf_counter() - start
