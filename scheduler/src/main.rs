@@ -305,6 +305,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the scheduler: {e}"))?;
+    // Iterative jobs are planned as one task per slot of the cluster.
+    dlp_plugin::ml::slots::watch(scheduler.state.clone());
     if dlp_config.autoscaler.enabled {
         autoscaler::spawn(dlp_config.autoscaler.clone(), scheduler.state.clone());
     }

@@ -26,6 +26,29 @@ pub mod stage;
 pub mod tensors;
 #[cfg(feature = "torch")]
 pub mod worker;
+/// A process built without libtorch (the scheduler image) plans fine-tuning but cannot run
+/// its tasks: the operators answer with this error (executors run them).
+#[cfg(not(feature = "torch"))]
+mod worker {
+    use super::spec::{PartSummary, PrepareSpec, StepSpec, StepSums};
+    use datafusion::arrow::array::RecordBatch;
+    use datafusion::common::{Result, exec_err};
+
+    const NO_TORCH: &str = "fine-tuning needs libtorch, and this process was built without it \
+                            (dlp-plugin's `torch` feature); executors run it";
+
+    pub fn prepare(
+        _partition: usize,
+        _spec: &PrepareSpec,
+        _batches: &[RecordBatch],
+    ) -> Result<(Option<String>, PartSummary)> {
+        exec_err!("{NO_TORCH}")
+    }
+
+    pub fn step(_spec: &StepSpec, _parts: &[u32]) -> Result<StepSums> {
+        exec_err!("{NO_TORCH}")
+    }
+}
 
 pub use fit::{EpochRecord, TorchImageEstimator, TorchImageModel};
 pub use optim::{OptimizerKind, Schedule};

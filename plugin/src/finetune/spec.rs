@@ -109,10 +109,6 @@ pub type FtPrepareExec = LrExec<PrepareSpec>;
 /// The step operator.
 pub type FtStepExec = LrExec<StepSpec>;
 
-#[cfg(not(feature = "torch"))]
-const NO_TORCH: &str = "fine-tuning needs libtorch, and this process was built without it \
-                        (dlp-plugin's `torch` feature); executors run it";
-
 impl LrStep for PrepareSpec {
     const NAME: &'static str = "FtPrepareExec";
 
@@ -141,13 +137,7 @@ impl LrStep for PrepareSpec {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             tokio::task::spawn_blocking(move || {
                 let timer = metrics.baseline.elapsed_compute().timer();
-                #[cfg(feature = "torch")]
                 let (path, summary) = super::worker::prepare(partition, &spec, &batches)?;
-                #[cfg(not(feature = "torch"))]
-                let (path, summary): (Option<String>, PartSummary) = {
-                    let _ = (partition, &spec, &batches);
-                    return datafusion::common::exec_err!("{NO_TORCH}");
-                };
                 timer.done();
                 metrics.input_rows.add(summary.rows + summary.invalid);
                 metrics.baseline.record_output(1);
@@ -221,13 +211,7 @@ impl LrStep for StepSpec {
             tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let timer = metrics.baseline.elapsed_compute().timer();
-                #[cfg(feature = "torch")]
                 let sums = super::worker::step(&spec, &parts)?;
-                #[cfg(not(feature = "torch"))]
-                let sums: StepSums = {
-                    let _ = &spec;
-                    return datafusion::common::exec_err!("{NO_TORCH}");
-                };
                 timer.done();
                 metrics.input_rows.add(sums.rows as usize);
                 metrics.baseline.record_output(1);

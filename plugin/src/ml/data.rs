@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeListArray, Float64Array, RecordBatch,
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Float64Array, RecordBatch,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema};
@@ -58,6 +58,9 @@ pub struct Rows {
     pub y: Vec<f64>,
     /// Instance weights.
     pub w: Vec<f64>,
+    /// The features came as float32: they are exact in `f32`, the part file stores them so
+    /// (half the bytes) and the loss reads them so (half the memory traffic).
+    pub float32: bool,
 }
 
 /// Which columns of a batch hold what.
@@ -160,6 +163,7 @@ impl Rows {
                 ));
             }
             if self.dim == 0 && self.x.is_empty() {
+                self.float32 = values.data_type() == &DataType::Float32;
                 if len == 0 {
                     return Err(exec_datafusion_err!(
                         "features column '{col}' has an empty vector at row {row} of {where_}"
@@ -185,12 +189,12 @@ impl Rows {
     }
 
     /// Schema of a part file.
-    fn part_schema(dim: usize) -> Arc<Schema> {
+    fn part_schema(dim: usize, item: &DataType) -> Arc<Schema> {
         Arc::new(Schema::new(vec![
             Field::new(
                 "features",
                 DataType::FixedSizeList(
-                    Arc::new(Field::new("item", DataType::Float64, false)),
+                    Arc::new(Field::new("item", item.clone(), false)),
                     dim as i32,
                 ),
                 false,
@@ -213,24 +217,35 @@ impl Rows {
 
     /// The rows as the bytes of an Arrow IPC file (a part in object storage).
     pub fn to_ipc_bytes(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.x.len() * 8 + self.y.len() * 16 + 4096);
+        let item_bytes = if self.float32 { 4 } else { 8 };
+        let mut out = Vec::with_capacity(self.x.len() * item_bytes + self.y.len() * 16 + 4096);
         self.write_ipc_to(&mut out)?;
         Ok(out)
     }
 
     fn write_ipc_to(&self, sink: impl std::io::Write) -> Result<()> {
-        let schema = Self::part_schema(self.dim.max(1));
+        let item = if self.float32 {
+            DataType::Float32
+        } else {
+            DataType::Float64
+        };
+        let schema = Self::part_schema(self.dim.max(1), &item);
         let mut writer = FileWriter::try_new(sink, &schema)?;
         const CHUNK: usize = 4096;
         let dim = self.dim.max(1);
         let mut start = 0;
         while start < self.len() {
             let end = (start + CHUNK).min(self.len());
-            let values = Float64Array::from(self.x[start * dim..end * dim].to_vec());
+            let x = &self.x[start * dim..end * dim];
+            let values: ArrayRef = if self.float32 {
+                Arc::new(Float32Array::from_iter_values(x.iter().map(|&v| v as f32)))
+            } else {
+                Arc::new(Float64Array::from(x.to_vec()))
+            };
             let features = FixedSizeListArray::try_new(
-                Arc::new(Field::new("item", DataType::Float64, false)),
+                Arc::new(Field::new("item", item.clone(), false)),
                 dim as i32,
-                Arc::new(values),
+                values,
                 None,
             )?;
             let batch = RecordBatch::try_new(
@@ -388,7 +403,7 @@ mod cache {
     /// One part as libtorch tensors, ready for the gradient computation.
     #[derive(Debug)]
     pub struct PartTensors {
-        /// `rows x dim` features (f64).
+        /// `rows x dim` features (f32 when they came as float32, else f64).
         pub x: Tensor,
         /// Labels (f64).
         pub y: Tensor,
@@ -408,6 +423,11 @@ mod cache {
             let n = rows.len() as i64;
             let dim = rows.dim.max(1);
             let x = Tensor::from_slice(&rows.x).view([n, dim as i64]);
+            let x = if rows.float32 {
+                x.to_kind(Kind::Float)
+            } else {
+                x
+            };
             let y = Tensor::from_slice(&rows.y);
             let y_index = y.to_kind(Kind::Int64);
             Self {
@@ -421,7 +441,7 @@ mod cache {
         }
 
         fn bytes(&self) -> usize {
-            self.rows * (self.dim + 3) * 8
+            self.rows * (self.dim * self.x.kind().elt_size_in_bytes() + 3 * 8)
         }
     }
 
@@ -532,5 +552,73 @@ mod cache {
     /// Turns a tch error into a DataFusion one.
     pub fn tch_err(e: tch::TchError) -> DataFusionError {
         exec_datafusion_err!("libtorch: {e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Float32Array;
+
+    fn batch(values: ArrayRef, dim: i32) -> RecordBatch {
+        let item = values.data_type().clone();
+        let rows = values.len() / dim as usize;
+        let features = FixedSizeListArray::try_new(
+            Arc::new(Field::new("item", item, false)),
+            dim,
+            values,
+            None,
+        )
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("f", features.data_type().clone(), false),
+            Field::new("y", DataType::Float64, false),
+        ]));
+        let labels = Float64Array::from_iter_values((0..rows).map(|i| (i % 2) as f64));
+        RecordBatch::try_new(schema, vec![Arc::new(features), Arc::new(labels)]).unwrap()
+    }
+
+    #[test]
+    fn float32_features_stay_float32_in_the_part_file_and_float64_stay_float64() {
+        let cols = Columns {
+            features: "f",
+            label: "y",
+            weight: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let single = [0.1f32, -2.5, 3.25, 1e-7, 7.0, -0.3];
+        for (values, float32) in [
+            (
+                Arc::new(Float32Array::from(single.to_vec())) as ArrayRef,
+                true,
+            ),
+            (
+                Arc::new(Float64Array::from(vec![0.1, -2.5, 3.25, 1e-300, 7.0, -0.3])) as ArrayRef,
+                false,
+            ),
+        ] {
+            let mut rows = Rows::default();
+            rows.push_batch(&batch(values, 3), cols, "test").unwrap();
+            assert_eq!(rows.float32, float32);
+            let path = dir.path().join(format!("part-{float32}.arrow"));
+            rows.write_ipc(&path).unwrap();
+            let back = Rows::read_ipc(&path).unwrap();
+            assert_eq!(back.float32, float32);
+            assert_eq!(back.x, rows.x, "values exact through the part file");
+            assert_eq!((back.y, back.w), (rows.y.clone(), rows.w.clone()));
+            let schema = FileReader::try_new(File::open(&path).unwrap(), None)
+                .unwrap()
+                .schema();
+            let stored = match schema.field(0).data_type() {
+                DataType::FixedSizeList(f, 3) => f.data_type().clone(),
+                other => panic!("{other}"),
+            };
+            let want = if float32 {
+                DataType::Float32
+            } else {
+                DataType::Float64
+            };
+            assert_eq!(stored, want);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The estimator's driver loop. Materializes the training columns once (one job), then
 //! runs the optimizer; every evaluation of the loss is one Ballista job whose tasks compute
-//! partial sums on the executors. Only those sums (one row per partition) come back.
+//! partial sums on the executors, one task per slot of the cluster. Only those sums (one row
+//! per chunk of at least 2,048 rows) come back.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use datafusion::prelude::col;
 use super::data::cache_evict_dir;
 use super::loss::{Layout, Partial, Regularization};
 use super::model::{LogisticRegressionModel, TrainingSummary};
-use super::node::{GradientSpec, MaterializeSpec, MlNode, MlStep, input_type};
+use super::node::{GradientSpec, MaterializeSpec, MlNode, MlStep, chunk_rows, input_type};
 use super::optim::{Evaluate, minimize};
 use super::params::{Family, LogisticRegressionParams};
 use super::summary::Summary;
@@ -52,6 +53,8 @@ struct Prepared {
     _dir: RunDir,
     state: SessionState,
     parts: Vec<String>,
+    /// Rows of each part.
+    part_rows: Vec<u64>,
     summary: Summary,
     features_col: String,
     label_col: String,
@@ -162,11 +165,13 @@ impl LogisticRegression {
         )?;
         let input = DataFrame::new(state.clone(), node.into_plan());
         let (parts, summary) = self.materialize(input).await?;
+        let (parts, part_rows) = parts.into_iter().unzip();
         Ok(TrainingData {
             inner: Arc::new(Prepared {
                 _dir: cleanup,
                 state,
                 parts,
+                part_rows,
                 summary,
                 features_col: p.features_col.clone(),
                 label_col: p.label_col.clone(),
@@ -279,6 +284,8 @@ impl LogisticRegression {
             handle: tokio::runtime::Handle::current(),
             run_id,
             parts: d.parts.clone(),
+            part_rows: d.part_rows.clone(),
+            chunk_rows: chunk_rows(s.rows),
             rows: s.rows,
             weight_sum,
             class_weights,
@@ -354,7 +361,8 @@ impl LogisticRegression {
         })
     }
 
-    async fn materialize(&self, df: DataFrame) -> Result<(Vec<String>, Summary)> {
+    /// The parts written (path and rows of each) and the summary of all of them.
+    async fn materialize(&self, df: DataFrame) -> Result<(Vec<(String, u64)>, Summary)> {
         let batches = df.collect().await?;
         let mut rows: Vec<(u64, Option<String>, Summary)> = vec![];
         for b in &batches {
@@ -376,7 +384,12 @@ impl LogisticRegression {
                 exec_datafusion_err!("featuresCol '{}': {e}", self.params.features_col)
             })?;
         }
-        Ok((rows.into_iter().filter_map(|r| r.1).collect(), summary))
+        Ok((
+            rows.into_iter()
+                .filter_map(|r| r.1.map(|path| (path, r.2.rows)))
+                .collect(),
+            summary,
+        ))
     }
 }
 
@@ -386,6 +399,8 @@ struct JobObjective {
     handle: tokio::runtime::Handle,
     run_id: String,
     parts: Vec<String>,
+    part_rows: Vec<u64>,
+    chunk_rows: u64,
     rows: u64,
     weight_sum: f64,
     class_weights: Option<Vec<f64>>,
@@ -395,25 +410,30 @@ struct JobObjective {
     compute_seconds: f64,
 }
 
+/// One chunk's row of a loss job: (part, offset), rows, loss, gradient.
+type ChunkSums = ((u32, u64), u64, f64, Vec<f64>);
+
 /// How many times one loss job is submitted before the fit fails.
 const JOB_ATTEMPTS: usize = 3;
 
 impl JobObjective {
-    /// Sums of one loss job, and the compute time of all its parts.
+    /// Sums of one loss job, and the compute time of all its chunks.
     async fn partial_sums(&self, spec: GradientSpec) -> Result<(Partial, f64)> {
+        let expected = spec.chunks();
         let node = MlNode::try_new(None, MlStep::Gradient(spec))?;
         let batches: Vec<RecordBatch> = DataFrame::new(self.state.clone(), node.into_plan())
             .collect()
             .await?;
-        // Sum in partition order: the same model whatever executor ran what.
-        let mut rows: Vec<(u32, u64, f64, Vec<f64>)> = vec![];
+        // Sum in chunk order: the same model whatever executor ran what, in whatever tasks.
+        let mut rows: Vec<ChunkSums> = vec![];
         let mut compute: f64 = 0.0;
         for b in &batches {
             let part = b.column(0).as_primitive::<UInt32Type>();
-            let n = b.column(1).as_primitive::<UInt64Type>();
-            let loss = b.column(2).as_primitive::<Float64Type>();
-            let grad = b.column(3).as_binary::<i32>();
-            let secs = b.column(4).as_primitive::<Float64Type>();
+            let offset = b.column(1).as_primitive::<UInt64Type>();
+            let n = b.column(2).as_primitive::<UInt64Type>();
+            let loss = b.column(3).as_primitive::<Float64Type>();
+            let grad = b.column(4).as_binary::<i32>();
+            let secs = b.column(5).as_primitive::<Float64Type>();
             for i in 0..b.num_rows() {
                 compute += secs.value(i);
                 let g = grad
@@ -421,16 +441,27 @@ impl JobObjective {
                     .chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
                     .collect();
-                rows.push((part.value(i), n.value(i), loss.value(i), g));
+                rows.push((
+                    (part.value(i), offset.value(i)),
+                    n.value(i),
+                    loss.value(i),
+                    g,
+                ));
             }
         }
         rows.sort_by_key(|r| r.0);
         let total: u64 = rows.iter().map(|r| r.1).sum();
-        if total != self.rows || rows.len() != self.parts.len() {
+        let covered = rows.len() == expected.len()
+            && rows
+                .iter()
+                .zip(&expected)
+                .all(|(r, c)| r.0 == (c.part, c.offset) && r.1 == c.len);
+        if total != self.rows || !covered {
             return Err(exec_datafusion_err!(
-                "loss job covered {total} rows in {} parts; expected {} rows in {} parts",
+                "loss job covered {total} rows in {} chunks; expected {} rows in {} chunks of {} parts",
                 rows.len(),
                 self.rows,
+                expected.len(),
                 self.parts.len()
             ));
         }
@@ -456,6 +487,8 @@ impl Evaluate for JobObjective {
             inv_std: self.reg.inv_std.clone(),
             params: x.to_vec(),
             parts: self.parts.clone(),
+            part_rows: self.part_rows.clone(),
+            chunk_rows: self.chunk_rows,
             class_weights: self.class_weights.clone(),
         };
         let handle = self.handle.clone();

@@ -1,7 +1,7 @@
-//! [`GradientExec`]: one evaluation of the loss. Over a built-in `DataSourceExec` of part
-//! paths (one part per partition, so Ballista slices it per task), the loss and gradient
-//! sums of each part for the parameters the plan carries, from the executor's cached tensors
-//! (read from the part file on a miss). One such job per optimizer evaluation.
+//! [`GradientExec`]: one evaluation of the loss. Over a built-in `DataSourceExec` of chunks
+//! (rows of a part file; one partition per task, so Ballista slices it per task), the loss
+//! and gradient sums of each chunk for the parameters the plan carries, from the executor's
+//! cached tensors (read from the part file on a miss). One such job per optimizer evaluation.
 #![cfg_attr(not(feature = "torch"), allow(unused_imports))]
 
 use std::fmt;
@@ -85,39 +85,46 @@ fn gradient(
     schema: SchemaRef,
     metrics: &StepMetrics,
 ) -> Result<RecordBatch> {
-    let parts = batch
-        .column(0)
-        .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+    use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
+    let parts = batch.column(0).as_primitive::<UInt32Type>();
     let paths = batch.column(1).as_string::<i32>();
-    let (mut ids, mut rows, mut losses, mut grads, mut secs) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let offsets = batch.column(2).as_primitive::<UInt64Type>();
+    let lens = batch.column(3).as_primitive::<UInt64Type>();
+    let (mut ids, mut starts, mut rows, mut losses, mut grads, mut secs) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for i in 0..batch.num_rows() {
         let started = std::time::Instant::now();
-        let part = parts.value(i);
-        // Parts are only listed when they hold rows: the path is never null.
+        let (part, offset, len) = (parts.value(i), offsets.value(i), lens.value(i));
+        let range = offset as usize..(offset + len) as usize;
         let (tensors, hit) = cache_get_or_load(paths.value(i))?;
         let tensors = tensors.lock().unwrap_or_else(|e| e.into_inner());
         let p = partial(
             &tensors,
+            range,
             &spec.layout,
             &spec.inv_std,
             &spec.params,
             spec.class_weights.as_deref(),
-        )?;
+        )
+        .map_err(|e| exec_datafusion_err!("training part {}: {e}", paths.value(i)))?;
         tracing::info!(
             target: LOG_TARGET,
             run = %spec.run_id,
             evaluation = spec.evaluation,
             part,
-            rows = tensors.rows,
+            offset,
+            rows = len,
             cache_hit = hit,
             ms = started.elapsed().as_millis() as u64,
             "partial gradient"
         );
-        metrics.input_rows.add(tensors.rows);
-        metrics.feature_bytes.add(tensors.rows * tensors.dim * 8);
+        metrics.input_rows.add(len as usize);
+        metrics
+            .feature_bytes
+            .add(len as usize * tensors.dim * tensors.x.kind().elt_size_in_bytes());
         ids.push(part);
-        rows.push(tensors.rows as u64);
+        starts.push(offset);
+        rows.push(len);
         losses.push(p.loss);
         grads.push(
             p.grad
@@ -131,6 +138,7 @@ fn gradient(
         schema,
         vec![
             Arc::new(UInt32Array::from(ids)),
+            Arc::new(UInt64Array::from(starts)),
             Arc::new(UInt64Array::from(rows)),
             Arc::new(Float64Array::from(losses)),
             Arc::new(BinaryArray::from_iter_values(grads.iter())),
@@ -144,7 +152,7 @@ mod tests {
     use super::*;
     use crate::ml::data::{PartTensors, Rows, cache_put};
     use crate::ml::loss::Layout;
-    use crate::ml::node::parts_schema;
+    use crate::ml::node::chunks_schema;
     use datafusion::arrow::array::StringArray;
     use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 
@@ -155,6 +163,7 @@ mod tests {
             x: vec![1.0, 2.0, -1.0, 0.5, 3.0, -2.0],
             y: vec![0.0, 1.0, 1.0],
             w: vec![1.0, 1.0, 2.0],
+            float32: false,
         };
         let path = "/nonexistent/dlp-gradient-test/part-0.arrow";
         cache_put(path, PartTensors::from_rows(&rows));
@@ -171,13 +180,18 @@ mod tests {
             inv_std: vec![1.0, 1.0],
             params: vec![0.5, -0.25, 0.1],
             parts: vec![path.into()],
+            part_rows: vec![3],
+            chunk_rows: 2048,
             class_weights: None,
         };
+        // The whole part, and its last two rows as a chunk of their own.
         let batch = RecordBatch::try_new(
-            parts_schema(),
+            chunks_schema(),
             vec![
-                Arc::new(UInt32Array::from(vec![0u32])),
-                Arc::new(StringArray::from(vec![path])),
+                Arc::new(UInt32Array::from(vec![0u32, 0])),
+                Arc::new(StringArray::from(vec![path, path])),
+                Arc::new(UInt64Array::from(vec![0u64, 1])),
+                Arc::new(UInt64Array::from(vec![3u64, 2])),
             ],
         )
         .unwrap();
@@ -186,22 +200,34 @@ mod tests {
         let out = gradient(&spec, &batch, gradient_schema(), &metrics).unwrap();
         let expected = partial(
             &PartTensors::from_rows(&rows),
+            0..3,
             &layout,
             &spec.inv_std,
             &spec.params,
             None,
         )
         .unwrap();
-        let loss = out
-            .column(2)
-            .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
-            .value(0);
-        assert!(
-            (loss - expected.loss).abs() < 1e-12,
-            "{loss} vs {}",
-            expected.loss
-        );
-        assert_eq!(metrics.input_rows.value(), 3);
+        let tail = partial(
+            &PartTensors::from_rows(&rows),
+            1..3,
+            &layout,
+            &spec.inv_std,
+            &spec.params,
+            None,
+        )
+        .unwrap();
+        let losses = out
+            .column(3)
+            .as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+        for (i, want) in [expected.loss, tail.loss].into_iter().enumerate() {
+            let loss = losses.value(i);
+            assert!((loss - want).abs() < 1e-12, "chunk {i}: {loss} vs {want}");
+        }
+        let offsets = out
+            .column(1)
+            .as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+        assert_eq!(offsets.values().to_vec(), vec![0, 1]);
+        assert_eq!(metrics.input_rows.value(), 5);
         crate::ml::data::cache_evict_dir("/nonexistent/dlp-gradient-test");
     }
 }

@@ -83,7 +83,9 @@ fn materialize(
     }
     drop(batches);
     metrics.input_rows.add(rows.len());
-    metrics.feature_bytes.add(rows.x.len() * 8);
+    metrics
+        .feature_bytes
+        .add(rows.x.len() * if rows.float32 { 4 } else { 8 });
     let summary = Summary::of(&rows);
     let path = if rows.is_empty() {
         None

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! prepare(df) ── job 1: LrMaterializeExec ── per partition: check, write part-N.arrow, cache, summary
-//! fit_prepared ── per optimizer evaluation: job: LrGradientExec(parts) ── per part: loss, gradient
+//! fit_prepared ── per optimizer evaluation: job: LrGradientExec(chunks of parts), one task per
+//!                 slot ── per chunk: loss, gradient
 //! fit(df) = prepare(df), then fit_prepared (prepare once for several fits: Spark's cache())
 //! model.transform(df) ── LrPredictExec ── rawPrediction, probability, prediction
 //! ```
@@ -24,6 +25,7 @@ pub mod optim;
 pub mod params;
 pub mod planner;
 pub mod predict;
+pub mod slots;
 pub mod summary;
 
 pub use fit::{LogisticRegression, TrainingData};

@@ -42,9 +42,52 @@ pub struct GradientSpec {
     pub params: Vec<f64>,
     /// Part file per partition (empty partitions have none).
     pub parts: Vec<String>,
+    /// Rows of each part, in the order of `parts`.
+    pub part_rows: Vec<u64>,
+    /// Rows per chunk: the loss sums come back per chunk of a part (see [`GradientSpec::chunks`]).
+    pub chunk_rows: u64,
     /// Weight of each class in the loss (`classWeight`), by class index.
     #[serde(default)]
     pub class_weights: Option<Vec<f64>>,
+}
+
+/// Rows `offset..offset + len` of part `part`: the unit of a loss job's sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub part: u32,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl GradientSpec {
+    /// Every part cut into chunks of `chunk_rows` rows (the last of a part shorter). The
+    /// sums come back per chunk and the driver adds them in chunk order, so the model does
+    /// not depend on how the chunks were grouped into tasks: the same on one executor or
+    /// several, before and after one is lost.
+    pub fn chunks(&self) -> Vec<Chunk> {
+        let size = self.chunk_rows.max(1);
+        let mut out = vec![];
+        for (part, &rows) in self.part_rows.iter().enumerate() {
+            let mut offset = 0;
+            while offset < rows {
+                let len = size.min(rows - offset);
+                out.push(Chunk {
+                    part: part as u32,
+                    offset,
+                    len,
+                });
+                offset += len;
+            }
+        }
+        out
+    }
+}
+
+/// Rows per chunk for `rows` rows of training data: at least 2,048 (a chunk's gradient is
+/// one parameter vector to send back), and at most about 64 chunks per job; a multiple of
+/// the loss's row blocks.
+pub fn chunk_rows(rows: u64) -> u64 {
+    rows.div_ceil(64).max(2048).next_multiple_of(256)
 }
 
 /// A fitted model applied to a features column.
@@ -82,6 +125,7 @@ pub(crate) fn materialize_schema() -> SchemaRef {
 pub(crate) fn gradient_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("partition", DataType::UInt32, false),
+        Field::new("offset", DataType::UInt64, false),
         Field::new("rows", DataType::UInt64, false),
         Field::new("loss", DataType::Float64, false),
         Field::new("gradient", DataType::Binary, false),
@@ -93,6 +137,16 @@ pub(crate) fn parts_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("partition", DataType::UInt32, false),
         Field::new("path", DataType::Utf8, false),
+    ]))
+}
+
+/// The leaf of a loss job: one row per chunk.
+pub(crate) fn chunks_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("partition", DataType::UInt32, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("offset", DataType::UInt64, false),
+        Field::new("len", DataType::UInt64, false),
     ]))
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt32Array, UInt64Array};
 use datafusion::catalog::Session;
 use datafusion::common::Result;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -15,7 +15,7 @@ use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 
 use super::gradient::GradientExec;
 use super::materialize::MaterializeExec;
-use super::node::{MlNode, MlStep, parts_schema};
+use super::node::{Chunk, MlNode, MlStep, chunks_schema, parts_schema};
 use super::predict::PredictExec;
 use crate::finetune::{FtPrepareExec, FtStepExec};
 
@@ -74,25 +74,38 @@ impl ExtensionPlanner for MlExtensionPlanner {
                 operator(physical_inputs[0].clone(), node.step().clone())?
             }
             MlStep::Gradient(s) => {
-                // Parts grouped into at most `target_partitions` tasks (inputs with many
-                // small partitions would otherwise cost a task per part in every job),
-                // one row per part, in a built-in leaf that Ballista slices.
-                let schema = parts_schema();
-                let tasks = session.config().target_partitions().max(1);
-                let per_task = s.parts.len().div_ceil(tasks).max(1);
-                let partitions = s
-                    .parts
-                    .chunks(per_task)
-                    .enumerate()
-                    .map(|(t, paths)| {
-                        let first = (t * per_task) as u32;
+                // The chunks in one task per slot of the cluster (one wave: Ballista runs up
+                // to an executor's vcores of partitions side by side in one task), split by
+                // rows, contiguous, in a built-in leaf that Ballista slices.
+                let chunks = s.chunks();
+                let tasks = super::slots::tasks_for(
+                    chunks.len(),
+                    session.config().target_partitions().max(1),
+                );
+                let total: u64 = chunks.iter().map(|c| c.len).sum();
+                let mut groups: Vec<Vec<Chunk>> = vec![vec![]; tasks];
+                let mut before = 0u64;
+                for c in chunks {
+                    // The task whose share of the rows this chunk's middle row falls in.
+                    let middle = before + c.len / 2;
+                    let t = ((middle as u128 * tasks as u128) / total.max(1) as u128) as usize;
+                    groups[t.min(tasks - 1)].push(c);
+                    before += c.len;
+                }
+                groups.retain(|g| !g.is_empty());
+                let schema = chunks_schema();
+                let partitions = groups
+                    .iter()
+                    .map(|g| {
                         Ok(vec![RecordBatch::try_new(
                             schema.clone(),
                             vec![
-                                Arc::new(UInt32Array::from_iter_values(
-                                    (0..paths.len() as u32).map(|i| first + i),
+                                Arc::new(UInt32Array::from_iter_values(g.iter().map(|c| c.part))),
+                                Arc::new(StringArray::from_iter_values(
+                                    g.iter().map(|c| &s.parts[c.part as usize]),
                                 )),
-                                Arc::new(StringArray::from_iter_values(paths)),
+                                Arc::new(UInt64Array::from_iter_values(g.iter().map(|c| c.offset))),
+                                Arc::new(UInt64Array::from_iter_values(g.iter().map(|c| c.len))),
                             ],
                         )?])
                     })

@@ -154,6 +154,7 @@ mod tests {
             x: x.to_vec(),
             y: y.to_vec(),
             w: w.to_vec(),
+            float32: false,
         }
     }
 
