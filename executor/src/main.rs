@@ -160,6 +160,7 @@ async fn gate_ip(bind_host: &str, external_host: Option<&str>) -> anyhow::Result
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    dlp_plugin::memory::cap_malloc_arenas();
     let cli = Cli::parse();
     cli.limits.install();
     let secret = match &cli.cluster_secret_file {

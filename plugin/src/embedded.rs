@@ -65,6 +65,7 @@ impl EmbeddedCluster {
     /// Starts the scheduler and one executor with `vcores` task slots (default: the
     /// machine's cores) and waits until the executor has registered.
     pub async fn start(vcores: Option<usize>) -> Result<Self> {
+        crate::memory::cap_malloc_arenas();
         let vcores = vcores
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);

@@ -15,6 +15,7 @@ pub mod finetune;
 pub mod image;
 pub mod limits;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod ml;
 pub mod pipeline;
