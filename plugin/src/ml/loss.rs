@@ -333,6 +333,35 @@ mod tests {
         }
     }
 
+    /// `n` synthetic rows of `dim` features (`value(i)` for the i-th number), labels cycling
+    /// over 3 classes, weights cycling over `1/2 + i/weights` for i < `weights`; and the
+    /// multinomial layout with intercepts over them.
+    #[cfg(feature = "torch")]
+    fn three_class_rows(
+        n: usize,
+        dim: usize,
+        value: impl Fn(usize) -> f64,
+        weights: usize,
+        float32: bool,
+    ) -> (Rows, Layout) {
+        let rows = Rows {
+            dim,
+            x: (0..n * dim).map(value).collect(),
+            y: (0..n).map(|i| (i % 3) as f64).collect(),
+            w: (0..n)
+                .map(|i| 0.5 + (i % weights) as f64 / weights as f64)
+                .collect(),
+            float32,
+        };
+        let layout = Layout {
+            multinomial: true,
+            sets: 3,
+            dim,
+            fit_intercept: true,
+        };
+        (rows, layout)
+    }
+
     /// `partial` against [`reference`], within `tol` relative to each value (and absolute
     /// near 0).
     #[cfg(feature = "torch")]
@@ -360,19 +389,7 @@ mod tests {
         // More rows than one block, and a last block that is not full.
         let (n, dim) = (2 * BLOCK_ROWS as usize + 37, 3);
         let value = |i: usize| ((i * 7919 % 1000) as f64 / 250.0) - 2.0;
-        let r = Rows {
-            dim,
-            x: (0..n * dim).map(value).collect(),
-            y: (0..n).map(|i| (i % 3) as f64).collect(),
-            w: (0..n).map(|i| 0.5 + (i % 4) as f64 / 4.0).collect(),
-            float32: false,
-        };
-        let layout = Layout {
-            multinomial: true,
-            sets: 3,
-            dim,
-            fit_intercept: true,
-        };
+        let (r, layout) = three_class_rows(n, dim, value, 4, false);
         let inv_std = [0.5, 2.0, 1.0];
         let params: Vec<f64> = (0..layout.num_params())
             .map(|i| 0.1 * i as f64 - 0.4)
@@ -386,19 +403,7 @@ mod tests {
         // The chunks a loss job sums: ranges that start inside a block and end anywhere.
         let (n, dim) = (BLOCK_ROWS as usize + 100, 3);
         let value = |i: usize| ((i * 104_729 % 997) as f64 / 300.0) - 1.5;
-        let r = Rows {
-            dim,
-            x: (0..n * dim).map(value).collect(),
-            y: (0..n).map(|i| (i % 3) as f64).collect(),
-            w: (0..n).map(|i| 0.5 + (i % 5) as f64 / 5.0).collect(),
-            float32: false,
-        };
-        let layout = Layout {
-            multinomial: true,
-            sets: 3,
-            dim,
-            fit_intercept: true,
-        };
+        let (r, layout) = three_class_rows(n, dim, value, 5, false);
         let inv_std = [1.0, 0.5, 2.0];
         let params: Vec<f64> = (0..layout.num_params())
             .map(|i| 0.05 * i as f64 - 0.3)
@@ -448,19 +453,7 @@ mod tests {
         // f64 reference only by the products' rounding.
         let (n, dim) = (F32_BLOCK_ROWS as usize + 300, 16);
         let value = |i: usize| (((i * 7919 % 1000) as f32 / 250.0) - 2.0) as f64;
-        let mut r = Rows {
-            dim,
-            x: (0..n * dim).map(value).collect(),
-            y: (0..n).map(|i| (i % 3) as f64).collect(),
-            w: (0..n).map(|i| 0.5 + (i % 4) as f64 / 4.0).collect(),
-            float32: true,
-        };
-        let layout = Layout {
-            multinomial: true,
-            sets: 3,
-            dim,
-            fit_intercept: true,
-        };
+        let (mut r, layout) = three_class_rows(n, dim, value, 4, true);
         let inv_std: Vec<f64> = (0..dim).map(|j| 0.5 + j as f64 / 16.0).collect();
         let params: Vec<f64> = (0..layout.num_params())
             .map(|i| 0.01 * i as f64 - 0.2)
