@@ -138,7 +138,7 @@ impl EmbeddedCluster {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         crate::ml::slots::refresh(&state).await;
-        crate::ml::slots::watch(state);
+        crate::ml::slots::watch(&state);
         tracing::debug!(%scheduler_addr, vcores, "embedded cluster ready");
         Ok(Self {
             scheduler: scheduler_addr,

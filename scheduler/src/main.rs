@@ -306,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the scheduler: {e}"))?;
     // Iterative jobs are planned as one task per slot of the cluster.
-    dlp_plugin::ml::slots::watch(scheduler.state.clone());
+    dlp_plugin::ml::slots::watch(&scheduler.state);
     if dlp_config.autoscaler.enabled {
         autoscaler::spawn(dlp_config.autoscaler.clone(), scheduler.state.clone());
     }

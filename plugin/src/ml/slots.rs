@@ -37,12 +37,15 @@ pub async fn refresh(state: &State) {
     }
 }
 
-/// Refreshes the figure every second for as long as the runtime lives.
-pub fn watch(state: Arc<State>) {
+/// Refreshes the figure every second (after [`refresh`] at start-up) until the scheduler
+/// state is dropped; the loop holds no reference that would keep it alive.
+pub fn watch(state: &Arc<State>) {
+    let state = Arc::downgrade(state);
     tokio::spawn(async move {
         loop {
-            refresh(&state).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(state) = state.upgrade() else { break };
+            refresh(&state).await;
         }
     });
 }
