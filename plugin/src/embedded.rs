@@ -7,9 +7,10 @@
 //! (about 50 ms per job). The same entry points as `dlp-scheduler` / `dlp-executor` are used,
 //! so the embedded cluster plans and executes exactly like a real one.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ballista::prelude::SessionContextExt;
@@ -29,10 +30,26 @@ pub struct EmbeddedCluster {
     vcores: usize,
 }
 
+/// A loopback port that was free a moment ago and that this process has not handed out
+/// before: Ballista binds its executor ports itself, so the port is released before use, and
+/// several embedded clusters starting at once (tests) must not be given the same one.
 fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| exec_datafusion_err!("embedded cluster: no free loopback port: {e}"))?;
-    Ok(listener.local_addr()?.port())
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..64 {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| exec_datafusion_err!("embedded cluster: no free loopback port: {e}"))?;
+        let port = listener.local_addr()?.port();
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port)
+        {
+            return Ok(port);
+        }
+    }
+    Err(exec_datafusion_err!(
+        "embedded cluster: no loopback port left that this process has not used"
+    ))
 }
 
 const WORK_DIR_PREFIX: &str = "dlp-embedded-";
@@ -61,10 +78,87 @@ fn ballista_err(what: &str, e: impl std::fmt::Display) -> DataFusionError {
     exec_datafusion_err!("embedded cluster: {what}: {e}")
 }
 
+/// Times the embedded executor is started again after it stopped.
+const EXECUTOR_RESTARTS: usize = 5;
+
+/// Runs the embedded executor, and starts it again on fresh ports when it stops while the
+/// scheduler lives (a service that failed, such as a port taken between [`free_port`] and
+/// Ballista's bind): the scheduler removes a stopped executor and reschedules its tasks on
+/// the one that registers next. Ballista's executor stops on SIGINT and SIGTERM too; after
+/// one of those it is not restarted. `last_error` keeps why it last stopped, for the caller.
+///
+/// Ballista marks the whole process as terminating when an executor stops (a static that
+/// every executor's heartbeat reports), which would make the scheduler drop the new
+/// executor, and the other embedded clusters of the process (tests): the flag is cleared
+/// before a restart.
+async fn supervise_executor(
+    state: std::sync::Weak<crate::ml::slots::State>,
+    scheduler_port: u16,
+    vcores: usize,
+    work_dir: String,
+    last_error: Arc<Mutex<Option<String>>>,
+) {
+    use futures::FutureExt;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut signals = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => Some((i, t)),
+        _ => None,
+    };
+    for attempt in 0..=EXECUTOR_RESTARTS {
+        let started = free_port().and_then(|port| {
+            crate::session::executor_config(ExecutorProcessConfig {
+                bind_host: "127.0.0.1".into(),
+                external_host: Some("127.0.0.1".into()),
+                port,
+                grpc_port: free_port()?,
+                scheduler_host: "127.0.0.1".into(),
+                scheduler_port,
+                vcores,
+                task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
+                work_dir: Some(work_dir.clone()),
+                ..Default::default()
+            })
+        });
+        let why = match started {
+            Ok(config) => match start_executor_process(Arc::new(config)).await {
+                Ok(()) => "it stopped (a service failed or the scheduler stopped it)".to_string(),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        *last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+        let signalled = signals.as_mut().is_some_and(|(i, t)| {
+            i.recv().now_or_never().is_some() || t.recv().now_or_never().is_some()
+        });
+        if signalled || state.upgrade().is_none() {
+            tracing::info!("embedded executor stopped");
+            return;
+        }
+        if attempt == EXECUTOR_RESTARTS {
+            tracing::error!(%why, "embedded executor stopped; not restarted after {EXECUTOR_RESTARTS} restarts");
+            return;
+        }
+        tracing::warn!(%why, "embedded executor stopped; starting it again on fresh ports");
+        ballista_executor::executor_server::TERMINATING
+            .store(false, std::sync::atomic::Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl EmbeddedCluster {
     /// Starts the scheduler and one executor with `vcores` task slots (default: the
     /// machine's cores) and waits until the executor has registered.
     pub async fn start(vcores: Option<usize>) -> Result<Self> {
+        Ok(Self::start_with_state(vcores).await?.0)
+    }
+
+    /// [`Self::start`], with the scheduler state (the tests stop executors through it).
+    async fn start_with_state(
+        vcores: Option<usize>,
+    ) -> Result<(Self, Arc<crate::ml::slots::State>)> {
         crate::memory::cap_malloc_arenas();
         let vcores = vcores
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -101,23 +195,14 @@ impl EmbeddedCluster {
             .prefix(&format!("{WORK_DIR_PREFIX}{}-", std::process::id()))
             .tempdir()?
             .keep();
-        let executor = crate::session::executor_config(ExecutorProcessConfig {
-            bind_host: "127.0.0.1".into(),
-            external_host: Some("127.0.0.1".into()),
-            port: free_port()?,
-            grpc_port: free_port()?,
-            scheduler_host: "127.0.0.1".into(),
-            scheduler_port: scheduler_addr.port(),
+        let last_error = Arc::new(Mutex::new(None::<String>));
+        tokio::spawn(supervise_executor(
+            Arc::downgrade(&state),
+            scheduler_addr.port(),
             vcores,
-            task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
-            work_dir: Some(work_dir.to_string_lossy().into_owned()),
-            ..Default::default()
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = start_executor_process(Arc::new(executor)).await {
-                tracing::error!("embedded executor stopped: {e}");
-            }
-        });
+            work_dir.to_string_lossy().into_owned(),
+            last_error.clone(),
+        ));
 
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -130,9 +215,14 @@ impl EmbeddedCluster {
                 break;
             }
             if Instant::now() > deadline {
+                let why = last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "it did not stop with an error".into());
                 return Err(ballista_err(
                     "the executor did not register within 30 s",
-                    "see the log",
+                    format!("last executor error: {why}"),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -140,10 +230,13 @@ impl EmbeddedCluster {
         crate::ml::slots::refresh(&state).await;
         crate::ml::slots::watch(&state);
         tracing::debug!(%scheduler_addr, vcores, "embedded cluster ready");
-        Ok(Self {
-            scheduler: scheduler_addr,
-            vcores,
-        })
+        Ok((
+            Self {
+                scheduler: scheduler_addr,
+                vcores,
+            },
+            state,
+        ))
     }
 
     /// `df://` URL of the embedded scheduler.
@@ -166,4 +259,77 @@ pub async fn standalone_context(parallelism: Option<usize>) -> Result<SessionCon
     let ctx = SessionContext::remote_with_state(&cluster.url(), state).await?;
     crate::session::register_client_udfs(&ctx);
     Ok(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+
+    async fn executor_ids(state: &crate::ml::slots::State) -> Vec<String> {
+        let executors = state.executor_manager.get_executors_state().await.unwrap();
+        executors.into_iter().map(|(m, _, _)| m.id).collect()
+    }
+
+    #[tokio::test]
+    async fn a_stopped_executor_is_started_again_and_runs_the_next_job() {
+        let (cluster, state) = EmbeddedCluster::start_with_state(Some(1)).await.unwrap();
+        let first = executor_ids(&state).await;
+        assert_eq!(first.len(), 1, "one embedded executor: {first:?}");
+
+        // What the scheduler does to an executor whose heartbeat expired.
+        state
+            .executor_manager
+            .stop_executor(&first[0], "stopped by the test".into())
+            .await;
+        state
+            .executor_manager
+            .remove_executor(&first[0], None)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let second = loop {
+            let ids = executor_ids(&state).await;
+            if ids.iter().any(|id| id != &first[0]) {
+                break ids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no executor registered again: {ids:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert!(
+            !ballista_executor::executor_server::TERMINATING
+                .load(std::sync::atomic::Ordering::Acquire),
+            "the restarted executor must not report the stopped one's terminating status"
+        );
+
+        let session = crate::session::session_state(crate::session::session_config()).unwrap();
+        let ctx = SessionContext::remote_with_state(&cluster.url(), session)
+            .await
+            .unwrap();
+        let batches = ctx
+            .sql("SELECT count(*) AS n FROM (VALUES (1), (2), (3)) AS t(x)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let n = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn ports_are_handed_out_once() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 }
