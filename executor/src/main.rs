@@ -160,7 +160,6 @@ async fn gate_ip(bind_host: &str, external_host: Option<&str>) -> anyhow::Result
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dlp_plugin::memory::cap_malloc_arenas();
     let cli = Cli::parse();
     cli.limits.install();
     let secret = match &cli.cluster_secret_file {
@@ -254,6 +253,8 @@ async fn main() -> anyhow::Result<()> {
         config.log_dir.as_deref(),
         &config.log_file_name_prefix(),
     );
+    // After the logging, so that a bad DLP_MALLOC_ARENAS is reported; before any task runs.
+    dlp_plugin::memory::cap_malloc_arenas();
     let config = dlp_plugin::session::executor_config(config)
         .map_err(|e| anyhow::anyhow!("cannot install the plugin: {e}"))?;
 

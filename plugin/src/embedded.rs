@@ -264,7 +264,8 @@ pub async fn standalone_context(parallelism: Option<usize>) -> Result<SessionCon
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
 
     async fn executor_ids(state: &crate::ml::slots::State) -> Vec<String> {
         let executors = state.executor_manager.get_executors_state().await.unwrap();
@@ -317,12 +318,7 @@ mod tests {
             .collect()
             .await
             .unwrap();
-        let n = batches[0]
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .value(0);
+        let n = batches[0].column(0).as_primitive::<Int64Type>().value(0);
         assert_eq!(n, 3);
     }
 
