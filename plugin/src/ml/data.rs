@@ -1,8 +1,7 @@
 //! Training data on the executors: reading the features / label / weight columns into
 //! contiguous `f64` buffers (with the checks that name the column and the problem), the
 //! Arrow IPC part files that every iteration reads, and the executor-local cache of those
-//! parts as libtorch tensors (with the `torch` feature; the scheduler has no such cache).
-#![cfg_attr(not(feature = "torch"), allow(unused_imports, dead_code))]
+//! parts, held as the plain buffers [`super::kernel`] sums over.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,9 +15,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
-use datafusion::common::{DataFusionError, Result, exec_datafusion_err, plan_err};
-#[cfg(feature = "torch")]
-use tch::{Kind, Tensor};
+use datafusion::common::{Result, exec_datafusion_err, plan_err};
 
 /// Checks that `data_type` can be a features column (a vector of floats).
 pub fn check_features_type(col: &str, data_type: &DataType) -> Result<()> {
@@ -389,63 +386,68 @@ fn as_f64(array: &ArrayRef, what: &str, col: &str) -> Result<Float64Array> {
 // ---------------------------------------------------------------------------------------
 // Executor-local cache
 
-#[cfg(feature = "torch")]
 pub use cache::*;
 
-/// Without libtorch there is no cache to drop from.
-#[cfg(not(feature = "torch"))]
-pub fn cache_evict_dir(_dir: &str) {}
-
-#[cfg(feature = "torch")]
 mod cache {
     use super::*;
 
-    /// One part as libtorch tensors, ready for the gradient computation.
+    /// Features of a cached part, in the type they came in.
     #[derive(Debug)]
-    pub struct PartTensors {
+    pub enum Features {
+        F32(Vec<f32>),
+        F64(Vec<f64>),
+    }
+
+    impl Features {
+        /// Bytes per value.
+        pub fn value_bytes(&self) -> usize {
+            match self {
+                Features::F32(_) => 4,
+                Features::F64(_) => 8,
+            }
+        }
+    }
+
+    /// One part in memory, ready for the gradient computation.
+    #[derive(Debug)]
+    pub struct CachedPart {
         /// `rows x dim` features (f32 when they came as float32, else f64).
-        pub x: Tensor,
-        /// Labels (f64).
-        pub y: Tensor,
-        /// Labels as class indices (i64).
-        pub y_index: Tensor,
-        /// Weights (f64).
-        pub w: Tensor,
+        pub x: Features,
+        /// Labels.
+        pub y: Vec<f64>,
+        /// Weights.
+        pub w: Vec<f64>,
         /// Rows.
         pub rows: usize,
         /// Feature dimension.
         pub dim: usize,
     }
 
-    impl PartTensors {
-        /// Builds the tensors from rows.
+    impl CachedPart {
+        /// The part of `rows`.
         pub fn from_rows(rows: &Rows) -> Self {
-            let n = rows.len() as i64;
+            let n = rows.len();
             let dim = rows.dim.max(1);
-            let x = Tensor::from_slice(&rows.x).view([n, dim as i64]);
             let x = if rows.float32 {
-                x.to_kind(Kind::Float)
+                Features::F32(rows.x.iter().map(|&v| v as f32).collect())
             } else {
-                x
+                Features::F64(rows.x.clone())
             };
-            let y = Tensor::from_slice(&rows.y);
-            let y_index = y.to_kind(Kind::Int64);
             Self {
                 x,
-                y,
-                y_index,
-                w: Tensor::from_slice(&rows.w),
-                rows: rows.len(),
+                y: rows.y.clone(),
+                w: rows.w.clone(),
+                rows: n,
                 dim,
             }
         }
 
         fn bytes(&self) -> usize {
-            self.rows * (self.dim * self.x.kind().elt_size_in_bytes() + 3 * 8)
+            self.rows * (self.dim * self.x.value_bytes() + 2 * 8)
         }
     }
 
-    type Shared = Arc<Mutex<PartTensors>>;
+    type Shared = Arc<CachedPart>;
 
     struct Entry {
         part: Shared,
@@ -475,9 +477,9 @@ mod cache {
     }
 
     /// Puts a part in the cache (evicting the least recently used ones over capacity).
-    pub fn cache_put(path: &str, part: PartTensors) -> Shared {
+    pub fn cache_put(path: &str, part: CachedPart) -> Shared {
         let bytes = part.bytes();
-        let part = Arc::new(Mutex::new(part));
+        let part = Arc::new(part);
         let cap = capacity();
         if bytes > cap {
             return part;
@@ -530,7 +532,7 @@ mod cache {
         }
         .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
         let rows = Rows::read_ipc(Path::new(path))?;
-        Ok((cache_put(path, PartTensors::from_rows(&rows)), false))
+        Ok((cache_put(path, CachedPart::from_rows(&rows)), false))
     }
 
     /// Drops every cached part under `dir` (end of a fit).
@@ -547,11 +549,6 @@ mod cache {
                 cache.bytes -= e.bytes;
             }
         }
-    }
-
-    /// Turns a tch error into a DataFusion one.
-    pub fn tch_err(e: tch::TchError) -> DataFusionError {
-        exec_datafusion_err!("libtorch: {e}")
     }
 }
 

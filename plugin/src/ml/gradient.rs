@@ -1,8 +1,7 @@
 //! [`GradientExec`]: one evaluation of the loss. Over a built-in `DataSourceExec` of chunks
 //! (rows of a part file; one partition per task, so Ballista slices it per task), the loss
 //! and gradient sums of each chunk for the parameters the plan carries, from the executor's
-//! cached tensors (read from the part file on a miss). One such job per optimizer evaluation.
-#![cfg_attr(not(feature = "torch"), allow(unused_imports))]
+//! cached parts (read from the part file on a miss). One such job per optimizer evaluation.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,9 +15,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
 
-#[cfg(feature = "torch")]
 use super::data::cache_get_or_load;
-#[cfg(feature = "torch")]
 use super::loss::partial;
 use super::node::{GradientSpec, LOG_TARGET, gradient_schema};
 use super::operator::{LrExec, LrStep, StepMetrics};
@@ -64,21 +61,6 @@ impl LrStep for GradientSpec {
     }
 }
 
-#[cfg(not(feature = "torch"))]
-fn gradient(
-    spec: &GradientSpec,
-    _batch: &RecordBatch,
-    _schema: SchemaRef,
-    _metrics: &StepMetrics,
-) -> Result<RecordBatch> {
-    let _ = &spec.layout;
-    datafusion::common::exec_err!(
-        "logistic regression gradients need libtorch, and this process was built without \
-         it (dlp-plugin's `torch` feature); executors compute them"
-    )
-}
-
-#[cfg(feature = "torch")]
 fn gradient(
     spec: &GradientSpec,
     batch: &RecordBatch,
@@ -96,10 +78,9 @@ fn gradient(
         let started = std::time::Instant::now();
         let (part, offset, len) = (parts.value(i), offsets.value(i), lens.value(i));
         let range = offset as usize..(offset + len) as usize;
-        let (tensors, hit) = cache_get_or_load(paths.value(i))?;
-        let tensors = tensors.lock().unwrap_or_else(|e| e.into_inner());
+        let (part_data, hit) = cache_get_or_load(paths.value(i))?;
         let p = partial(
-            &tensors,
+            &part_data,
             range,
             &spec.layout,
             &spec.inv_std,
@@ -121,7 +102,7 @@ fn gradient(
         metrics.input_rows.add(len as usize);
         metrics
             .feature_bytes
-            .add(len as usize * tensors.dim * tensors.x.kind().elt_size_in_bytes());
+            .add(len as usize * part_data.dim * part_data.x.value_bytes());
         ids.push(part);
         starts.push(offset);
         rows.push(len);
@@ -147,10 +128,10 @@ fn gradient(
     )?)
 }
 
-#[cfg(all(test, feature = "torch"))]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::data::{PartTensors, Rows, cache_put};
+    use crate::ml::data::{CachedPart, Rows, cache_put};
     use crate::ml::loss::Layout;
     use crate::ml::node::chunks_schema;
     use datafusion::arrow::array::StringArray;
@@ -166,7 +147,7 @@ mod tests {
             float32: false,
         };
         let path = "/nonexistent/dlp-gradient-test/part-0.arrow";
-        cache_put(path, PartTensors::from_rows(&rows));
+        cache_put(path, CachedPart::from_rows(&rows));
         let layout = Layout {
             multinomial: false,
             sets: 1,
@@ -198,14 +179,21 @@ mod tests {
         let set = ExecutionPlanMetricsSet::new();
         let metrics = StepMetrics::new(&set, 0);
         let out = gradient(&spec, &batch, gradient_schema(), &metrics).unwrap();
-        let tensors = PartTensors::from_rows(&rows);
+        let part_data = CachedPart::from_rows(&rows);
         let losses = out
             .column(3)
             .as_primitive::<datafusion::arrow::datatypes::Float64Type>();
         for (i, range) in [0..3, 1..3].into_iter().enumerate() {
-            let want = partial(&tensors, range, &layout, &spec.inv_std, &spec.params, None)
-                .unwrap()
-                .loss;
+            let want = partial(
+                &part_data,
+                range,
+                &layout,
+                &spec.inv_std,
+                &spec.params,
+                None,
+            )
+            .unwrap()
+            .loss;
             let loss = losses.value(i);
             assert!((loss - want).abs() < 1e-12, "chunk {i}: {loss} vs {want}");
         }

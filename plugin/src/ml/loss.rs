@@ -1,21 +1,17 @@
-//! The logistic loss and its gradient: partial sums over one partition on an executor
-//! (libtorch f64 matrix products, no per-row loops), and the regularized objective that
-//! the driver assembles from the partial sums (MLlib's definition).
+//! The logistic loss and its gradient: partial sums over rows of a cached part on an
+//! executor (the fused loop of [`super::kernel`]), and the regularized objective that the
+//! driver assembles from the partial sums (MLlib's definition).
 //!
 //! Parameters live on the standardized scale: `coefficients[c][j] = beta[c][j] * std[j]`.
 //! The features are never scaled; the coefficients are divided by `std` instead, which
 //! gives the same margins without touching the cached matrix.
 
 use base64::Engine;
-use datafusion::common::Result;
-#[cfg(feature = "torch")]
-use datafusion::common::exec_datafusion_err;
+use datafusion::common::{Result, exec_datafusion_err};
 use serde::{Deserialize, Serialize};
-#[cfg(feature = "torch")]
-use tch::{Kind, Tensor};
 
-#[cfg(feature = "torch")]
-use super::data::{PartTensors, tch_err};
+use super::data::{CachedPart, Features};
+use super::kernel::{self, Feature};
 
 /// Encodes `Vec<f64>` as base64 of little-endian bytes (exact and compact in JSON).
 pub mod f64_base64 {
@@ -72,9 +68,8 @@ pub struct Partial {
 }
 
 /// Loss and gradient sums of rows `range` of one part for `params` (standardized scale).
-#[cfg(feature = "torch")]
 pub fn partial(
-    part: &PartTensors,
+    part: &CachedPart,
     range: std::ops::Range<usize>,
     layout: &Layout,
     inv_std: &[f64],
@@ -94,101 +89,58 @@ pub fn partial(
             part.rows
         ));
     }
-    let _guard = tch::no_grad_guard();
-    let (first, count) = (range.start as i64, range.len() as i64);
-    let y_index = part.y_index.narrow(0, first, count);
-    // Row weights, times the weight of each row's class when the loss has class weights.
-    let w = part.w.narrow(0, first, count);
-    let w = match class_weights {
-        Some(cw) => &w * Tensor::from_slice(cw).index_select(0, &y_index),
-        None => w,
-    };
-    let (k, d) = (layout.sets as i64, layout.dim as i64);
-    let coef = Tensor::from_slice(&params[..layout.intercepts_at()]).view([k, d]);
-    let inv = Tensor::from_slice(inv_std).view([1, d]);
-    // Float32 features are multiplied in f32 (sgemm: half the bytes of f64, twice the
-    // lanes), the margins, loss and sums kept in f64.
-    let kind = part.x.kind();
-    let single = kind == Kind::Float;
-    let effective_t = (&coef * &inv).tr().to_kind(kind);
-    let intercepts = layout
-        .fit_intercept
-        .then(|| Tensor::from_slice(&params[layout.intercepts_at()..]).view([1, k]));
-    // Row blocks small enough to stay in the core's cache between the two products that
-    // read them (margins = X W^T, then gradient += g^T X): the features cross the memory
-    // bus once per evaluation instead of twice, which is what bounds this loop.
-    let rows = count;
-    let mut loss = Tensor::zeros([], (Kind::Double, tch::Device::Cpu));
-    let mut grad_coef = Tensor::zeros([k, d], (Kind::Double, tch::Device::Cpu));
-    let mut grad_intercept = Tensor::zeros([k], (Kind::Double, tch::Device::Cpu));
-    let mut start = 0i64;
-    let block = if single { F32_BLOCK_ROWS } else { BLOCK_ROWS };
-    while start < rows {
-        let len = block.min(rows - start);
-        let x = part.x.narrow(0, first + start, len);
-        let w = w.narrow(0, start, len);
-        let y_index = y_index.narrow(0, start, len);
-        let mut margins = x.f_matmul(&effective_t).map_err(tch_err)?;
-        if single {
-            margins = margins.to_kind(Kind::Double);
-        }
-        if let Some(b) = &intercepts {
-            margins += b;
-        }
-        let (block_loss, g) = if layout.multinomial {
-            let lse = margins.logsumexp([1i64].as_slice(), false);
-            let picked = margins
-                .gather(1, &y_index.unsqueeze(1), false)
-                .squeeze_dim(1);
-            let block_loss = ((&lse - picked) * &w).sum(Kind::Double);
-            let p = (&margins - lse.unsqueeze(1)).exp();
-            let onehot = p.zeros_like().scatter_value(1, &y_index.unsqueeze(1), 1.0);
-            (block_loss, (p - onehot) * w.unsqueeze(1))
-        } else {
-            let y = part.y.narrow(0, first + start, len);
-            let m = margins.squeeze_dim(1);
-            let softplus = m.clamp_min(0.0) + (-m.abs()).exp().log1p();
-            let block_loss = ((softplus - &y * &m) * &w).sum(Kind::Double);
-            (block_loss, ((m.sigmoid() - &y) * &w).unsqueeze(1))
-        };
-        loss += block_loss;
-        // g: rows x sets; gradient w.r.t. the standardized coefficients: (g^T X) / std.
-        grad_coef = if single {
-            let block_grad = g.tr().to_kind(Kind::Float).f_mm(&x).map_err(tch_err)?;
-            grad_coef + block_grad.to_kind(Kind::Double)
-        } else {
-            grad_coef.f_addmm(&g.tr(), &x).map_err(tch_err)?
-        };
-        if layout.fit_intercept {
-            grad_intercept += g.sum_dim_intlist([0i64].as_slice(), false, Kind::Double);
-        }
-        start += len;
+    match &part.x {
+        Features::F32(x) => sums(x, part, range, layout, inv_std, params, class_weights),
+        Features::F64(x) => sums(x, part, range, layout, inv_std, params, class_weights),
     }
-    let mut grad = tensor_to_vec(&(grad_coef * &inv))?;
-    if layout.fit_intercept {
-        grad.extend(tensor_to_vec(&grad_intercept)?);
-    }
-    Ok(Partial {
-        loss: loss.double_value(&[]),
-        grad,
-    })
 }
 
-/// Rows per block of [`partial`]. On 4,096 x 1,280 f64 features (one core, libtorch's own
-/// products): blocks of 64 to 256 rows (0.6-2.6 MB) took 12-19 ms, the whole part at once
-/// 19-23 ms, blocks of 1,024 rows 20-23 ms.
-#[cfg(feature = "torch")]
-const BLOCK_ROWS: i64 = 256;
-
-/// Rows per block on float32 features. One core, 4,096 x 1,280 (PyTorch with the same
-/// libtorch, two such loops at once): blocks of 256 rows 8-11 ms, of 512 rows 9-11 ms, the
-/// whole part at once 7-8 ms (f64: 12-16 ms).
-#[cfg(feature = "torch")]
-const F32_BLOCK_ROWS: i64 = 4096;
-
-#[cfg(feature = "torch")]
-fn tensor_to_vec(t: &Tensor) -> Result<Vec<f64>> {
-    Vec::<f64>::try_from(t.contiguous().view([-1])).map_err(tch_err)
+fn sums<T: Feature>(
+    x: &[T],
+    part: &CachedPart,
+    range: std::ops::Range<usize>,
+    layout: &Layout,
+    inv_std: &[f64],
+    params: &[f64],
+    class_weights: Option<&[f64]>,
+) -> Result<Partial> {
+    let (k, d) = (layout.sets, layout.dim);
+    // The coefficients divided by the standard deviations: the margins of the unscaled
+    // features are those of the standardized ones.
+    let coef: Vec<T> = params[..layout.intercepts_at()]
+        .chunks_exact(d.max(1))
+        .flat_map(|row| row.iter().zip(inv_std).map(|(&b, &s)| T::from_f64(b * s)))
+        .collect();
+    let intercepts = if layout.fit_intercept {
+        params[layout.intercepts_at()..].to_vec()
+    } else {
+        vec![0.0; k]
+    };
+    let rows = kernel::Rows {
+        dim: d,
+        x: &x[range.start * d..range.end * d],
+        y: &part.y[range.clone()],
+        w: &part.w[range.clone()],
+    };
+    let model = kernel::Model {
+        coef: &coef,
+        intercepts: &intercepts,
+        multinomial: layout.multinomial,
+        class_weights,
+    };
+    let (mut grad, mut grad_intercepts) = (vec![0.0; k * d], vec![0.0; k]);
+    let loss = kernel::loss_and_gradient(&rows, &model, &mut grad, &mut grad_intercepts)
+        .map_err(|e| exec_datafusion_err!("rows {range:?} of a training part: {e}"))?;
+    // Gradient with respect to the standardized coefficients: (g^T X) / std.
+    for row in grad.chunks_exact_mut(d.max(1)) {
+        for (g, s) in row.iter_mut().zip(inv_std) {
+            *g *= s;
+        }
+    }
+    if layout.fit_intercept {
+        grad.extend(grad_intercepts);
+    }
+    Ok(Partial { loss, grad })
 }
 
 /// The regularized objective on the driver, from the summed partials.
@@ -306,9 +258,8 @@ mod tests {
         (loss, grad)
     }
 
-    #[cfg(feature = "torch")]
     #[test]
-    fn tensor_partials_match_a_per_row_reference() {
+    fn partials_match_a_per_row_reference() {
         let mut r = rows();
         let inv_std = [0.5, 2.0];
         for (multinomial, sets, fit_intercept) in [
@@ -336,7 +287,6 @@ mod tests {
     /// `n` synthetic rows of `dim` features (`value(i)` for the i-th number), labels cycling
     /// over 3 classes, weights cycling over `1/2 + i/weights` for i < `weights`; and the
     /// multinomial layout with intercepts over them.
-    #[cfg(feature = "torch")]
     fn three_class_rows(
         n: usize,
         dim: usize,
@@ -364,10 +314,9 @@ mod tests {
 
     /// `partial` against [`reference`], within `tol` relative to each value (and absolute
     /// near 0).
-    #[cfg(feature = "torch")]
     fn assert_matches_reference(r: &Rows, layout: &Layout, inv_std: &[f64], p: &[f64], tol: f64) {
         let got = partial(
-            &PartTensors::from_rows(r),
+            &CachedPart::from_rows(r),
             0..r.len(),
             layout,
             inv_std,
@@ -383,32 +332,31 @@ mod tests {
         }
     }
 
-    #[cfg(feature = "torch")]
     #[test]
     fn partials_over_several_row_blocks_match_the_reference() {
-        // More rows than one block, and a last block that is not full.
-        let (n, dim) = (2 * BLOCK_ROWS as usize + 37, 3);
+        // More rows than one flush of the accumulators, a last group of four that is not
+        // full, and features that fill the vector lanes and leave a remainder.
+        let (n, dim) = (2 * kernel::FLUSH_ROWS + 37, 19);
         let value = |i: usize| ((i * 7919 % 1000) as f64 / 250.0) - 2.0;
         let (r, layout) = three_class_rows(n, dim, value, 4, false);
-        let inv_std = [0.5, 2.0, 1.0];
+        let inv_std: Vec<f64> = (0..dim).map(|j| [0.5, 2.0, 1.0][j % 3]).collect();
         let params: Vec<f64> = (0..layout.num_params())
             .map(|i| 0.1 * i as f64 - 0.4)
             .collect();
         assert_matches_reference(&r, &layout, &inv_std, &params, 1e-9);
     }
 
-    #[cfg(feature = "torch")]
     #[test]
     fn partials_of_row_ranges_are_the_reference_of_those_rows() {
         // The chunks a loss job sums: ranges that start inside a block and end anywhere.
-        let (n, dim) = (BLOCK_ROWS as usize + 100, 3);
+        let (n, dim) = (kernel::FLUSH_ROWS + 100, 3);
         let value = |i: usize| ((i * 104_729 % 997) as f64 / 300.0) - 1.5;
         let (r, layout) = three_class_rows(n, dim, value, 5, false);
         let inv_std = [1.0, 0.5, 2.0];
         let params: Vec<f64> = (0..layout.num_params())
             .map(|i| 0.05 * i as f64 - 0.3)
             .collect();
-        let part = PartTensors::from_rows(&r);
+        let part = CachedPart::from_rows(&r);
         let class_weights = [1.0, 2.0, 0.5];
         for range in [0..n, 0..1, 7..300, 256..n, 300..300] {
             let sub = Rows {
@@ -446,20 +394,19 @@ mod tests {
         );
     }
 
-    #[cfg(feature = "torch")]
     #[test]
     fn float32_features_give_the_reference_within_f32_rounding() {
         // Features exact in f32 (as from a float32 column): the f32 products differ from the
         // f64 reference only by the products' rounding.
-        let (n, dim) = (F32_BLOCK_ROWS as usize + 300, 16);
+        let (n, dim) = (kernel::FLUSH_ROWS + 301, 37);
         let value = |i: usize| (((i * 7919 % 1000) as f32 / 250.0) - 2.0) as f64;
         let (mut r, layout) = three_class_rows(n, dim, value, 4, true);
         let inv_std: Vec<f64> = (0..dim).map(|j| 0.5 + j as f64 / 16.0).collect();
         let params: Vec<f64> = (0..layout.num_params())
             .map(|i| 0.01 * i as f64 - 0.2)
             .collect();
-        let part = PartTensors::from_rows(&r);
-        assert_eq!(part.x.kind(), Kind::Float);
+        let part = CachedPart::from_rows(&r);
+        assert!(matches!(part.x, Features::F32(_)));
         let got = partial(&part, 0..n, &layout, &inv_std, &params, None).unwrap();
         r.float32 = false;
         let (loss, grad) = reference(&r, &layout, &inv_std, &params);

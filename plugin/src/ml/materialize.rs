@@ -1,6 +1,6 @@
 //! [`MaterializeExec`]: the training data's one pass. Each partition of the training
 //! DataFrame is checked (features, label, weight), written once as an Arrow IPC part file in
-//! the run's work dir, cached on the executor as tensors, and summarized; the operator
+//! the run's work dir, cached in the executor's memory, and summarized; the operator
 //! returns one row per partition with the part's path and [`Summary`].
 
 use std::fmt;
@@ -14,9 +14,8 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
 
+use super::data::{CachedPart, cache_put};
 use super::data::{Columns, Rows};
-#[cfg(feature = "torch")]
-use super::data::{PartTensors, cache_put};
 use super::node::{LOG_TARGET, MaterializeSpec, materialize_schema};
 use super::operator::{LrExec, LrStep, StepMetrics};
 use super::summary::Summary;
@@ -117,8 +116,7 @@ fn materialize(
                 path.to_string_lossy().into_owned()
             }
         };
-        #[cfg(feature = "torch")]
-        cache_put(&path, PartTensors::from_rows(&rows));
+        cache_put(&path, CachedPart::from_rows(&rows));
         Some(path)
     };
     tracing::info!(

@@ -16,6 +16,7 @@
 pub mod data;
 pub mod fit;
 pub mod gradient;
+mod kernel;
 pub mod loss;
 pub mod materialize;
 pub mod model;
