@@ -4,16 +4,20 @@
 //! Rows are taken four at a time. While the four rows sit in the core's L1 cache, their
 //! margins (one dot product per class) and then their gradient terms (one `axpy` per class
 //! into an accumulator of `classes x dim`) are computed; the coefficient and accumulator
-//! rows are each loaded once for the four. Sums of products run in the features' own type
-//! (f32 features: f32 products, as BLAS would), with the margins, loss and per-row gradient
-//! factors in f64, and the f32 accumulators added into f64 sums every [`FLUSH_ROWS`] rows.
+//! rows are each loaded once for the four. The margins' dot products run in the features'
+//! own type (f32 features: f32 products, as BLAS would); the margins, loss, per-row gradient
+//! factors and gradient sums are f64. Summing the gradient terms straight into f64 makes
+//! the sums of a set of rows the same, to f64 rounding, however the rows are split into
+//! parts and chunks: a fit on two executors and one on the embedded cluster agree (with f32
+//! accumulators flushed every 256 rows, the predicted probabilities of tutorial 2 differed
+//! by 1.2e-4 between the two).
 //!
 //! On x86-64 with AVX2 and FMA (checked at run time) the loop is compiled for those
 //! instructions, its four-row dot products written with AVX2 intrinsics; elsewhere it runs
-//! as portable Rust. On 10,000 x 1,280 f32 rows and 5
-//! classes (one core of the 2-core Xeon of `docs/benchmarks.md`) this loop takes about 15 ms;
-//! the libtorch products it replaces (margins `X W^T`, then `g^T X`, in row blocks) took
-//! about 33 ms.
+//! as portable Rust. On 10,000 x 1,280 f32 rows and 5 classes (one core of the 2-core Xeon
+//! of `docs/benchmarks.md`) this loop takes about 21 ms (15 ms with f32 accumulators); the
+//! libtorch products it replaces (margins `X W^T`, then `g^T X`, in row blocks) took about
+//! 33 ms.
 
 /// A feature value type: `f32` or `f64`.
 pub(crate) trait Feature:
@@ -48,6 +52,7 @@ macro_rules! feature {
             fn from_f64(v: f64) -> Self {
                 v as $t
             }
+            #[inline(always)]
             fn to_f64(self) -> f64 {
                 self as f64
             }
@@ -158,9 +163,6 @@ fn dots4<T: Feature, const FMA: bool>(x: &[T], w: &[T], dim: usize) -> [T; 4] {
 /// Rows taken at once.
 const GROUP: usize = 4;
 
-/// Rows between additions of the accumulators into the f64 sums.
-pub(crate) const FLUSH_ROWS: usize = 256;
-
 /// What one call sums over: rows of `dim` features.
 pub(crate) struct Rows<'a, T> {
     pub dim: usize,
@@ -242,26 +244,28 @@ fn sums<T: Feature, const FMA: bool>(
 ) -> Result<f64, String> {
     let classes = model.intercepts.len();
     let n = rows.y.len();
-    let mut acc = vec![T::default(); classes * dim];
     let mut margins = vec![0f64; GROUP * classes];
-    let mut factors = vec![T::default(); GROUP * classes];
+    let mut padded = vec![T::default(); GROUP * dim];
+    let mut factors = vec![0f64; GROUP * classes];
     let mut loss = 0f64;
-    let (mut start, mut pending) = (0usize, 0usize);
+    let mut start = 0usize;
     while start < n {
         let len = GROUP.min(n - start);
         let x = &rows.x[start * dim..(start + len) * dim];
-        // Margins of the group's rows.
+        // Margins of the group's rows. A last group of fewer rows is padded with zero rows,
+        // so that each row's dot products are summed in the same order wherever the row
+        // falls in its chunk (the margins, like the sums, do not depend on the split).
+        let group = if len == GROUP {
+            x
+        } else {
+            padded[..len * dim].copy_from_slice(x);
+            padded[len * dim..].fill(T::default());
+            &padded[..]
+        };
         for (c, coef) in model.coef.chunks_exact(dim.max(1)).enumerate() {
-            if len == GROUP {
-                let dots = dots4::<T, FMA>(x, coef, dim);
-                for (i, v) in dots.into_iter().enumerate() {
-                    margins[i * classes + c] = v.to_f64() + model.intercepts[c];
-                }
-            } else {
-                for i in 0..len {
-                    let v = dot::<T, FMA>(&x[i * dim..(i + 1) * dim], coef);
-                    margins[i * classes + c] = v.to_f64() + model.intercepts[c];
-                }
+            let dots = dots4::<T, FMA>(group, coef, dim);
+            for (i, v) in dots.into_iter().take(len).enumerate() {
+                margins[i * classes + c] = v.to_f64() + model.intercepts[c];
             }
         }
         if dim == 0 {
@@ -302,7 +306,7 @@ fn sums<T: Feature, const FMA: bool>(
                     let p = (mc - lse).exp();
                     let g = (p - if c == label { 1.0 } else { 0.0 }) * w;
                     grad_intercepts[c] += g;
-                    *fc = T::from_f64(g);
+                    *fc = g;
                 }
             } else {
                 let m = m[0];
@@ -311,32 +315,24 @@ fn sums<T: Feature, const FMA: bool>(
                 loss += (softplus - y * m) * w;
                 let g = (sigmoid(m) - y) * w;
                 grad_intercepts[0] += g;
-                f[0] = T::from_f64(g);
+                f[0] = g;
             }
         }
-        // Gradient terms: acc[c] += sum_i factor[i][c] * x[i].
-        for (c, acc) in acc.chunks_exact_mut(dim.max(1)).enumerate() {
+        // Gradient terms: grad[c] += sum_i factor[i][c] * x[i], in f64.
+        for (c, grad) in grad.chunks_exact_mut(dim.max(1)).enumerate() {
             if len == GROUP {
                 let f = [0, 1, 2, 3].map(|i| factors[i * classes + c]);
-                axpy4::<T, FMA>(f, x, acc, dim);
+                axpy4::<T, FMA>(f, x, grad, dim);
             } else {
                 for i in 0..len {
                     let f = factors[i * classes + c];
-                    for (a, &v) in acc.iter_mut().zip(&x[i * dim..(i + 1) * dim]) {
-                        *a = f.mul_add_::<FMA>(v, *a);
+                    for (a, &v) in grad.iter_mut().zip(&x[i * dim..(i + 1) * dim]) {
+                        *a = f.mul_add_::<FMA>(v.to_f64(), *a);
                     }
                 }
             }
         }
         start += len;
-        pending += len;
-        if pending >= FLUSH_ROWS || start == n {
-            for (a, g) in acc.iter_mut().zip(grad.iter_mut()) {
-                *g += a.to_f64();
-                *a = T::default();
-            }
-            pending = 0;
-        }
     }
     Ok(loss)
 }
@@ -372,17 +368,17 @@ fn dot<T: Feature, const FMA: bool>(x: &[T], w: &[T]) -> T {
     s
 }
 
-/// `acc += f[0] x[0] + f[1] x[1] + f[2] x[2] + f[3] x[3]` over the four rows of `x`.
+/// `acc += f[0] x[0] + f[1] x[1] + f[2] x[2] + f[3] x[3]` over the four rows of `x`, in f64.
 #[inline(always)]
-fn axpy4<T: Feature, const FMA: bool>(f: [T; 4], x: &[T], acc: &mut [T], dim: usize) {
+fn axpy4<T: Feature, const FMA: bool>(f: [f64; 4], x: &[T], acc: &mut [f64], dim: usize) {
     let (x0, rest) = x.split_at(dim);
     let (x1, rest) = rest.split_at(dim);
     let (x2, x3) = rest.split_at(dim);
     for ((((a, &v0), &v1), &v2), &v3) in acc.iter_mut().zip(x0).zip(x1).zip(x2).zip(x3) {
-        *a = f[3].mul_add_::<FMA>(
-            v3,
-            f[2].mul_add_::<FMA>(v2, f[1].mul_add_::<FMA>(v1, f[0].mul_add_::<FMA>(v0, *a))),
-        );
+        let sum = f[0].mul_add_::<FMA>(v0.to_f64(), *a);
+        let sum = f[1].mul_add_::<FMA>(v1.to_f64(), sum);
+        let sum = f[2].mul_add_::<FMA>(v2.to_f64(), sum);
+        *a = f[3].mul_add_::<FMA>(v3.to_f64(), sum);
     }
 }
 

@@ -334,9 +334,9 @@ mod tests {
 
     #[test]
     fn partials_over_several_row_blocks_match_the_reference() {
-        // More rows than one flush of the accumulators, a last group of four that is not
-        // full, and features that fill the vector lanes and leave a remainder.
-        let (n, dim) = (2 * kernel::FLUSH_ROWS + 37, 19);
+        // Several hundred rows, a last group of four that is not full, and features that
+        // fill the vector lanes and leave a remainder.
+        let (n, dim) = (2 * 256 + 37, 19);
         let value = |i: usize| ((i * 7919 % 1000) as f64 / 250.0) - 2.0;
         let (r, layout) = three_class_rows(n, dim, value, 4, false);
         let inv_std: Vec<f64> = (0..dim).map(|j| [0.5, 2.0, 1.0][j % 3]).collect();
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn partials_of_row_ranges_are_the_reference_of_those_rows() {
         // The chunks a loss job sums: ranges that start inside a block and end anywhere.
-        let (n, dim) = (kernel::FLUSH_ROWS + 100, 3);
+        let (n, dim) = (356, 3);
         let value = |i: usize| ((i * 104_729 % 997) as f64 / 300.0) - 1.5;
         let (r, layout) = three_class_rows(n, dim, value, 5, false);
         let inv_std = [1.0, 0.5, 2.0];
@@ -395,10 +395,43 @@ mod tests {
     }
 
     #[test]
+    fn float32_sums_do_not_depend_on_how_the_rows_are_split() {
+        // A cluster and the embedded default split the same rows into other parts and
+        // chunks: their sums must agree to f64 rounding, or a long fit drifts apart.
+        let (n, dim) = (1000, 37);
+        let value = |i: usize| (((i * 7919 % 1000) as f32 / 250.0) - 2.0) as f64;
+        let (r, layout) = three_class_rows(n, dim, value, 4, true);
+        let inv_std: Vec<f64> = (0..dim).map(|j| 0.5 + j as f64 / 16.0).collect();
+        let params: Vec<f64> = (0..layout.num_params())
+            .map(|i| 0.01 * i as f64 - 0.2)
+            .collect();
+        let part = CachedPart::from_rows(&r);
+        let sums = |range| partial(&part, range, &layout, &inv_std, &params, None).unwrap();
+        let whole = sums(0..n);
+        let scale = whole.grad.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for cut in [1, 257, 600] {
+            let (a, b) = (sums(0..cut), sums(cut..n));
+            let loss = a.loss + b.loss;
+            assert!(
+                (loss - whole.loss).abs() <= 1e-12 * whole.loss,
+                "cut {cut}: {loss} vs {}",
+                whole.loss
+            );
+            for ((ga, gb), g) in a.grad.iter().zip(&b.grad).zip(&whole.grad) {
+                assert!(
+                    (ga + gb - g).abs() <= 1e-12 * scale,
+                    "cut {cut}: {} vs {g}",
+                    ga + gb
+                );
+            }
+        }
+    }
+
+    #[test]
     fn float32_features_give_the_reference_within_f32_rounding() {
         // Features exact in f32 (as from a float32 column): the f32 products differ from the
         // f64 reference only by the products' rounding.
-        let (n, dim) = (kernel::FLUSH_ROWS + 301, 37);
+        let (n, dim) = (557, 37);
         let value = |i: usize| (((i * 7919 % 1000) as f32 / 250.0) - 2.0) as f64;
         let (mut r, layout) = three_class_rows(n, dim, value, 4, true);
         let inv_std: Vec<f64> = (0..dim).map(|j| 0.5 + j as f64 / 16.0).collect();
