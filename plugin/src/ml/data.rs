@@ -424,19 +424,19 @@ mod cache {
     }
 
     impl CachedPart {
-        /// The part of `rows`.
-        pub fn from_rows(rows: &Rows) -> Self {
+        /// The part of `rows` (their buffers moved, float32 features narrowed).
+        pub fn from_rows(rows: Rows) -> Self {
             let n = rows.len();
             let dim = rows.dim.max(1);
             let x = if rows.float32 {
                 Features::F32(rows.x.iter().map(|&v| v as f32).collect())
             } else {
-                Features::F64(rows.x.clone())
+                Features::F64(rows.x)
             };
             Self {
                 x,
-                y: rows.y.clone(),
-                w: rows.w.clone(),
+                y: rows.y,
+                w: rows.w,
                 rows: n,
                 dim,
             }
@@ -532,7 +532,7 @@ mod cache {
         }
         .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
         let rows = Rows::read_ipc(Path::new(path))?;
-        Ok((cache_put(path, CachedPart::from_rows(&rows)), false))
+        Ok((cache_put(path, CachedPart::from_rows(rows)), false))
     }
 
     /// Drops every cached part under `dir` (end of a fit).

@@ -147,7 +147,7 @@ mod tests {
             float32: false,
         };
         let path = "/nonexistent/dlp-gradient-test/part-0.arrow";
-        cache_put(path, CachedPart::from_rows(&rows));
+        cache_put(path, CachedPart::from_rows(rows.clone()));
         let layout = Layout {
             multinomial: false,
             sets: 1,
@@ -179,7 +179,7 @@ mod tests {
         let set = ExecutionPlanMetricsSet::new();
         let metrics = StepMetrics::new(&set, 0);
         let out = gradient(&spec, &batch, gradient_schema(), &metrics).unwrap();
-        let part_data = CachedPart::from_rows(&rows);
+        let part_data = CachedPart::from_rows(rows.clone());
         let losses = out
             .column(3)
             .as_primitive::<datafusion::arrow::datatypes::Float64Type>();

@@ -213,9 +213,9 @@ pub(crate) fn loss_and_gradient<T: Feature>(
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
-        return unsafe { sums_avx2_fma(rows, model, dim, grad, grad_intercepts) };
+        return unsafe { sums_avx2_fma(rows, model, grad, grad_intercepts) };
     }
-    sums::<T, false>(rows, model, dim, grad, grad_intercepts)
+    sums::<T, false>(rows, model, grad, grad_intercepts)
 }
 
 /// [`sums`] compiled for AVX2 and FMA.
@@ -227,23 +227,21 @@ pub(crate) fn loss_and_gradient<T: Feature>(
 unsafe fn sums_avx2_fma<T: Feature>(
     rows: &Rows<T>,
     model: &Model<T>,
-    dim: usize,
     grad: &mut [f64],
     grad_intercepts: &mut [f64],
 ) -> Result<f64, String> {
-    sums::<T, true>(rows, model, dim, grad, grad_intercepts)
+    sums::<T, true>(rows, model, grad, grad_intercepts)
 }
 
 #[inline(always)]
 fn sums<T: Feature, const FMA: bool>(
     rows: &Rows<T>,
     model: &Model<T>,
-    dim: usize,
     grad: &mut [f64],
     grad_intercepts: &mut [f64],
 ) -> Result<f64, String> {
     let classes = model.intercepts.len();
-    let n = rows.y.len();
+    let (n, dim) = (rows.y.len(), rows.dim);
     let mut margins = vec![0f64; GROUP * classes];
     let mut padded = vec![T::default(); GROUP * dim];
     let mut factors = vec![0f64; GROUP * classes];

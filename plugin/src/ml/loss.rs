@@ -316,7 +316,7 @@ mod tests {
     /// near 0).
     fn assert_matches_reference(r: &Rows, layout: &Layout, inv_std: &[f64], p: &[f64], tol: f64) {
         let got = partial(
-            &CachedPart::from_rows(r),
+            &CachedPart::from_rows(r.clone()),
             0..r.len(),
             layout,
             inv_std,
@@ -356,7 +356,7 @@ mod tests {
         let params: Vec<f64> = (0..layout.num_params())
             .map(|i| 0.05 * i as f64 - 0.3)
             .collect();
-        let part = CachedPart::from_rows(&r);
+        let part = CachedPart::from_rows(r.clone());
         let class_weights = [1.0, 2.0, 0.5];
         for range in [0..n, 0..1, 7..300, 256..n, 300..300] {
             let sub = Rows {
@@ -405,7 +405,7 @@ mod tests {
         let params: Vec<f64> = (0..layout.num_params())
             .map(|i| 0.01 * i as f64 - 0.2)
             .collect();
-        let part = CachedPart::from_rows(&r);
+        let part = CachedPart::from_rows(r.clone());
         let sums = |range| partial(&part, range, &layout, &inv_std, &params, None).unwrap();
         let whole = sums(0..n);
         let scale = whole.grad.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -438,7 +438,7 @@ mod tests {
         let params: Vec<f64> = (0..layout.num_params())
             .map(|i| 0.01 * i as f64 - 0.2)
             .collect();
-        let part = CachedPart::from_rows(&r);
+        let part = CachedPart::from_rows(r.clone());
         assert!(matches!(part.x, Features::F32(_)));
         let got = partial(&part, 0..n, &layout, &inv_std, &params, None).unwrap();
         r.float32 = false;

@@ -86,6 +86,7 @@ fn materialize(
         .feature_bytes
         .add(rows.x.len() * if rows.float32 { 4 } else { 8 });
     let summary = Summary::of(&rows);
+    let (row_count, key) = (rows.len(), order_key(&rows));
     let path = if rows.is_empty() {
         None
     } else {
@@ -116,13 +117,13 @@ fn materialize(
                 path.to_string_lossy().into_owned()
             }
         };
-        cache_put(&path, CachedPart::from_rows(&rows));
+        cache_put(&path, CachedPart::from_rows(rows));
         Some(path)
     };
     tracing::info!(
         target: LOG_TARGET,
         partition,
-        rows = rows.len(),
+        rows = row_count,
         ms = started.elapsed().as_millis() as u64,
         "training partition materialized"
     );
@@ -131,7 +132,7 @@ fn materialize(
     Ok(RecordBatch::try_new(
         schema,
         vec![
-            Arc::new(UInt64Array::from(vec![order_key(&rows)])),
+            Arc::new(UInt64Array::from(vec![key])),
             Arc::new(StringArray::from(vec![path])),
             Arc::new(StringArray::from(vec![summary])),
         ],
