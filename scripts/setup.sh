@@ -55,10 +55,14 @@ pip_group sklearn-requirements "scikit-learn==1.9.1" "installing scikit-learn 1.
 
 # The model zoo: EfficientNet-Lite0/1/2 exported to TorchScript with their manifests, and
 # their trainable forms for fine-tuning (`<name>.train.pt`).
-if [ ! -f "$DLP_MODEL_DIR/efficientnet_lite0.train.pt" ] || [ ! -f "$DLP_MODEL_DIR/efficientnet_lite2.train.pt" ]; then
+# Exported again when models/export.py changes (its sha256 is kept beside the models).
+export_sha=$(sha256sum "$DLP_ROOT/models/export.py" | cut -d' ' -f1)
+if [ ! -f "$DLP_MODEL_DIR/efficientnet_lite2.train.pt" ] \
+    || [ "$(cat "$DLP_MODEL_DIR/.export-sha256" 2>/dev/null)" != "$export_sha" ]; then
   echo "setup: exporting models to $DLP_MODEL_DIR"
   "$DLP_PYTHON" "$DLP_ROOT/models/export.py" --out "$DLP_MODEL_DIR" \
     --models efficientnet_lite0,efficientnet_lite1,efficientnet_lite2
+  echo "$export_sha" > "$DLP_MODEL_DIR/.export-sha256"
 fi
 
 # Data of the main job (`make run`): scikit-learn's handwritten digits, which ship inside

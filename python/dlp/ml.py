@@ -154,7 +154,7 @@ class DeepImageFeaturizer(Transformer):
         "modelName": (_S, _UNSET, "zoo model, e.g. efficientnet_lite0"),
         "featureLayer": (_S, "penultimate", "'penultimate' or 'logits'"),
         "resize": (_OPT_S, None, "'stretch' or 'shorter_side_center_crop' (default: the model's)"),
-        "batchSize": (_I, 16, "images per forward pass (unset: dlp.torch.batch_size, 16 by default)"),
+        "batchSize": (_I, None, "images per forward pass (unset: dlp.torch.batch_size; auto by default: 4 on a CPU, 16 on a GPU)"),
     }
 
     def transform(self, df: DataFrame) -> DataFrame:
@@ -175,7 +175,7 @@ class DeepImagePredictor(Transformer):
         "modelName": (_S, _UNSET, "zoo model"),
         "topK": (_I, 5, "how many classes"),
         "decodePredictions": (_B, True, "class names with the scores"),
-        "batchSize": (_I, 16, "images per forward pass (unset: dlp.torch.batch_size, 16 by default)"),
+        "batchSize": (_I, None, "images per forward pass (unset: dlp.torch.batch_size; auto by default: 4 on a CPU, 16 on a GPU)"),
     }
 
     def transform(self, df: DataFrame) -> DataFrame:
@@ -195,7 +195,7 @@ class TorchImageTransformer(Transformer):
         "modelName": (_S, _UNSET, "model in the model directory"),
         "outputMode": (_S, "vector", "'vector' or 'image'"),
         "resize": (_OPT_S, None, "resize policy (default: the model's)"),
-        "batchSize": (_I, 16, "images per forward pass (unset: dlp.torch.batch_size, 16 by default)"),
+        "batchSize": (_I, None, "images per forward pass (unset: dlp.torch.batch_size; auto by default: 4 on a CPU, 16 on a GPU)"),
     }
 
     def transform(self, df: DataFrame) -> DataFrame:

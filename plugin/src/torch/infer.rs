@@ -86,10 +86,6 @@ impl Runner {
     /// [`Runner::new`] for a model already looked up.
     pub fn for_entry(entry: ModelEntry, mut spec: TorchSpec) -> Result<Self> {
         let process = ProcessTorchConfig::get();
-        if spec.batch_size == 0 {
-            // Not filled from a session (a plan run outside one): the default.
-            spec.batch_size = crate::config::DEFAULT_BATCH_SIZE;
-        }
         #[cfg(not(feature = "torch"))]
         return {
             let _ = (entry, process);
@@ -98,6 +94,11 @@ impl Runner {
         #[cfg(feature = "torch")]
         {
             let device = spec.device.unwrap_or(process.device).resolve()?;
+            if spec.batch_size == 0 {
+                // Left to the executor (`dlp.torch.batch_size = auto`, or a plan made outside
+                // a session): the default for the device the step runs on.
+                spec.batch_size = crate::config::default_batch_size(device.is_cuda());
+            }
             Ok(Self {
                 spec,
                 entry,

@@ -19,9 +19,9 @@ struct Args {
     /// Model name.
     #[arg(long, default_value = "efficientnet_lite0")]
     model: String,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
+    /// Images per forward pass (unset: the product's default, `dlp.torch.batch_size = auto`).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Task slots of the embedded executor (= libtorch threads).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -39,8 +39,12 @@ async fn main() -> datafusion::common::Result<()> {
     let opts = ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")])?;
     let start = Instant::now();
     let df = ctx.read_images(&args.dir, opts).await?;
-    let df = DeepImageFeaturizer::new(&args.model)
-        .with_batch_size(args.batch)
+    let featurizer = DeepImageFeaturizer::new(&args.model);
+    let featurizer = match args.batch {
+        Some(n) => featurizer.with_batch_size(n),
+        None => featurizer,
+    };
+    let df = featurizer
         .transform(df)?
         .aggregate(vec![], vec![count(col("features")).alias("n")])?;
     let batches = df.collect().await?;
@@ -50,10 +54,10 @@ async fn main() -> datafusion::common::Result<()> {
     >(batches[0].column(0))
     .value(0);
     println!(
-        "{{\"impl\": \"dlp\", \"images\": {n}, \"seconds\": {secs:.3}, \"images_per_s\": {:.2}, \"peak_rss_mb\": {:.0}, \"batch\": {}, \"threads\": {}}}",
+        "{{\"impl\": \"dlp\", \"images\": {n}, \"seconds\": {secs:.3}, \"images_per_s\": {:.2}, \"peak_rss_mb\": {:.0}, \"batch\": \"{}\", \"threads\": {}}}",
         n as f64 / secs,
         dlp_tests::peak_rss_mb(),
-        args.batch,
+        args.batch.map_or_else(|| "auto".to_string(), |n| n.to_string()),
         args.threads
     );
     Ok(())
