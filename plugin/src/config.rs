@@ -38,7 +38,6 @@ pub struct DlpOptions {
     pub torch_device: Option<DeviceSpec>,
 }
 
-
 /// One setting: key, default, what it does, and whether it is per query (`SET`) or per
 /// process (a flag of the binaries, with its environment override).
 #[derive(Debug, Clone, Copy)]
@@ -230,7 +229,10 @@ mod tests {
             sha256: String::new(),
         };
         o.apply_to(&mut spec);
-        assert_eq!(spec.batch_size, 0, "auto leaves the batch size to the executor");
+        assert_eq!(
+            spec.batch_size, 0,
+            "auto leaves the batch size to the executor"
+        );
         assert_eq!(default_batch_size(false), CPU_BATCH_SIZE);
         assert_eq!(default_batch_size(true), GPU_BATCH_SIZE);
     }

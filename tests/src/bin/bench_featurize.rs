@@ -57,7 +57,8 @@ async fn main() -> datafusion::common::Result<()> {
         "{{\"impl\": \"dlp\", \"images\": {n}, \"seconds\": {secs:.3}, \"images_per_s\": {:.2}, \"peak_rss_mb\": {:.0}, \"batch\": \"{}\", \"threads\": {}}}",
         n as f64 / secs,
         dlp_tests::peak_rss_mb(),
-        args.batch.map_or_else(|| "auto".to_string(), |n| n.to_string()),
+        args.batch
+            .map_or_else(|| "auto".to_string(), |n| n.to_string()),
         args.threads
     );
     Ok(())
