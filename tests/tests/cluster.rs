@@ -280,8 +280,8 @@ async fn featurization_on_two_executors_equals_standalone() {
 
 /// `SET dlp.torch.batch_size` on a client session travels with the job: on two executors the
 /// featurizer (a `TorchInferenceExec` whose stage sets no batchSize) and the `featurize` SQL
-/// function run forward passes of that many images, as the executors' metrics show; a bad
-/// value is refused by name.
+/// function run forward passes of that many images, as the executors' metrics show; `auto`
+/// gives the CPU default on these CPU executors; a bad value is refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_batch_size_reaches_the_executors() {
     use dlp_plugin::ImageContextExt;
@@ -321,8 +321,13 @@ async fn session_batch_size_reaches_the_executors() {
     };
     assert!(err.contains("dlp.torch.batch_size"), "{err}");
 
-    for (size, through) in [(3usize, "featurizer"), (5, "featurize()")] {
-        ctx.sql(&format!("SET dlp.torch.batch_size = {size}"))
+    let auto = dlp_plugin::config::CPU_BATCH_SIZE;
+    for (setting, size, through) in [
+        ("3", 3usize, "featurizer"),
+        ("5", 5, "featurize()"),
+        ("auto", auto, "featurizer"),
+    ] {
+        ctx.sql(&format!("SET dlp.torch.batch_size = {setting}"))
             .await
             .unwrap()
             .collect()
@@ -357,7 +362,7 @@ async fn session_batch_size_reaches_the_executors() {
             .collect();
         let ran = passes() - before;
         println!(
-            "{through}: dlp.torch.batch_size = {size}: batch size on the executors {seen:?}, \
+            "{through}: dlp.torch.batch_size = {setting}: batch size on the executors {seen:?}, \
              {ran} forward passes for {images} images"
         );
         assert!(

@@ -84,7 +84,7 @@ impl Runner {
     }
 
     /// [`Runner::new`] for a model already looked up.
-    pub fn for_entry(entry: ModelEntry, mut spec: TorchSpec) -> Result<Self> {
+    pub fn for_entry(entry: ModelEntry, spec: TorchSpec) -> Result<Self> {
         let process = ProcessTorchConfig::get();
         #[cfg(not(feature = "torch"))]
         return {
@@ -94,6 +94,7 @@ impl Runner {
         #[cfg(feature = "torch")]
         {
             let device = spec.device.unwrap_or(process.device).resolve()?;
+            let mut spec = spec;
             if spec.batch_size == 0 {
                 // Left to the executor (`dlp.torch.batch_size = auto`, or a plan made outside
                 // a session): the default for the device the step runs on.
