@@ -12,9 +12,9 @@ use crate::torch::{DeviceSpec, TorchSpec};
 
 /// Images per forward pass on a CPU when neither the step nor the session sets them. Measured
 /// with EfficientNet-Lite0 on 2 cores (two single-threaded passes at once, the 1,428 flowers,
-/// release build, 2026-12-03): 65-70 images/s and a peak RSS of about 480 MB with batches of
-/// 4, against 59-61 images/s and 860-970 MB with 16. Small batches keep each pass's
-/// activations in the cache; larger ones gain nothing on a CPU.
+/// release build, 2026-12-03): a peak RSS of about 480 MB with batches of 4 against 860-1,000
+/// MB with 16, at the same speed within the machine's noise (65-70 against 59-61 images/s in
+/// one pair of runs, 50 against 54 in a slower one).
 pub const CPU_BATCH_SIZE: usize = 4;
 
 /// Images per forward pass on a GPU when neither the step nor the session sets them.
