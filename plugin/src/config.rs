@@ -179,6 +179,16 @@ mod tests {
     use super::*;
     use datafusion::prelude::SessionConfig;
 
+    /// The value of `dlp.torch.batch_size` among the entries Ballista sends.
+    fn batch_entry(config: &SessionConfig) -> Option<String> {
+        config
+            .options()
+            .entries()
+            .into_iter()
+            .find(|e| e.key == "dlp.torch.batch_size")
+            .and_then(|e| e.value)
+    }
+
     #[test]
     fn set_and_list_with_full_keys() {
         let mut config = SessionConfig::new().with_option_extension(DlpOptions::default());
@@ -191,11 +201,7 @@ mod tests {
         assert_eq!(o.torch_batch_size, Some(7));
         assert_eq!(o.torch_device, Some(DeviceSpec::Cpu));
         let entries = config.options().entries();
-        let batch = entries
-            .iter()
-            .find(|e| e.key == "dlp.torch.batch_size")
-            .unwrap();
-        assert_eq!(batch.value.as_deref(), Some("7"));
+        assert_eq!(batch_entry(&config).as_deref(), Some("7"));
         // What Ballista sends is what the other side sets back.
         let mut other = SessionConfig::new().with_option_extension(DlpOptions::default());
         for e in entries.iter().filter(|e| e.key.starts_with("dlp.")) {
@@ -211,12 +217,7 @@ mod tests {
             .unwrap();
         let o = DlpOptions::of(config.options());
         assert_eq!(o.torch_batch_size, None);
-        let entries = config.options().entries();
-        let batch = entries
-            .iter()
-            .find(|e| e.key == "dlp.torch.batch_size")
-            .unwrap();
-        assert_eq!(batch.value.as_deref(), Some("auto"));
+        assert_eq!(batch_entry(&config).as_deref(), Some("auto"));
         let mut spec = TorchSpec {
             model: "m".into(),
             input_col: "image".into(),
