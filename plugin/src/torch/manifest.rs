@@ -339,7 +339,13 @@ impl ModelZoo {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                out.push(self.read_manifest(&path)?);
+                match self.read_manifest(&path) {
+                    Ok(m) => out.push(m),
+                    // Removed since the directory was listed (a model deleted or replaced
+                    // while this query looks up another one): it is not in the zoo.
+                    Err(_) if !path.exists() => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         out.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
@@ -435,5 +441,27 @@ impl ModelZoo {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest that is gone by the time it is read (here a link whose target was
+    /// removed, as when a model is deleted while another query lists the directory) is not
+    /// a model and fails no lookup; an unreadable one that is there still fails.
+    #[test]
+    fn a_vanished_manifest_is_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone.yaml"), dir.path().join("m.yaml"))
+            .unwrap();
+        let zoo = ModelZoo::new(dir.path());
+        assert!(zoo.list().unwrap().is_empty());
+        let err = zoo.get("m").unwrap_err().to_string();
+        assert!(err.contains("unknown model 'm'"), "{err}");
+        std::fs::write(dir.path().join("bad.yaml"), "name: [").unwrap();
+        let err = zoo.list().unwrap_err().to_string();
+        assert!(err.contains("bad.yaml"), "{err}");
     }
 }
