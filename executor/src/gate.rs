@@ -91,12 +91,14 @@ pub async fn spawn(
     backend: SocketAddr,
     secret: ClusterSecret,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        dlp_plugin::net::listen(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    // The executor's own port is on loopback: no waiting on ACKs for small frames.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
-        .build_http();
+        .build(connector);
     let app = axum::Router::new()
         .fallback(forward)
         .with_state(Arc::new(Forward {

@@ -163,8 +163,7 @@ impl EmbeddedCluster {
         let vcores = vcores
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
+        let listener = crate::net::listen(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| ballista_err("cannot bind the scheduler port", e))?;
         let scheduler_addr = listener.local_addr()?;
 

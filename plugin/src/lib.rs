@@ -18,6 +18,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod ml;
+pub mod net;
 pub mod pipeline;
 pub mod session;
 pub mod sql;

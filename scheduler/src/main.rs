@@ -310,13 +310,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if dlp_config.autoscaler.enabled {
         autoscaler::spawn(dlp_config.autoscaler.clone(), scheduler.state.clone());
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener =
+        dlp_plugin::net::listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
     // Pipeline jobs submitted over Flight are clients of this scheduler.
     let (own, internal) = if tls.is_some() {
-        let internal = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
+        let internal = dlp_plugin::net::listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
             .context("cannot open the loopback port of pipeline jobs")?;
         (format!("df://{}", internal.local_addr()?), Some(internal))
     } else if addr.ip().is_unspecified() {
