@@ -13,11 +13,8 @@
 //! row (the rows a few ahead prefetched), then the block's gradient terms eight columns at a
 //! time, the `classes x 8` sums held in registers while the block's rows (still in L1/L2)
 //! are added in order. Elsewhere a portable loop takes four rows at a time with the same
-//! order of fused multiply-adds, so both give the same sums. On 20,000 x 1,280 f32 rows and
-//! 5 classes split over two cores (the 2-core AMD EPYC of `docs/benchmarks.md`), one
-//! evaluation takes __KERNEL__ in the release build; the four-rows-at-a-time loop took
-//! __OLDKERNEL__, and the libtorch products it replaced (margins `X W^T`, then `g^T X`, in
-//! row blocks) more still.
+//! order of fused multiply-adds, so both give the same sums. Timings are in
+//! `docs/benchmarks.md` (logistic regression).
 
 /// A feature value type: `f32` or `f64`.
 pub(crate) trait Feature:
