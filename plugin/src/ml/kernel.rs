@@ -392,18 +392,15 @@ unsafe fn sums_avx2_fma<T: Feature>(
                 unsafe { margins_avx2(row, coef, dim, ahead, out) };
             }
         }
-        for i in 0..len {
-            let r = start + i;
-            loss += row_terms(
-                model,
-                r,
-                rows.y[r],
-                rows.w[r],
-                &margins[i * classes..(i + 1) * classes],
-                &mut factors[i * classes..(i + 1) * classes],
-                grad_intercepts,
-            )?;
-        }
+        block_terms(
+            model,
+            rows,
+            start..start + len,
+            &margins,
+            &mut factors,
+            grad_intercepts,
+            &mut loss,
+        )?;
         if dim > 0 {
             for first in (0..classes).step_by(CLASS_GROUP) {
                 let count = CLASS_GROUP.min(classes - first);
@@ -491,6 +488,34 @@ unsafe fn axpy_avx2<T: Feature>(
         5 => group!(5),
         n => unreachable!("class groups hold 1 to {CLASS_GROUP} classes, not {n}"),
     }
+}
+
+/// The losses of the rows `block` added to `loss` one by one, and their gradient factors
+/// (`factors`, `classes` per row) and intercept gradient, from their margins (`margins`,
+/// laid out as `factors`): [`row_terms`] for each row, in order.
+#[inline(always)]
+fn block_terms<T: Feature>(
+    model: &Model<T>,
+    rows: &Rows<T>,
+    block: std::ops::Range<usize>,
+    margins: &[f64],
+    factors: &mut [f64],
+    grad_intercepts: &mut [f64],
+    loss: &mut f64,
+) -> Result<(), String> {
+    let classes = model.intercepts.len();
+    for (i, r) in block.enumerate() {
+        *loss += row_terms(
+            model,
+            r,
+            rows.y[r],
+            rows.w[r],
+            &margins[i * classes..(i + 1) * classes],
+            &mut factors[i * classes..(i + 1) * classes],
+            grad_intercepts,
+        )?;
+    }
+    Ok(())
 }
 
 /// Row `r`'s loss (returned), gradient factors `f` (one per class: the derivative of the
@@ -586,18 +611,15 @@ fn sums<T: Feature, const FMA: bool>(
             }
         }
         // Loss and gradient factors, row by row, in f64.
-        for i in 0..len {
-            let r = start + i;
-            loss += row_terms(
-                model,
-                r,
-                rows.y[r],
-                rows.w[r],
-                &margins[i * classes..(i + 1) * classes],
-                &mut factors[i * classes..(i + 1) * classes],
-                grad_intercepts,
-            )?;
-        }
+        block_terms(
+            model,
+            rows,
+            start..start + len,
+            &margins,
+            &mut factors,
+            grad_intercepts,
+            &mut loss,
+        )?;
         // Gradient terms: grad[c] += sum_i factor[i][c] * x[i], in f64.
         for (c, grad) in grad.chunks_exact_mut(dim.max(1)).enumerate() {
             if len == GROUP {
