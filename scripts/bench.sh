@@ -28,6 +28,26 @@ PY
   done
 done
 
+# The featurizer's read (issue 21, item 2), one thread: JPEGs that only a model reads are
+# decoded at the DCT scale covering its input, then preprocessed (libtorch) as the featurizer
+# does; against the same preprocessing after a full-size decode, and the full-size decode alone.
+echo "featurizer read, efficientnet_lite0, 1 thread (dlp-bench-decode --mode model / model-exact / decode)"
+printf '%-18s %8s %16s %16s %14s %8s %16s\n' images JPEGs "scaled img/s" "full+prep img/s" ratio "" "full decode img/s"
+for d in flowers imagenet-sanity; do
+  runs=()
+  for mode in model model-exact decode; do
+    runs+=("$("$DLP_BENCH_BIN/dlp-bench-decode" --dir "$DLP_DATA/$d" --threads 1 --mode "$mode" --passes 3)")
+  done
+  "$DLP_PYTHON" - "$d" "${runs[@]}" <<'PY'
+import json, sys
+name = sys.argv[1]
+s, e, f = (json.loads(a) for a in sys.argv[2:5])
+print(f'{name:<18} {s["images"]:>8} {s["images_per_s"]:>16.1f} {e["images_per_s"]:>16.1f} '
+      f'{s["images_per_s"] / e["images_per_s"]:>13.2f}x {"":>8} {f["images_per_s"]:>16.1f} '
+      f'(scaled read {s["images_per_s"] / f["images_per_s"]:.2f}x the full-size decode)')
+PY
+done
+
 # Object storage (a local S3 server) beside local disk.
 scripts/bench-s3.sh
 

@@ -447,6 +447,18 @@ mod tests {
             back.output_partitioning().partition_count(),
             plan.output_partitioning().partition_count()
         );
+        // A scaled decode (set by the scheduler's planner) reaches the executors.
+        let scaled: Arc<dyn ExecutionPlan> = Arc::new(
+            plan.downcast_ref::<ImageDecodeExec>()
+                .unwrap()
+                .with_decode_cover((256, 256))
+                .unwrap(),
+        );
+        let bytes = physical_plan_to_bytes_with_extension_codec(scaled, &codec).unwrap();
+        let back =
+            physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec).unwrap();
+        let exec = back.downcast_ref::<ImageDecodeExec>().unwrap();
+        assert_eq!(exec.spec().decode_cover, Some((256, 256)));
     }
 
     #[test]

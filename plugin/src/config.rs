@@ -36,6 +36,10 @@ pub struct DlpOptions {
     /// `dlp.torch.device`: device preference of this session's inference (`auto`, `cpu`,
     /// `cuda:N`); unset: each executor's `--device`.
     pub torch_device: Option<DeviceSpec>,
+    /// `dlp.image.decode = exact`: image scans always decode at full size. Default
+    /// (`scaled`): a scan whose pixels only models read decodes JPEGs at the smallest DCT
+    /// scale covering the models' input ([`crate::torch::scaled_decode`]).
+    pub exact_decode: bool,
 }
 
 /// One setting: key, default, what it does, and whether it is per query (`SET`) or per
@@ -65,10 +69,20 @@ pub const SETTINGS: &[Setting] = &[
         description: "Device of this session's inference: auto, cpu or cuda:N (SET per \
                       session; empty: each executor's --device)",
     },
+    Setting {
+        key: "dlp.image.decode",
+        default: "scaled",
+        description: "scaled: where only models read an image scan's pixels (the image column \
+                      is not in the result), JPEGs decode at the smallest DCT scale (1/8, 1/4, \
+                      1/2) that covers the model input, as in a featurization or prediction \
+                      that keeps no image; exact: always Spark-exact full-size decoding \
+                      (SET per session)",
+    },
 ];
 
 const BATCH_SIZE: &str = "torch.batch_size";
 const DEVICE: &str = "torch.device";
+const DECODE: &str = "image.decode";
 
 impl ConfigExtension for DlpOptions {
     const PREFIX: &'static str = "dlp";
@@ -114,6 +128,13 @@ impl ExtensionOptions for DlpOptions {
                     d => Some(d.parse().map_err(|_| bad("auto, cpu or cuda:N"))?),
                 };
             }
+            DECODE => {
+                self.exact_decode = match value.trim().to_ascii_lowercase().as_str() {
+                    "scaled" => false,
+                    "exact" => true,
+                    _ => return Err(bad("scaled or exact")),
+                };
+            }
             _ => {
                 return Err(DataFusionError::Configuration(format!(
                     "unknown setting dlp.{key}; the dlp settings are {}",
@@ -144,6 +165,11 @@ impl ExtensionOptions for DlpOptions {
                 key: format!("dlp.{DEVICE}"),
                 value: self.torch_device.map(|d| d.to_string()),
                 description: describe(DEVICE),
+            },
+            ConfigEntry {
+                key: format!("dlp.{DECODE}"),
+                value: Some(if self.exact_decode { "exact" } else { "scaled" }.to_string()),
+                description: describe(DECODE),
             },
         ]
     }
@@ -228,6 +254,7 @@ mod tests {
             device: None,
             output_dim: 1,
             sha256: String::new(),
+            model_input: None,
         };
         o.apply_to(&mut spec);
         assert_eq!(
@@ -262,5 +289,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dlp.torch.batch_size"), "{e}");
+        let e = config
+            .options_mut()
+            .set("dlp.image.decode", "fast")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dlp.image.decode") && e.contains("scaled or exact"),
+            "{e}"
+        );
+        assert!(!DlpOptions::of(config.options()).exact_decode);
+        config
+            .options_mut()
+            .set("dlp.image.decode", "EXACT")
+            .unwrap();
+        assert!(DlpOptions::of(config.options()).exact_decode);
+        let sent = config
+            .options()
+            .entries()
+            .into_iter()
+            .find(|e| e.key == "dlp.image.decode")
+            .and_then(|e| e.value);
+        assert_eq!(sent.as_deref(), Some("exact"));
     }
 }

@@ -127,9 +127,22 @@ async fn features_match_the_pytorch_reference_on_the_flowers() {
     assert!(worst <= 1e-4, "max abs diff {worst}");
 }
 
+/// Runs `SET key = value` on a session (it travels with the session's jobs).
+async fn set(ctx: &SessionContext, key: &str, value: &str) {
+    ctx.sql(&format!("SET {key} = '{value}'"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logits_layer_matches_the_pytorch_reference() {
     let ctx = context().await;
+    // The reference decodes every photo at full size (Pillow): so does the exact path. Five
+    // of these photos are large enough for a scaled decode (see the test below).
+    set(&ctx, "dlp.image.decode", "exact").await;
     let opts =
         ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
     let featurizer = DeepImageFeaturizer::new(MODEL).with_feature_layer(FeatureLayer::Logits);
@@ -155,6 +168,131 @@ async fn logits_layer_matches_the_pytorch_reference() {
     let e = serde_yaml::from_str::<DeepImageFeaturizer>("modelName: m\nfeatureLayer: conv5\n")
         .unwrap_err();
     assert!(e.to_string().contains("penultimate"), "{e}");
+}
+
+/// The scans' decode covers in the physical plan of `df`.
+async fn scan_covers(df: datafusion::prelude::DataFrame) -> Vec<Option<(usize, usize)>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let plan = df.create_physical_plan().await.unwrap();
+    let mut covers = vec![];
+    plan.apply(|n| {
+        if let Some(scan) = n.downcast_ref::<dlp_plugin::image::ImageDecodeExec>() {
+            covers.push(scan.spec().decode_cover);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .unwrap();
+    covers
+}
+
+/// A featurization that keeps no image decodes JPEGs at the DCT scale covering the model's
+/// input (Lite0: 224, cropped from a shorter side of 256), on the executors of the embedded
+/// cluster; one that keeps the image, or a session with `dlp.image.decode = exact`, decodes
+/// at full size. Five of the 18 sanity photos have a shorter side of 512 or more (one of
+/// 3456, decoded at 1/8): their logits move by a bounded amount and their top-1 class does
+/// not; the other thirteen are decoded at full size either way and do not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photos_only_a_model_reads_decode_at_the_dct_scale() {
+    use datafusion::functions::core::expr_fn::get_field;
+    let root = shared_data().join("imagenet-sanity");
+    let root = root.to_string_lossy();
+    let featurizer = DeepImageFeaturizer::new(MODEL)
+        .with_feature_layer(FeatureLayer::Logits)
+        .with_output_col("f");
+
+    // The plan, from the planner the scheduler runs.
+    let local = dlp_plugin::session::local_context().unwrap();
+    let featurized = featurizer
+        .transform(
+            local
+                .read_images(&root, ImageReadOptions::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+    let origin = get_field(col("image"), "origin").alias("origin");
+    assert_eq!(
+        scan_covers(
+            featurized
+                .clone()
+                .select(vec![origin.clone(), col("f")])
+                .unwrap()
+        )
+        .await,
+        vec![Some((256, 256))]
+    );
+    assert_eq!(
+        scan_covers(
+            featurized
+                .clone()
+                .select(vec![col("image"), col("f")])
+                .unwrap()
+        )
+        .await,
+        vec![None],
+        "the image column is in the result: Spark-exact"
+    );
+    set(&local, "dlp.image.decode", "exact").await;
+    let exact_plan = featurizer
+        .transform(
+            local
+                .read_images(&root, ImageReadOptions::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap()
+        .select(vec![origin.clone(), col("f")])
+        .unwrap();
+    assert_eq!(scan_covers(exact_plan).await, vec![None]);
+
+    // The values, on the embedded cluster's executors.
+    let ctx = context().await;
+    let opts = || {
+        ImageReadOptions::from_pairs([("recursiveFileLookup", "true"), ("dropInvalid", "true")])
+            .unwrap()
+    };
+    let scaled = featurized_rows(
+        &ctx,
+        &shared_data().join("imagenet-sanity"),
+        opts(),
+        featurizer.clone(),
+    )
+    .await;
+    set(&ctx, "dlp.image.decode", "exact").await;
+    let exact = featurized_rows(
+        &ctx,
+        &shared_data().join("imagenet-sanity"),
+        opts(),
+        featurizer.clone(),
+    )
+    .await;
+    assert_eq!(scaled.len(), 18);
+    assert_eq!(exact.len(), 18);
+    let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+    let large = [
+        "broccoli.jpg",
+        "coffeepot2.jpg",
+        "coffeepot3.jpg",
+        "pizza3.jpg",
+        "teddy1.jpg",
+    ];
+    let mut worst_large = 0f32;
+    for ((o, s), (o2, e)) in scaled.iter().zip(&exact) {
+        assert_eq!(o, o2);
+        let (s, e) = (s.as_ref().unwrap(), e.as_ref().unwrap());
+        let d = max_abs_diff(s, e);
+        let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
+        println!("{o}: max |scaled - exact| {d:.4} (largest |logit| {scale:.2})");
+        if large.iter().any(|f| o.ends_with(f)) {
+            assert!(d > 1e-4, "{o} was not decoded at a smaller scale");
+            assert!(d <= 0.1 * scale, "{o}: {d} against logits up to {scale}");
+            assert_eq!(argmax(s), argmax(e), "{o}: top-1 class");
+            worst_large = worst_large.max(d / scale);
+        } else {
+            assert!(d <= 1e-5, "{o}: decoded at full size both ways, yet {d}");
+        }
+    }
+    println!("largest change relative to the largest logit: {worst_large:.4}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

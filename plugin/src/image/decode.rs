@@ -23,6 +23,11 @@ pub struct DecodeOptions {
     pub max_bytes: u64,
     /// Decode WebP (an extension: Spark reports WebP files as invalid).
     pub decode_webp: bool,
+    /// `Some((width, height))`: JPEGs are decoded at the smallest DCT scale (an eighth, a
+    /// quarter, a half or full) whose output is at least this wide and high. Set only on
+    /// scans whose image column nothing but a model reads ([`crate::torch::scaled_decode`]);
+    /// Spark-exact image columns leave it `None`. Other formats decode at full size.
+    pub jpeg_cover: Option<(usize, usize)>,
 }
 
 impl Default for DecodeOptions {
@@ -31,6 +36,7 @@ impl Default for DecodeOptions {
             max_pixels: DEFAULT_MAX_PIXELS,
             max_bytes: crate::limits::Limits::default().max_image_bytes,
             decode_webp: true,
+            jpeg_cover: None,
         }
     }
 }
@@ -215,8 +221,9 @@ fn corrupt(e: impl std::fmt::Display) -> InvalidImage {
 
 fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
     use mozjpeg::{ColorSpace, Decompress};
-    let decompress = Decompress::new_mem(bytes).map_err(corrupt)?;
+    let mut decompress = Decompress::new_mem(bytes).map_err(corrupt)?;
     let (width, height) = decompress.size();
+    // The limits apply to the file's own size, whatever scale it is decoded at.
     check_size(width as u64, height as u64, options)?;
     // at most 4 bytes a pixel (CMYK), and as much again for the BGR copy
     check_bytes(
@@ -225,9 +232,17 @@ fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
         (width * height * 4) as u64,
         options,
     )?;
+    if let Some((cover_w, cover_h)) = options.jpeg_cover {
+        // libjpeg-turbo's scaled inverse DCT: the entropy decoding is the same, so a file
+        // that is invalid at full size is invalid here too.
+        decompress.scale(super::resize::dct_scale_numerator(
+            width, height, cover_w, cover_h,
+        ));
+    }
     match decompress.color_space() {
         ColorSpace::JCS_GRAYSCALE => {
             let mut started = decompress.grayscale().map_err(corrupt)?;
+            let (width, height) = (started.width(), started.height());
             let data: Vec<u8> = started.read_scanlines().map_err(corrupt)?;
             // libjpeg tolerates trailing garbage after the image (as ImageIO does).
             let _ = started.finish();
@@ -238,6 +253,7 @@ fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
             let mut started = decompress
                 .to_colorspace(ColorSpace::JCS_CMYK)
                 .map_err(corrupt)?;
+            let (width, height) = (started.width(), started.height());
             let cmyk: Vec<u8> = started.read_scanlines().map_err(corrupt)?;
             // libjpeg tolerates trailing garbage after the image (as ImageIO does).
             let _ = started.finish();
@@ -254,6 +270,7 @@ fn decode_jpeg(bytes: &[u8], options: &DecodeOptions) -> DecodeResult {
             let mut started = decompress
                 .to_colorspace(ColorSpace::JCS_EXT_BGR)
                 .map_err(corrupt)?;
+            let (width, height) = (started.width(), started.height());
             let data: Vec<u8> = started.read_scanlines().map_err(corrupt)?;
             // libjpeg tolerates trailing garbage after the image (as ImageIO does).
             let _ = started.finish();
@@ -606,6 +623,71 @@ mod tests {
             decode_image(&png, &opts),
             Err(InvalidImage::TooLarge { .. })
         ));
+    }
+
+    fn sanity_photo(path: &str) -> Vec<u8> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(root.join("../../shared/data/imagenet-sanity").join(path)).unwrap()
+    }
+
+    #[test]
+    fn jpegs_decode_at_the_smallest_dct_scale_that_covers_the_target() {
+        let exact = DecodeOptions::default();
+        let cover = |w, h| DecodeOptions {
+            jpeg_cover: Some((w, h)),
+            ..exact
+        };
+        // 4608 x 3456: 1/8 gives 576 x 432, which covers 256 x 256.
+        let big = sanity_photo("coffeepot/coffeepot2.jpg");
+        let full = decode_image(&big, &exact).unwrap();
+        assert_eq!((full.width, full.height, full.n_channels), (4608, 3456, 3));
+        let small = decode_image(&big, &cover(256, 256)).unwrap();
+        assert_eq!((small.width, small.height, small.n_channels), (576, 432, 3));
+        assert_eq!(small.data.len(), 576 * 432 * 3);
+        // 800 x 600: 1/4 gives 200 x 150, too small for 224; 1/2 gives 400 x 300.
+        let broccoli = sanity_photo("broccoli/broccoli.jpg");
+        let half = decode_image(&broccoli, &cover(224, 224)).unwrap();
+        assert_eq!((half.width, half.height), (400, 300));
+        // Nothing smaller covers 640 x 480 at 256: decoded at full size, byte for byte.
+        let canoe = sanity_photo("canoe/canoe2.jpg");
+        assert_eq!(
+            decode_image(&canoe, &cover(256, 256)).unwrap(),
+            decode_image(&canoe, &exact).unwrap()
+        );
+        // The scaled pixels are the image's: mean colour within a level or two of full size.
+        let mean = |r: &ImageRow| -> Vec<f64> {
+            (0..3)
+                .map(|c| {
+                    let n = r.data.len() / 3;
+                    r.data
+                        .iter()
+                        .skip(c)
+                        .step_by(3)
+                        .map(|&v| v as f64)
+                        .sum::<f64>()
+                        / n as f64
+                })
+                .collect()
+        };
+        for (a, b) in mean(&full).iter().zip(mean(&small)) {
+            assert!(
+                (a - b).abs() < 2.0,
+                "{:?} vs {:?}",
+                mean(&full),
+                mean(&small)
+            );
+        }
+        // Limits apply to the file's own size, not the scaled one.
+        let tight = DecodeOptions {
+            max_pixels: 1_000_000,
+            ..cover(256, 256)
+        };
+        assert!(matches!(
+            decode_image(&big, &tight),
+            Err(InvalidImage::TooLarge { .. })
+        ));
+        // A truncated file is invalid at any scale.
+        assert!(decode_image(&big[..600], &cover(256, 256)).is_err());
     }
 
     fn crc32(data: &[u8]) -> u32 {

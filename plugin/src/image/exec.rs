@@ -86,6 +86,16 @@ impl ImageDecodeExec {
         &self.projection
     }
 
+    /// The same scan with JPEGs decoded at the smallest DCT scale that covers `cover`
+    /// (width, height): for plans in which only models read its pixels.
+    pub fn with_decode_cover(&self, cover: (usize, usize)) -> Result<Self> {
+        let spec = ImageScanSpec {
+            decode_cover: Some(cover),
+            ..self.spec.clone()
+        };
+        Self::try_new(self.input.clone(), spec, self.projection.clone())
+    }
+
     fn decodes_pixels(&self) -> bool {
         self.projection.contains(&0) || self.spec.options.drop_invalid
     }
@@ -94,11 +104,17 @@ impl ImageDecodeExec {
 impl DisplayAs for ImageDecodeExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         match t {
-            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
-                f,
-                "ImageDecodeExec: root={}, dropInvalid={}, projection={:?}",
-                self.spec.root, self.spec.options.drop_invalid, self.projection
-            ),
+            DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                write!(
+                    f,
+                    "ImageDecodeExec: root={}, dropInvalid={}, projection={:?}",
+                    self.spec.root, self.spec.options.drop_invalid, self.projection
+                )?;
+                match self.spec.decode_cover {
+                    Some((w, h)) => write!(f, ", decode=scaled to cover {w}x{h}"),
+                    None => write!(f, ", decode=exact"),
+                }
+            }
             DisplayFormatType::TreeRender => write!(f, "root={}", self.spec.root),
         }
     }
@@ -150,7 +166,10 @@ impl ExecutionPlan for ImageDecodeExec {
         let input = self.input.execute(partition, context)?;
         let metrics = Arc::new(DecodeMetrics::new(&self.metrics, partition));
         let job = Arc::new(DecodeJob {
-            options: self.spec.options.decode_options(),
+            options: DecodeOptions {
+                jpeg_cover: self.spec.decode_cover,
+                ..self.spec.options.decode_options()
+            },
             drop_invalid: self.spec.options.drop_invalid,
             decode: self.decodes_pixels(),
             projection: self.projection.clone(),

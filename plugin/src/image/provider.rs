@@ -54,6 +54,7 @@ impl ImageTableProvider {
             root: root.to_string(),
             options,
             partition_columns: listing.partition_columns.clone(),
+            decode_cover: None,
         });
         table.listing = Some(Arc::new(listing));
         table

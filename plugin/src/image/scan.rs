@@ -31,6 +31,11 @@ pub struct ImageScanSpec {
     pub options: ImageReadOptions,
     /// Partition columns discovered when the table was defined.
     pub partition_columns: Vec<String>,
+    /// `Some((width, height))` when only models read the pixels: JPEGs are then decoded at
+    /// the smallest DCT scale covering this size ([`crate::torch::scaled_decode`] sets it on
+    /// the physical plan; a table's own scan is always Spark-exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_cover: Option<(usize, usize)>,
 }
 
 impl ImageScanSpec {

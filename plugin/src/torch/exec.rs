@@ -169,12 +169,16 @@ impl QueryPlanner for PluginQueryPlanner {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         // Where the plan writes, checked against the writable roots (processes with roots).
         crate::access::check_plan_writes(logical_plan)?;
-        DefaultPhysicalPlanner::with_extension_planners(vec![
+        let plan = DefaultPhysicalPlanner::with_extension_planners(vec![
             Arc::new(TorchExtensionPlanner),
             Arc::new(crate::ml::MlExtensionPlanner),
         ])
         .create_physical_plan(logical_plan, session_state)
-        .await
+        .await?;
+        if DlpOptions::of(session_state.config_options()).exact_decode {
+            return Ok(plan);
+        }
+        super::scaled_decode::decode_for_models(plan)
     }
 }
 
@@ -225,6 +229,11 @@ impl TorchInferenceExec {
     /// The step.
     pub fn spec(&self) -> &TorchSpec {
         &self.spec
+    }
+
+    /// Index of the image column in the input.
+    pub fn input_index(&self) -> usize {
+        self.input_index
     }
 }
 

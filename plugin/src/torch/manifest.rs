@@ -16,6 +16,27 @@ pub enum ResizePolicy {
     ShorterSideCenterCrop,
 }
 
+impl ResizePolicy {
+    /// The shorter side [`ResizePolicy::ShorterSideCenterCrop`] resizes to before cropping
+    /// an input of `width` x `height` (256 for 224: ImageNet's 0.875 crop).
+    pub fn crop_short_side(width: usize, height: usize) -> usize {
+        (width.min(height) as f64 / 0.875).round() as usize
+    }
+
+    /// The smallest image (width, height) that this policy only shrinks, never enlarges, to
+    /// a `width` x `height` model input: a decode at least this large loses nothing the
+    /// model would see.
+    pub fn cover(self, width: usize, height: usize) -> (usize, usize) {
+        match self {
+            Self::Stretch => (width, height),
+            Self::ShorterSideCenterCrop => {
+                let short = Self::crop_short_side(width, height);
+                (short, short)
+            }
+        }
+    }
+}
+
 /// Input size of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputSize {

@@ -268,7 +268,7 @@ pub fn preprocess(entry: &ModelEntry, img: ImageRef<'_>, resize: ResizePolicy) -
     let x = match resize {
         ResizePolicy::Stretch => resize_aa(&x, th, tw)?,
         ResizePolicy::ShorterSideCenterCrop => {
-            let short = (th.min(tw) as f64 / 0.875).round() as i64;
+            let short = ResizePolicy::crop_short_side(tw as usize, th as usize) as i64;
             let (rh, rw) = if h <= w {
                 (short, w * short / h)
             } else {

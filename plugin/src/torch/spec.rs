@@ -52,6 +52,10 @@ pub struct TorchSpec {
     /// The model's sha256 when the plan was made: executors run that version or fail.
     #[serde(default)]
     pub sha256: String,
+    /// The model's input (width, height) and its manifest's resize policy when the plan was
+    /// made: what a decode feeding only this step must cover ([`TorchSpec::decode_cover`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_input: Option<(usize, usize, ResizePolicy)>,
 }
 
 impl TorchSpec {
@@ -119,7 +123,20 @@ impl TorchSpec {
             device: None,
             output_dim,
             sha256: entry.manifest.sha256.clone(),
+            model_input: Some((
+                entry.manifest.input.width,
+                entry.manifest.input.height,
+                entry.manifest.resize,
+            )),
         })
+    }
+
+    /// The smallest decoded image (width, height) this step's preprocessing only shrinks:
+    /// a JPEG read by nothing but this step may be decoded at a DCT scale this large
+    /// ([`crate::torch::scaled_decode`]). `None` when the plan does not say the model's size.
+    pub fn decode_cover(&self) -> Option<(usize, usize)> {
+        let (width, height, manifest) = self.model_input?;
+        Some(self.resize.unwrap_or(manifest).cover(width, height))
     }
 
     /// The output column's field.

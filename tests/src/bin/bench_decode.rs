@@ -1,6 +1,9 @@
 //! Image decoding throughput of the plugin's decoders (the code `ImageDecodeExec` runs):
-//! full decode to Spark's layout, or decode + resize to a model input size. Prints one JSON
-//! line; `scripts/bench.sh` runs it beside Pillow and prints the ratios.
+//! full decode to Spark's layout, decode + resize to a model input size, or the product's
+//! read for a model (`model`: the scan's decode at the DCT scale covering
+//! EfficientNet-Lite0's input, then the featurizer's own preprocessing in libtorch; and
+//! `model-exact`: the same after a full-size decode). Prints one JSON line;
+//! `scripts/bench.sh` runs it beside Pillow and prints the ratios.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,7 +19,9 @@ struct Args {
     /// Decoding threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// `decode` (full size, Spark layout) or `resize` (decode + resize to --size).
+    /// `decode` (full size, Spark layout), `resize` (decode + resize to --size), `model`
+    /// (the featurizer's read: DCT-scaled decode + preprocessing for efficientnet_lite0) or
+    /// `model-exact` (full-size decode + the same preprocessing).
     #[arg(long, default_value = "decode")]
     mode: String,
     /// Target edge for `resize`.
@@ -49,11 +54,41 @@ fn main() {
     files(&args.dir, &mut paths);
     let blobs: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
     let opts = DecodeOptions::default();
+    let model = args.mode.starts_with("model").then(|| {
+        // One libtorch thread per decoding thread, as the executors run preprocessing.
+        dlp_plugin::torch::model::init_threads(1);
+        dlp_plugin::torch::ProcessTorchConfig::get()
+            .zoo()
+            .get("efficientnet_lite0")
+            .expect("efficientnet_lite0 in the model directory (make setup)")
+    });
+    let for_model = model.as_ref().map(|entry| {
+        let m = &entry.manifest;
+        DecodeOptions {
+            jpeg_cover: (args.mode == "model")
+                .then(|| m.resize.cover(m.input.width, m.input.height)),
+            ..opts
+        }
+    });
     let run = |blob: &Vec<u8>| -> usize {
-        match args.mode.as_str() {
-            "decode" => dlp_plugin::image::decode_image(blob, &opts)
+        match (args.mode.as_str(), &model, &for_model) {
+            ("decode", _, _) => dlp_plugin::image::decode_image(blob, &opts)
                 .map(|r| r.data.len())
                 .unwrap_or(0),
+            (_, Some(entry), Some(o)) => {
+                let Ok(row) = dlp_plugin::image::decode_image(blob, o) else {
+                    return 0;
+                };
+                let img = dlp_plugin::torch::model::ImageRef {
+                    height: row.height as usize,
+                    width: row.width as usize,
+                    channels: row.n_channels as usize,
+                    data: &row.data,
+                };
+                dlp_plugin::torch::model::preprocess(entry, img, entry.manifest.resize)
+                    .map(|t| t.numel())
+                    .unwrap_or(0)
+            }
             _ => dlp_plugin::image::resize::decode_resized_rgb(blob, args.size, args.size, &opts)
                 .map(|r| r.data.len())
                 .unwrap_or(0),
