@@ -201,6 +201,14 @@ fn assert_images_match(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_and_vector_outputs_match_pytorch() {
     let ctx = context().await;
+    // The reference decodes every photo at full size (Pillow); so does the exact path, where
+    // the default would decode the larger photos at a DCT scale (tests/torch_models.rs).
+    ctx.sql("SET dlp.image.decode = 'exact'")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     let dir = std::fs::canonicalize(shared_data().join("imagenet-sanity")).unwrap();
     // Color model: 2x2 average pooling in ImageNet-normalized RGB, back to B G R bytes.
     let t = TorchImageTransformer::new("half_smooth", "smoothed", ImageOutputMode::Image);
