@@ -286,11 +286,16 @@ mod tests {
         Arc::new(ImageDecodeExec::try_new(leaf, spec, vec![0, 1, 2]).unwrap())
     }
 
-    fn model(input: Arc<dyn ExecutionPlan>, resize: ResizePolicy) -> Arc<dyn ExecutionPlan> {
+    /// A features step named `out` of a 224 x 224 model with `resize` over `input`.
+    fn model_named(
+        input: Arc<dyn ExecutionPlan>,
+        out: &str,
+        resize: ResizePolicy,
+    ) -> Arc<dyn ExecutionPlan> {
         let spec = TorchSpec {
             model: "m".into(),
             input_col: "image".into(),
-            output_col: "features".into(),
+            output_col: out.into(),
             task: TorchTask::Features,
             batch_size: 4,
             resize: None,
@@ -300,6 +305,10 @@ mod tests {
             model_input: Some((224, 224, resize)),
         };
         Arc::new(TorchInferenceExec::try_new(input, spec).unwrap())
+    }
+
+    fn model(input: Arc<dyn ExecutionPlan>, resize: ResizePolicy) -> Arc<dyn ExecutionPlan> {
+        model_named(input, "features", resize)
     }
 
     /// A logical expression over `input`'s columns, planned.
@@ -360,26 +369,13 @@ mod tests {
         assert_eq!(covers(crop), vec![Some((256, 256))]);
         // Two models on one scan: the larger cover.
         let two = project(
-            model(model_named(scan(), "f2"), ResizePolicy::Stretch),
+            model(
+                model_named(scan(), "f2", ResizePolicy::ShorterSideCenterCrop),
+                ResizePolicy::Stretch,
+            ),
             vec![col("features"), col("f2")],
         );
         assert_eq!(covers(two), vec![Some((256, 256))]);
-    }
-
-    fn model_named(input: Arc<dyn ExecutionPlan>, out: &str) -> Arc<dyn ExecutionPlan> {
-        let spec = TorchSpec {
-            model: "m2".into(),
-            input_col: "image".into(),
-            output_col: out.into(),
-            task: TorchTask::Features,
-            batch_size: 4,
-            resize: None,
-            device: None,
-            output_dim: 8,
-            sha256: String::new(),
-            model_input: Some((224, 224, ResizePolicy::ShorterSideCenterCrop)),
-        };
-        Arc::new(TorchInferenceExec::try_new(input, spec).unwrap())
     }
 
     #[test]
