@@ -146,6 +146,12 @@ pub struct TrainingStage {
 }
 
 impl ModelManifest {
+    /// The smallest decoded image this model's preprocessing only shrinks, under its own
+    /// resize policy ([`ResizePolicy::cover`]).
+    pub fn decode_cover(&self) -> (usize, usize) {
+        self.resize.cover(self.input.width, self.input.height)
+    }
+
     /// Checks internal consistency.
     pub fn validate(&self) -> Result<()> {
         if self.mean.len() != 3 || self.std.len() != 3 {

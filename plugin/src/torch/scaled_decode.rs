@@ -170,8 +170,7 @@ fn model_function(expr: &Arc<dyn PhysicalExpr>) -> Option<(&Column, (usize, usiz
         .zoo()
         .get(field_name(model)?)
         .ok()?;
-    let m = &entry.manifest;
-    Some((image, m.resize.cover(m.input.width, m.input.height)))
+    Some((image, entry.manifest.decode_cover()))
 }
 
 fn id(plan: &Arc<dyn ExecutionPlan>) -> ScanId {

@@ -62,13 +62,9 @@ fn main() {
             .get("efficientnet_lite0")
             .expect("efficientnet_lite0 in the model directory (make setup)")
     });
-    let for_model = model.as_ref().map(|entry| {
-        let m = &entry.manifest;
-        DecodeOptions {
-            jpeg_cover: (args.mode == "model")
-                .then(|| m.resize.cover(m.input.width, m.input.height)),
-            ..opts
-        }
+    let for_model = model.as_ref().map(|entry| DecodeOptions {
+        jpeg_cover: (args.mode == "model").then(|| entry.manifest.decode_cover()),
+        ..opts
     });
     let run = |blob: &Vec<u8>| -> usize {
         match (args.mode.as_str(), &model, &for_model) {
