@@ -19,6 +19,7 @@ struct Counters {
     listings: AtomicU64,
     listed_files: AtomicU64,
     listing_nanos: AtomicU64,
+    fetch_wait_nanos: AtomicU64,
     inference: Mutex<BTreeMap<String, Inference>>,
 }
 
@@ -50,6 +51,17 @@ pub fn listing_totals() -> (u64, f64) {
         PROCESS.listings.load(Ordering::Relaxed),
         PROCESS.listing_nanos.load(Ordering::Relaxed) as f64 / 1e9,
     )
+}
+
+/// Time an image partition's decoding waited for the GETs of its next chunk (object
+/// storage only; local files are read by the decoding thread itself).
+pub fn record_fetch_wait(nanos: u64) {
+    PROCESS.fetch_wait_nanos.fetch_add(nanos, Ordering::Relaxed);
+}
+
+/// Seconds image decoding has waited for object-store GETs so far in this process.
+pub fn fetch_wait_seconds() -> f64 {
+    PROCESS.fetch_wait_nanos.load(Ordering::Relaxed) as f64 / 1e9
 }
 
 /// Forward passes of `model` with `batch_size` images each at most: `batches` of them over
@@ -88,6 +100,7 @@ impl Counters {
             listings: AtomicU64::new(0),
             listed_files: AtomicU64::new(0),
             listing_nanos: AtomicU64::new(0),
+            fetch_wait_nanos: AtomicU64::new(0),
             inference: Mutex::new(BTreeMap::new()),
         }
     }
@@ -172,6 +185,11 @@ impl Counters {
                 "Time spent listing image folders and prefixes.",
                 self.listing_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             ),
+            (
+                "dlp_object_fetch_wait_seconds_total",
+                "Time image decoding waited for object-store GETs (the next chunk's objects).",
+                self.fetch_wait_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -245,6 +263,9 @@ mod tests {
         counters.record_listing(1428, 250_000_000);
         counters.record_listing(2, 250_000_000);
         counters.record_inference("m\"1", 3, 1, 3, 0, 0.25);
+        counters
+            .fetch_wait_nanos
+            .fetch_add(1_500_000_000, Ordering::Relaxed);
         let text = counters.render(&[("id", "cpu-x"), ("device", "cpu")]);
         assert!(
             text.contains("dlp_info{id=\"cpu-x\",device=\"cpu\"} 1"),
@@ -255,6 +276,10 @@ mod tests {
         assert!(text.contains("dlp_listings_total 2"), "{text}");
         assert!(text.contains("dlp_listed_files_total 1430"), "{text}");
         assert!(text.contains("dlp_listing_seconds_total 0.5"), "{text}");
+        assert!(
+            text.contains("dlp_object_fetch_wait_seconds_total 1.5"),
+            "{text}"
+        );
         assert!(
             text.contains("dlp_inference_images_total{model=\"m\\\"1\"} 8"),
             "{text}"

@@ -197,6 +197,7 @@ impl ExecutionPlan for ImageDecodeExec {
                 Ok::<_, datafusion::error::DataFusionError>((files, fetched))
             })
             .buffered(FETCH_AHEAD);
+        let wait = metrics.fetch_wait_time.clone();
         let fetched = futures::stream::once(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(FETCH_AHEAD);
             let task = datafusion::common::runtime::SpawnedTask::spawn(async move {
@@ -207,8 +208,19 @@ impl ExecutionPlan for ImageDecodeExec {
                     }
                 }
             });
-            futures::stream::unfold((rx, task), |(mut rx, task)| async move {
-                rx.recv().await.map(|item| (item, (rx, task)))
+            futures::stream::unfold((rx, task, wait), |(mut rx, task, wait)| async move {
+                // How long decoding waits for fetched chunks (EXPLAIN ANALYZE's
+                // fetch_wait_time; the process counter dlp_object_fetch_wait_seconds_total).
+                let started = std::time::Instant::now();
+                let item = rx.recv().await?;
+                if let Ok((_, fetched)) = &item
+                    && !fetched.is_empty()
+                {
+                    let nanos = started.elapsed().as_nanos() as usize;
+                    wait.add_duration(std::time::Duration::from_nanos(nanos as u64));
+                    crate::metrics::record_fetch_wait(nanos as u64);
+                }
+                Some((item, (rx, task, wait)))
             })
         })
         .flatten();
@@ -253,6 +265,8 @@ struct DecodeMetrics {
     invalid_dropped: Count,
     bytes_read: Count,
     decode_time: Time,
+    /// Time decoding waited for chunks whose objects were fetched from object storage.
+    fetch_wait_time: Time,
 }
 
 impl DecodeMetrics {
@@ -264,6 +278,7 @@ impl DecodeMetrics {
             invalid_dropped: MetricBuilder::new(set).counter("invalid_dropped", partition),
             bytes_read: MetricBuilder::new(set).counter("bytes_read", partition),
             decode_time: MetricBuilder::new(set).subset_time("decode_time", partition),
+            fetch_wait_time: MetricBuilder::new(set).subset_time("fetch_wait_time", partition),
         }
     }
 
@@ -276,6 +291,7 @@ impl DecodeMetrics {
             invalid_dropped = self.invalid_dropped.value(),
             bytes_read = self.bytes_read.value(),
             decode_ms = self.decode_time.value() / 1_000_000,
+            fetch_wait_ms = self.fetch_wait_time.value() / 1_000_000,
             "image partition done"
         );
     }

@@ -27,6 +27,9 @@ struct Args {
     /// The s3s-fs binary (`scripts/bench-s3.sh` installs it).
     #[arg(long)]
     s3s_fs: Option<std::path::PathBuf>,
+    /// GETs in flight per chunk of a read (storage.maxConcurrentGets; default its default).
+    #[arg(long)]
+    gets: Option<usize>,
     /// Also measure against moto (slow: it uploads the objects through boto3 first).
     #[arg(long)]
     moto: bool,
@@ -41,6 +44,8 @@ struct Rate {
     decode_rate: f64,
     /// Seconds the best run spent listing (once per query).
     listing_s: f64,
+    /// Seconds the best run's decoding waited for GETs (object storage only).
+    wait_s: f64,
     images: u64,
     reader_ms: f64,
     server_ms: f64,
@@ -82,11 +87,13 @@ async fn read_rate(
     let me = std::process::id();
     let mut best = f64::MAX;
     let mut best_listing = 0.0;
+    let mut best_wait = 0.0;
     let mut n = 0u64;
     let (mut reader, mut served) = (0.0, 0.0);
     for i in 0..=runs {
         let (r0, s0) = (cpu_seconds(me), server.map_or(0.0, cpu_seconds));
         let (listings0, listing0) = dlp_plugin::metrics::listing_totals();
+        let wait0 = dlp_plugin::metrics::fetch_wait_seconds();
         let start = Instant::now();
         let batches = ctx.sql(&q).await?.collect().await?;
         let secs = start.elapsed().as_secs_f64();
@@ -106,6 +113,7 @@ async fn read_rate(
             if secs < best {
                 best = secs;
                 best_listing = listing1 - listing0;
+                best_wait = dlp_plugin::metrics::fetch_wait_seconds() - wait0;
             }
             reader += cpu_seconds(me) - r0;
             served += server.map_or(0.0, cpu_seconds) - s0;
@@ -116,10 +124,44 @@ async fn read_rate(
         rate: n as f64 / best,
         decode_rate: n as f64 / (best - best_listing),
         listing_s: best_listing,
+        wait_s: best_wait,
         images: n,
         reader_ms: per_image(reader),
         server_ms: per_image(served),
     })
+}
+
+/// GETs alone (no decoding): every object under `root` fetched with `in_flight` GETs at
+/// once, the best of `runs` after a warm-up: objects per second, and the CPU per GET of this
+/// process and of the server.
+async fn get_rate(
+    root: &str,
+    in_flight: usize,
+    runs: usize,
+    server: u32,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let prefix = dlp_plugin::storage::ObjectUrl::parse(root)?;
+    let urls: Vec<_> = dlp_plugin::storage::list(&prefix)
+        .await?
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect();
+    let me = std::process::id();
+    let (mut best, mut reader, mut served) = (f64::MAX, 0.0, 0.0);
+    for i in 0..=runs {
+        let (r0, s0) = (cpu_seconds(me), cpu_seconds(server));
+        let start = Instant::now();
+        let got = dlp_plugin::storage::get_many(urls.clone(), u64::MAX, in_flight).await;
+        let secs = start.elapsed().as_secs_f64();
+        anyhow::ensure!(got.iter().all(|r| r.is_ok()), "a GET under {root} failed");
+        if i > 0 {
+            best = best.min(secs);
+            reader += cpu_seconds(me) - r0;
+            served += cpu_seconds(server) - s0;
+        }
+    }
+    let per_get = |s: f64| 1000.0 * s / (urls.len().max(1) * runs.max(1)) as f64;
+    Ok((urls.len() as f64 / best, per_get(reader), per_get(served)))
 }
 
 #[tokio::main]
@@ -171,6 +213,9 @@ async fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(!servers.is_empty(), "give --s3s-fs PATH and/or --moto");
     let mut config = StorageConfig::default();
+    if let Some(n) = args.gets {
+        config.max_concurrent_gets = n;
+    }
     for (_, server, a, b) in &servers {
         for bucket in [a, b] {
             config
@@ -190,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "{:<8} {:<22} {:>11} {:>10} {:>7}   {:>11} {:>10} {:>7} {:>8}   {:>9} {:>9} {:>9}   {:>7}",
+        "{:<8} {:<22} {:>11} {:>10} {:>7}   {:>11} {:>10} {:>7} {:>8} {:>8}   {:>9} {:>9} {:>9}   {:>7}",
         "server",
         "reader",
         "disk img/s",
@@ -200,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
         "S3 decode",
         "ratio",
         "S3 list",
+        "S3 wait",
         "disk cpu",
         "S3 reader",
         "S3 server",
@@ -208,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
     let me = std::process::id();
     let all = format!("0-{}", cores - 1);
     let mut ceilings = Vec::new();
+    let mut get_rows = Vec::new();
     for slots in [1, cores] {
         // One core: the reader (this process, every thread, one task slot) on core 0 for
         // both reads, the servers on the other cores, as a server on another machine would
@@ -234,6 +281,17 @@ async fn main() -> anyhow::Result<()> {
                 disk.images,
                 s3.images
             );
+            // The same objects fetched alone, as many GETs in flight as a read keeps (two
+            // chunks ahead): what the server and the client's HTTP side can do without decoding.
+            let in_flight = 2 * dlp_plugin::storage::config().max_concurrent_gets;
+            let (gets, get_reader, get_server) =
+                get_rate(&root, in_flight, args.runs, server.pid()).await?;
+            get_rows.push(format!(
+                "{name:<8} {label:<22} GETs alone ({in_flight} in flight): {gets:.1} objects/s \
+                 ({:.2}x the disk read's images/s); CPU per GET: reader {get_reader:.2} ms, \
+                 server {get_server:.2} ms",
+                gets / disk.rate
+            ));
             // With every core busy, a rate is at most cores / (CPU per image): the S3 read
             // can reach at most disk cpu / (reader + server) of the disk rate while the
             // server shares these cores.
@@ -245,7 +303,7 @@ async fn main() -> anyhow::Result<()> {
                 format!("{:>7}", "-")
             };
             println!(
-                "{name:<8} {label:<22} {:>11.1} {:>10.1} {:>6.2}x   {:>11.1} {:>10.1} {:>6.2}x {:>6.3} s   {:>6.2} ms {:>6.2} ms {:>6.2} ms   {shown}",
+                "{name:<8} {label:<22} {:>11.1} {:>10.1} {:>6.2}x   {:>11.1} {:>10.1} {:>6.2}x {:>6.3} s {:>6.3} s   {:>6.2} ms {:>6.2} ms {:>6.2} ms   {shown}",
                 disk.rate,
                 s3.rate,
                 s3.rate / disk.rate,
@@ -253,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
                 s3.decode_rate,
                 s3.decode_rate / disk.decode_rate,
                 s3.listing_s,
+                s3.wait_s,
                 disk.reader_ms,
                 s3.reader_ms,
                 s3.server_ms,
@@ -262,7 +321,8 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "img/s: a whole query (one listing, GETs, decoding) in its best run; decode: the same \
          run without its listing (the embedded cluster's listing time, from its metrics); \
-         S3 list: that listing's seconds"
+         S3 list: that listing's seconds; S3 wait: the seconds that run's decoding waited for \
+         GETs (summed over its partitions)"
     );
     println!(
         "cpu: CPU time per image (user + system, every thread) of the reader (this process: \
@@ -270,6 +330,9 @@ async fn main() -> anyhow::Result<()> {
          of the disk rate with all {cores} cores busy and the server on them, disk cpu / \
          (reader + server)"
     );
+    for row in &get_rows {
+        println!("{row}");
+    }
     for (name, disk, reader, server) in &ceilings {
         println!(
             "{name}: the reader spends {:.2} ms per image more from the bucket than from disk \
