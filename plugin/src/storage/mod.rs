@@ -582,6 +582,25 @@ static IO: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .expect("the storage I/O runtime starts")
 });
 
+/// Starts `f` on the process's storage I/O runtime; the task is aborted when the returned
+/// guard is dropped.
+pub(crate) fn spawn_io<F>(f: F) -> AbortOnDrop
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    AbortOnDrop(IO.spawn(f))
+}
+
+/// A task on the I/O runtime, aborted when this is dropped.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs `f` on the process's storage I/O runtime and waits for it (from async code).
 pub async fn io<F>(f: F) -> F::Output
 where
@@ -673,8 +692,9 @@ pub async fn get(url: &ObjectUrl, limit: u64) -> Result<Bytes, DlpError> {
     io(get_here(url.clone(), limit)).await
 }
 
-/// [`get`] on the calling runtime (which must be the I/O runtime).
-async fn get_here(u: ObjectUrl, limit: u64) -> Result<Bytes, DlpError> {
+/// [`get`] on the calling runtime, which must be the I/O runtime (a task started by
+/// [`spawn_io`]).
+pub(crate) async fn get_here(u: ObjectUrl, limit: u64) -> Result<Bytes, DlpError> {
     let (store, key) = (store(&u)?, u.key());
     let r = store
         .get_opts(&key, GetOptions::default())
