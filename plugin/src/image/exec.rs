@@ -690,3 +690,59 @@ fn read_and_decode_uncounted(
     }
     (decode_image(&bytes, options), n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decoding_thread_takes_each_object_when_it_arrives() {
+        let arrivals = Arc::new(Arrivals::new(2));
+        let producer = arrivals.clone();
+        let put = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            producer.put(1, Ok(Some(Ok(bytes::Bytes::from_static(b"second")))));
+            producer.put(0, Ok(None));
+        });
+        // Row 0 is a local file (nothing fetched); row 1's object comes after a wait.
+        assert!(arrivals.take(0).unwrap().is_none());
+        let second = arrivals.take(1).unwrap().unwrap().unwrap();
+        assert_eq!(&second[..], b"second");
+        put.join().unwrap();
+    }
+
+    #[test]
+    fn a_store_failure_reaches_the_decoding_thread_with_its_message() {
+        let arrivals = Arc::new(Arrivals::new(1));
+        arrivals.put(
+            0,
+            Err(crate::error::DlpError::Storage(
+                "GET s3://b/k.jpg: connection refused".into(),
+            )),
+        );
+        let e = arrivals.take(0).unwrap_err().to_string();
+        assert!(e.contains("read_images: GET s3://b/k.jpg"), "{e}");
+    }
+
+    #[test]
+    fn a_decoding_thread_stops_waiting_when_nothing_is_left_to_fetch_its_row() {
+        let arrivals = Arc::new(Arrivals::new(2));
+        let producer = arrivals.clone();
+        // The fetching side puts row 0 and is then dropped (a cancelled query).
+        let gone = std::thread::spawn(move || {
+            producer.put(0, Ok(None));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            drop(producer);
+        });
+        assert!(arrivals.take(0).unwrap().is_none());
+        let started = std::time::Instant::now();
+        let e = arrivals.take(1).unwrap_err().to_string();
+        assert!(e.contains("never fetched"), "{e}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "waited {:?}",
+            started.elapsed()
+        );
+        gone.join().unwrap();
+    }
+}
