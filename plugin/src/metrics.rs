@@ -53,8 +53,8 @@ pub fn listing_totals() -> (u64, f64) {
     )
 }
 
-/// Time an image partition's decoding waited for the GETs of its next chunk (object
-/// storage only; local files are read by the decoding thread itself).
+/// Time a decoding thread waited for an object from object storage to arrive (local files
+/// are read by the decoding thread itself).
 pub fn record_fetch_wait(nanos: u64) {
     PROCESS.fetch_wait_nanos.fetch_add(nanos, Ordering::Relaxed);
 }
@@ -187,7 +187,7 @@ impl Counters {
             ),
             (
                 "dlp_object_fetch_wait_seconds_total",
-                "Time image decoding waited for object-store GETs (the next chunk's objects).",
+                "Time image decoding threads waited for objects from object storage to arrive.",
                 self.fetch_wait_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             ),
         ];

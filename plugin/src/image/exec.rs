@@ -180,7 +180,7 @@ impl ExecutionPlan for ImageDecodeExec {
         let fetch = job.decode;
         let decode_metrics = metrics.clone();
         // Objects in object storage are fetched ahead, by a task of their own, one GET per
-        // row with FETCH_AHEAD * storage.maxConcurrentGets in flight across chunk boundaries
+        // row with `read_gets_in_flight` (2 x storage.maxConcurrentGets) in flight across chunk boundaries
         // (on the storage I/O runtime), whether or not decoding is ready for them. A chunk goes
         // to decoding once the rows before it are fetched, and its decoding thread takes each
         // row's object as it arrives: decoding starts with the first object of a partition,
@@ -188,7 +188,7 @@ impl ExecutionPlan for ImageDecodeExec {
         // chunks spent about a third of its time waiting for its first one). Local files are
         // read by the decoding thread itself. Dropping the stream aborts the task, and a
         // decoding thread waiting for an object that will never come stops (`Arrivals::take`).
-        let in_flight = FETCH_AHEAD * crate::storage::config().max_concurrent_gets.max(1);
+        let in_flight = crate::storage::config().read_gets_in_flight();
         let fetch_stage = chunks
             .map_ok(move |files| {
                 let remote = fetch && {
@@ -577,7 +577,8 @@ pub(crate) fn read_and_decode_any(
     Ok(decode_fetched(object, options))
 }
 
-/// Chunks whose GETs are in flight ahead of decoding, and fetched chunks queued for it.
+/// Chunks handed to decoding ahead of it (queued while two decode), their objects fetched
+/// or arriving.
 const FETCH_AHEAD: usize = 2;
 
 /// Largest pixel payload of one output batch: batches travel as single gRPC / Flight

@@ -46,8 +46,9 @@ pub const LOG_TARGET: &str = "dlp_plugin::storage";
 #[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// GET requests in flight per chunk being fetched (an image-reading task fetches the
-    /// next two chunks while two decode).
+    /// The GET concurrency unit: an image-reading task keeps
+    /// [`StorageConfig::read_gets_in_flight`] GETs in flight (one object each); folder
+    /// downloads and uploads run this many at once.
     pub max_concurrent_gets: usize,
     /// Seconds one request may take before it is abandoned (and retried).
     pub request_timeout_seconds: u64,
@@ -162,6 +163,11 @@ impl StorageConfig {
 }
 
 impl StorageConfig {
+    /// GETs an image-reading task keeps in flight, one object each, across its chunks.
+    pub fn read_gets_in_flight(&self) -> usize {
+        2 * self.max_concurrent_gets.max(1)
+    }
+
     /// The `storage:` section of a config file (`dlp.yaml`; other sections are the
     /// scheduler's business), [`StorageConfig::from_env`] when it has none.
     pub fn from_file(path: &Path) -> Result<Self, DlpError> {
@@ -713,7 +719,7 @@ pub(crate) async fn get_here(u: ObjectUrl, limit: u64) -> Result<Bytes, DlpError
 
 /// Many objects at once, at most `concurrency` in flight; results in input order. The
 /// whole batch runs as one task on the I/O runtime: it goes on while the caller is busy
-/// elsewhere (the image reader starts a chunk's GETs and decodes the previous chunk).
+/// elsewhere. (The image reader fetches row by row instead, on a task of its own.)
 pub async fn get_many(
     urls: Vec<ObjectUrl>,
     limit: u64,

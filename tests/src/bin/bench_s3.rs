@@ -27,7 +27,8 @@ struct Args {
     /// The s3s-fs binary (`scripts/bench-s3.sh` installs it).
     #[arg(long)]
     s3s_fs: Option<std::path::PathBuf>,
-    /// GETs in flight per chunk of a read (storage.maxConcurrentGets; default its default).
+    /// storage.maxConcurrentGets (a read keeps twice this many GETs in flight; default: its
+    /// default).
     #[arg(long)]
     gets: Option<usize>,
     /// Also measure against moto (slow: it uploads the objects through boto3 first).
@@ -281,9 +282,9 @@ async fn main() -> anyhow::Result<()> {
                 disk.images,
                 s3.images
             );
-            // The same objects fetched alone, as many GETs in flight as a read keeps (two
-            // chunks ahead): what the server and the client's HTTP side can do without decoding.
-            let in_flight = 2 * dlp_plugin::storage::config().max_concurrent_gets;
+            // The same objects fetched alone, as many GETs in flight as a read keeps: what
+            // the server and the client's HTTP side can do without decoding.
+            let in_flight = dlp_plugin::storage::config().read_gets_in_flight();
             let (gets, get_reader, get_server) =
                 get_rate(&root, in_flight, args.runs, server.pid()).await?;
             get_rows.push(format!(
@@ -321,8 +322,8 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "img/s: a whole query (one listing, GETs, decoding) in its best run; decode: the same \
          run without its listing (the embedded cluster's listing time, from its metrics); \
-         S3 list: that listing's seconds; S3 wait: the seconds that run's decoding waited for \
-         GETs (summed over its partitions)"
+         S3 list: that listing's seconds; S3 wait: the seconds that run's decoding threads waited \
+         for objects to arrive (summed over the threads)"
     );
     println!(
         "cpu: CPU time per image (user + system, every thread) of the reader (this process: \
