@@ -11,6 +11,7 @@ pub mod manifest;
 #[cfg(feature = "torch")]
 pub mod model;
 pub mod placement;
+pub mod preprocess;
 pub mod scaled_decode;
 pub mod spec;
 pub mod transformers;

@@ -229,75 +229,20 @@ impl LoadedModel {
     }
 }
 
-/// See [`LoadedModel::preprocess`].
+/// See [`LoadedModel::preprocess`] ([`super::preprocess`] does the work).
 pub fn preprocess(entry: &ModelEntry, img: ImageRef<'_>, resize: ResizePolicy) -> Result<Tensor> {
     let m = &entry.manifest;
-    let (h, w, c) = (img.height as i64, img.width as i64, img.channels as i64);
-    if img.data.len() != img.height * img.width * img.channels || h <= 0 || w <= 0 {
-        return exec_err!(
-            "image of {}x{}x{} has {} bytes",
-            img.height,
-            img.width,
-            img.channels,
-            img.data.len()
-        );
-    }
-    let err = torch_err("preprocess");
-    let hwc = Tensor::from_slice(img.data)
-        .f_view([h, w, c])
-        .map_err(&err)?;
-    // Spark's layout is B G R (A); pick the model's channel order.
-    let order: [i64; 3] = if m.channel_order == "RGB" {
-        [2, 1, 0]
-    } else {
-        [0, 1, 2]
+    let p = super::preprocess::Preprocessing {
+        height: m.input.height,
+        width: m.input.width,
+        rgb: m.channel_order == "RGB",
+        resize,
+        scale: m.scale,
+        mean: &m.mean,
+        std: &m.std,
     };
-    let three = match c {
-        1 => hwc.f_expand([h, w, 3], false).map_err(&err)?,
-        3 | 4 => hwc
-            .f_index_select(2, &Tensor::from_slice(&order))
-            .map_err(&err)?,
-        _ => return exec_err!("unsupported channel count {c}"),
-    };
-    let x = three
-        .f_permute([2, 0, 1])
-        .and_then(|t| t.f_unsqueeze(0))
-        .and_then(|t| t.f_to_kind(Kind::Float))
-        .map_err(&err)?;
-    let (th, tw) = (m.input.height as i64, m.input.width as i64);
-    let x = match resize {
-        ResizePolicy::Stretch => resize_aa(&x, th, tw)?,
-        ResizePolicy::ShorterSideCenterCrop => {
-            let short = ResizePolicy::crop_short_side(tw as usize, th as usize) as i64;
-            let (rh, rw) = if h <= w {
-                (short, w * short / h)
-            } else {
-                (h * short / w, short)
-            };
-            let x = resize_aa(&x, rh.max(th), rw.max(tw))?;
-            let (rh, rw) = (x.size()[2], x.size()[3]);
-            x.f_narrow(2, (rh - th) / 2, th)
-                .and_then(|t| t.f_narrow(3, (rw - tw) / 2, tw))
-                .map_err(&err)?
-        }
-    };
-    let mean = Tensor::from_slice(&m.mean)
-        .f_view([1, 3, 1, 1])
-        .map_err(&err)?
-        .to_kind(Kind::Float);
-    let std = Tensor::from_slice(&m.std)
-        .f_view([1, 3, 1, 1])
-        .map_err(&err)?
-        .to_kind(Kind::Float);
-    let x = (x * m.scale - mean) / std;
-    x.f_squeeze_dim(0).map_err(&err)
-}
-
-fn resize_aa(x: &Tensor, h: i64, w: i64) -> Result<Tensor> {
-    let size = x.size();
-    if size[2] == h && size[3] == w {
-        return Ok(x.shallow_clone());
-    }
-    x.f_internal_upsample_bilinear2d_aa([h, w], false, None, None)
-        .map_err(torch_err("resize"))
+    let values = super::preprocess::preprocess(&p, img.height, img.width, img.channels, img.data)?;
+    Tensor::from_slice(&values)
+        .f_view([3, p.height as i64, p.width as i64])
+        .map_err(torch_err("preprocess"))
 }
