@@ -29,7 +29,7 @@ PY
 done
 
 # The featurizer's read (issue 21, item 2), one thread: JPEGs that only a model reads are
-# decoded at the DCT scale covering its input, then preprocessed (libtorch) as the featurizer
+# decoded at the DCT scale covering its input, then preprocessed as the featurizer
 # does; against the same preprocessing after a full-size decode, and the full-size decode alone.
 echo "featurizer read, efficientnet_lite0, 1 thread (dlp-bench-decode --mode model / model-exact / decode)"
 printf '%-18s %8s %16s %16s %14s %8s %16s\n' images JPEGs "scaled img/s" "full+prep img/s" ratio "" "full decode img/s"

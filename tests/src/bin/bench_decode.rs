@@ -1,7 +1,7 @@
 //! Image decoding throughput of the plugin's decoders (the code `ImageDecodeExec` runs):
 //! full decode to Spark's layout, decode + resize to a model input size, or the product's
 //! read for a model (`model`: the scan's decode at the DCT scale covering
-//! EfficientNet-Lite0's input, then the featurizer's own preprocessing in libtorch; and
+//! EfficientNet-Lite0's input, then the featurizer's own preprocessing (`torch::preprocess`); and
 //! `model-exact`: the same after a full-size decode). Prints one JSON line;
 //! `scripts/bench.sh` runs it beside Pillow and prints the ratios.
 
