@@ -52,14 +52,15 @@ fn parse() -> Result<Opt, String> {
 /// one buffer. s3s-fs streams a body in 4 KiB reads, each a trip through the blocking pool
 /// (and five more for the file's metadata and the object's stored attributes), so each
 /// object went out as a dozen small writes; AWS S3 and MinIO send bodies in large buffers.
-/// Ranged GETs, and every other request, are s3s-fs's own.
+/// Ranged GETs, objects with user metadata or an expiry date, and every other request are
+/// s3s-fs's own.
 struct Lean {
     fs: FileSystem,
     root: PathBuf,
 }
 
 /// The object's file under `root`, for a bucket and key made only of plain path components
-/// (s3s-fs has already refused the others when it answered the request).
+/// (`None` for any other, which s3s-fs then answers or refuses).
 fn object_file(root: &Path, bucket: &str, key: &str) -> Option<PathBuf> {
     let plain = |p: &str| {
         !p.is_empty()
@@ -103,6 +104,7 @@ fn read_whole(root: &Path, bucket: &str, key: &str) -> Option<GetObjectOutput> {
     }
     let attr = |k: &str| attrs.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let text = |k: &str| info.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let e_tag = text("e_tag")?;
     let mut file = std::fs::File::open(object_file(root, bucket, key)?).ok()?;
     let meta = file.metadata().ok()?;
     let mut body = Vec::with_capacity(meta.len() as usize);
@@ -110,7 +112,7 @@ fn read_whole(root: &Path, bucket: &str, key: &str) -> Option<GetObjectOutput> {
     Some(GetObjectOutput {
         content_length: Some(body.len() as i64),
         last_modified: meta.modified().ok().map(Timestamp::from),
-        e_tag: Some(ETag::Strong(text("e_tag")?)),
+        e_tag: Some(ETag::Strong(e_tag)),
         content_type: attr("content_type"),
         content_encoding: attr("content_encoding"),
         content_disposition: attr("content_disposition"),

@@ -23,6 +23,29 @@ impl ResizePolicy {
         (width.min(height) as f64 / 0.875).round() as usize
     }
 
+    /// How an `image` (width, height) becomes a `model` input (width, height): the size it
+    /// is resized to, then the top-left corner of the model input cropped from it, as
+    /// (resized width, resized height, left, top).
+    pub fn layout(
+        self,
+        (w, h): (usize, usize),
+        (tw, th): (usize, usize),
+    ) -> (usize, usize, usize, usize) {
+        match self {
+            Self::Stretch => (tw, th, 0, 0),
+            Self::ShorterSideCenterCrop => {
+                let short = Self::crop_short_side(tw, th);
+                let (rw, rh) = if h <= w {
+                    (w * short / h, short)
+                } else {
+                    (short, h * short / w)
+                };
+                let (rw, rh) = (rw.max(tw), rh.max(th));
+                (rw, rh, (rw - tw) / 2, (rh - th) / 2)
+            }
+        }
+    }
+
     /// The smallest image (width, height) that this policy only shrinks, never enlarges, to
     /// a `width` x `height` model input: a decode at least this large loses nothing the
     /// model would see.

@@ -138,18 +138,7 @@ pub fn load_model(entry: &ModelEntry, device: Device) -> Result<Arc<LoadedModel>
     Ok(model)
 }
 
-/// One image in Spark's layout, borrowed from an `image` struct row.
-#[derive(Debug, Clone, Copy)]
-pub struct ImageRef<'a> {
-    /// Rows.
-    pub height: usize,
-    /// Columns.
-    pub width: usize,
-    /// 1 (gray), 3 (B G R) or 4 (B G R A).
-    pub channels: usize,
-    /// Pixel bytes.
-    pub data: &'a [u8],
-}
+pub use super::preprocess::ImageRef;
 
 /// Output of a forward pass: the outputs the manifest names that the task reads, on the CPU
 /// as float.
@@ -241,7 +230,7 @@ pub fn preprocess(entry: &ModelEntry, img: ImageRef<'_>, resize: ResizePolicy) -
         mean: &m.mean,
         std: &m.std,
     };
-    let values = super::preprocess::preprocess(&p, img.height, img.width, img.channels, img.data)?;
+    let values = super::preprocess::preprocess(&p, img)?;
     Tensor::from_slice(&values)
         .f_view([3, p.height as i64, p.width as i64])
         .map_err(torch_err("preprocess"))

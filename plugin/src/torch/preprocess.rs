@@ -86,6 +86,19 @@ impl Taps {
     }
 }
 
+/// One image in Spark's layout, borrowed from an `image` struct row.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageRef<'a> {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// 1 (gray), 3 (B G R) or 4 (B G R A).
+    pub channels: usize,
+    /// Pixel bytes.
+    pub data: &'a [u8],
+}
+
 /// What a model's manifest asks of its input image.
 #[derive(Debug, Clone, Copy)]
 pub struct Preprocessing<'a> {
@@ -101,34 +114,9 @@ pub struct Preprocessing<'a> {
     pub std: &'a [f64],
 }
 
-/// The resized size and the crop's top-left corner, as the policy says.
-fn geometry(p: &Preprocessing<'_>, h: usize, w: usize) -> (usize, usize, usize, usize) {
-    let (th, tw) = (p.height, p.width);
-    match p.resize {
-        ResizePolicy::Stretch => (th, tw, 0, 0),
-        ResizePolicy::ShorterSideCenterCrop => {
-            let short = ResizePolicy::crop_short_side(tw, th);
-            let (rh, rw) = if h <= w {
-                (short, w * short / h)
-            } else {
-                (h * short / w, short)
-            };
-            let (rh, rw) = (rh.max(th), rw.max(tw));
-            (rh, rw, (rh - th) / 2, (rw - tw) / 2)
-        }
-    }
-}
-
-/// Preprocesses one image (`height` x `width` x `channels` bytes in Spark's layout) into
-/// `[3, p.height, p.width]` float values, channel-major.
-pub fn preprocess(
-    p: &Preprocessing<'_>,
-    height: usize,
-    width: usize,
-    channels: usize,
-    data: &[u8],
-) -> Result<Vec<f32>> {
-    let (h, w, c) = (height, width, channels);
+/// Preprocesses one image into `[3, p.height, p.width]` float values, channel-major.
+pub fn preprocess(p: &Preprocessing<'_>, img: ImageRef<'_>) -> Result<Vec<f32>> {
+    let (h, w, c, data) = (img.height, img.width, img.channels, img.data);
     if data.len() != h * w * c || h == 0 || w == 0 {
         return exec_err!("image of {h}x{w}x{c} has {} bytes", data.len());
     }
@@ -148,7 +136,7 @@ pub fn preprocess(
         );
     }
     let (th, tw) = (p.height, p.width);
-    let (rh, rw, top, left) = geometry(p, h, w);
+    let (rw, rh, left, top) = p.resize.layout((w, h), (tw, th));
     let ys = Taps::new(h, rh, top, th);
     let xs = Taps::new(w, rw, left, tw);
     let (x_lo, x_hi) = xs.span();
@@ -156,7 +144,8 @@ pub fn preprocess(
     // channels as they are interleaved, into float.
     let row_len = (x_hi - x_lo) * c;
     let mut rows = vec![0.0f32; th * row_len];
-    for (oy, acc) in rows.chunks_exact_mut(row_len.max(1)).enumerate().take(th) {
+    // (Every output reads at least one column: row_len >= c.)
+    for (oy, acc) in rows.chunks_exact_mut(row_len).enumerate() {
         let (y0, wy) = ys.of(oy);
         for (k, &wk) in wy.iter().enumerate() {
             let at = (y0 + k) * w * c + x_lo * c;
@@ -195,6 +184,15 @@ pub fn preprocess(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn image(height: usize, width: usize, channels: usize, data: &[u8]) -> ImageRef<'_> {
+        ImageRef {
+            height,
+            width,
+            channels,
+            data,
+        }
+    }
 
     fn imagenet(height: usize, width: usize, resize: ResizePolicy) -> Preprocessing<'static> {
         Preprocessing {
@@ -250,7 +248,7 @@ mod tests {
             })
             .map(|v| v as u8)
             .collect();
-        let out = preprocess(&p, 2, 3, 3, &data).unwrap();
+        let out = preprocess(&p, image(2, 3, 3, &data)).unwrap();
         // R plane first.
         assert_eq!(&out[..6], &[210.0, 211.0, 212.0, 220.0, 221.0, 222.0]);
         assert_eq!(&out[12..18], &[0.0, 1.0, 2.0, 10.0, 11.0, 12.0]);
@@ -259,7 +257,7 @@ mod tests {
     #[test]
     fn gray_and_alpha_images_and_bad_sizes() {
         let p = imagenet(4, 4, ResizePolicy::ShorterSideCenterCrop);
-        let gray = preprocess(&p, 6, 5, 1, &[128; 30]).unwrap();
+        let gray = preprocess(&p, image(6, 5, 1, &[128; 30])).unwrap();
         let v = |ch: usize| (128.0f32 / 255.0 - p.mean[ch] as f32) / p.std[ch] as f32;
         for ch in 0..3 {
             assert!(
@@ -268,11 +266,15 @@ mod tests {
                     .all(|&x| (x - v(ch)).abs() < 1e-5)
             );
         }
-        let bgra = preprocess(&p, 5, 5, 4, &[128; 100]).unwrap();
+        let bgra = preprocess(&p, image(5, 5, 4, &[128; 100])).unwrap();
         assert!((bgra[0] - v(0)).abs() < 1e-5);
-        let e = preprocess(&p, 5, 5, 3, &[0; 10]).unwrap_err().to_string();
+        let e = preprocess(&p, image(5, 5, 3, &[0; 10]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("5x5x3 has 10 bytes"), "{e}");
-        let e = preprocess(&p, 1, 1, 2, &[0; 2]).unwrap_err().to_string();
+        let e = preprocess(&p, image(1, 1, 2, &[0; 2]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unsupported channel count 2"), "{e}");
     }
 
@@ -292,7 +294,9 @@ mod tests {
                 _ => hwc.index_select(2, &Tensor::from_slice(&[2i64, 1, 0])),
             };
             let x = three.permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float);
-            let (rh, rw, top, left) = geometry(p, h as usize, w as usize);
+            let (rw, rh, left, top) = p
+                .resize
+                .layout((w as usize, h as usize), (p.width, p.height));
             let x = if (rh as i64, rw as i64) == (h, w) {
                 x
             } else {
@@ -333,7 +337,7 @@ mod tests {
             (stretch, 100, 90, 4),
         ] {
             let data = noise(h * w * c);
-            let ours = preprocess(&p, h, w, c, &data).unwrap();
+            let ours = preprocess(&p, image(h, w, c, &data)).unwrap();
             let theirs = reference(&p, h, w, c, &data);
             assert_eq!(ours.len(), theirs.len());
             let worst = ours

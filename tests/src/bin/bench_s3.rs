@@ -3,9 +3,10 @@
 //! S3-compatible server and from `../shared/data`, with one task slot and with all cores,
 //! and the listing of 10,000 objects beside the same 10,000 files on disk. Two servers on
 //! loopback: `s3s-fs` (Rust, from crates.io, served by `bench/s3-server` the way
-//! production servers answer: fast enough that the client is what is measured) and moto (Python, the tests' server: it serves about 150 requests a second on
-//! this machine and bounds whatever reads from it). Prints tables and the ratios;
-//! `scripts/bench-s3.sh` runs it.
+//! production servers answer: fast enough that the client is what is measured) and moto
+//! (Python, the tests' server: it serves about 150 requests a second on this machine and
+//! bounds whatever reads from it). Prints tables and the ratios; `scripts/bench-s3.sh` runs
+//! it.
 
 use std::time::Instant;
 
