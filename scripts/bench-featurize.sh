@@ -4,12 +4,13 @@ set -euo pipefail
 source "$(dirname "$0")/bench-prelude.sh"
 dir="$DLP_DATA/flowers"
 # Featurization end to end: JPEG files -> feature vectors, EfficientNet-Lite0, 2 threads,
-# beside two PyTorch + Pillow loops (same preprocessing ops, 2 threads):
-# - plain: the model as a PyTorch user loads it (the unfused model's frozen trace,
-#   `export.py --plain`, NCHW batches), the sparkdl-style loop;
+# beside three PyTorch + Pillow loops (same preprocessing ops, 2 threads):
+# - eager: the `nn.Module` from the PyPI wheel as a PyTorch user builds it, NCHW batches:
+#   the sparkdl-style loop issue 21 names;
+# - plain: the same unfused model's frozen trace (`export.py --plain`), NCHW batches;
 # - optimized: the zoo's own file (BatchNorm folded, ReLU6 / padding / adds fused into
-#   oneDNN convolutions) with channels-last batches, as dlp runs it: the best a Python
-#   user could do with the same model.
+#   oneDNN convolutions, weights prepacked, features without the classifier) with
+#   channels-last batches, as dlp runs it: the best a Python user could do with the same model.
 plain_dir="$DLP_CACHE/bench/models"
 export_sha=$(sha256sum models/export.py | cut -d' ' -f1)
 if [ "$(cat "$plain_dir/.export-sha256" 2>/dev/null)" != "$export_sha" ]; then
@@ -42,18 +43,26 @@ print(json.dumps({"model": f"{mdir}/{m['file']}", "height": 224, "width": 224, "
                   "threads": 2}))
 PY
 )
-args_plain=$("$DLP_PYTHON" -c 'import json, sys; a = json.loads(sys.argv[1]); a["model"] = sys.argv[2]; print(json.dumps(a))' "$args" "$plain_dir/efficientnet_lite0.plain.pt")
-peer=$(/usr/bin/time -f '%M' -o /tmp/dlp-bench-ref.rss "$DLP_PYTHON" tests/python/torch_reference.py "$args_plain")
-peer_rss=$(cat /tmp/dlp-bench-ref.rss)
-# The zoo's file with the batch in channels-last memory, as dlp's CPU inference hands it.
-args_cl=$("$DLP_PYTHON" -c 'import json, sys; a = json.loads(sys.argv[1]); a["channels_last"] = True; print(json.dumps(a))' "$args")
-peer_cl=$(/usr/bin/time -f '%M' -o /tmp/dlp-bench-ref.rss "$DLP_PYTHON" tests/python/torch_reference.py "$args_cl")
-"$DLP_PYTHON" - "$ours" "$peer" "$peer_rss" "$peer_cl" "$(cat /tmp/dlp-bench-ref.rss)" <<'PY'
+# One PyTorch loop: the arguments above with $1 (JSON) merged in; prints its timing JSON and
+# its peak RSS in KB on one line each.
+peer() {
+  local a
+  a=$("$DLP_PYTHON" -c 'import json, sys; a = json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a))' "$args" "$1")
+  /usr/bin/time -f '%M' -o /tmp/dlp-bench-ref.rss "$DLP_PYTHON" tests/python/torch_reference.py "$a"
+  cat /tmp/dlp-bench-ref.rss
+}
+eager=$(peer '{"eager": "efficientnet_lite0"}')
+plain=$(peer "{\"model\": \"$plain_dir/efficientnet_lite0.plain.pt\"}")
+optimized=$(peer '{"channels_last": true, "prepack": true, "features_method": true}')
+"$DLP_PYTHON" - "$ours" "$eager" "$plain" "$optimized" <<'PY'
 import json, sys
-o, p, q = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[4])
-print(f'dlp (embedded cluster)   {o["images_per_s"]:7.2f} images/s  peak RSS {o["peak_rss_mb"]:.0f} MB  ({o["images"]} images, {o["seconds"]:.1f} s)')
-print(f'PyTorch + Pillow, plain  {p["images_per_s"]:7.2f} images/s  peak RSS {int(sys.argv[3]) / 1024:.0f} MB  ({p["images"]} images, {p["seconds"]:.1f} s)')
-print(f'  optimized, channels-last {q["images_per_s"]:6.2f} images/s  peak RSS {int(sys.argv[5]) / 1024:.0f} MB  ({q["images"]} images, {q["seconds"]:.1f} s)')
-print(f'ratio                    {o["images_per_s"] / p["images_per_s"]:.2f}x the plain loop, '
-      f'{o["images_per_s"] / q["images_per_s"]:.2f}x the optimized loop')
+o = json.loads(sys.argv[1])
+print(f'dlp (embedded cluster)     {o["images_per_s"]:7.2f} images/s  peak RSS {o["peak_rss_mb"]:.0f} MB  ({o["images"]} images, {o["seconds"]:.1f} s)')
+ratios = []
+for name, arg in [("eager", sys.argv[2]), ("plain (frozen trace)", sys.argv[3]), ("optimized, channels-last", sys.argv[4])]:
+    timing, rss = arg.strip().split("\n")
+    p = json.loads(timing)
+    print(f'PyTorch + Pillow, {name:24s} {p["images_per_s"]:7.2f} images/s  peak RSS {int(rss) / 1024:.0f} MB  ({p["images"]} images, {p["seconds"]:.1f} s)')
+    ratios.append(f'{o["images_per_s"] / p["images_per_s"]:.2f}x the {name.split(",")[0].split(" (")[0]} loop')
+print("ratio                      " + ", ".join(ratios))
 PY

@@ -3,12 +3,16 @@ pixels as the image source), then the same preprocessing ops in torch (antialias
 resize, centre crop, scale, mean / std), the same TorchScript file, batched.
 
 argv[1]: JSON {model, height, width, resize, scale, mean, std, files, out, batch, threads,
+eager (instead of model: a zoo Lite name, run as the eager `nn.Module` from its PyPI
+wheel), prepack (call the file's `prepack(batch, height, width)` first, as dlp does on a
+CPU), features_method (features from the file's `features` method, as dlp reads them),
 output: "features" | "logits" | "image", index (the output's index in the module's tuple;
 default 1 for features, 0 otherwise), channel_order ("RGB" default, or "BGR"),
 image_output ({scale, mean, std}; default the input's)}. Writes float32 [len(files), D] to
 `out`, or for "image" the uint8 images in Spark's layout (HWC, B G R), one after the other;
 prints timing JSON."""
 import json
+import os
 import sys
 import time
 
@@ -53,9 +57,19 @@ def preprocess(x, a):
 def main():
     a = json.loads(sys.argv[1])
     torch.set_num_threads(a.get("threads", 1))
-    model = torch.jit.load(a["model"]).eval()
+    if a.get("eager"):
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "models"))
+        from export import LogitsAndFeatures, pretrained_lite
+
+        model = LogitsAndFeatures(pretrained_lite(a["eager"])).eval()
+    else:
+        model = torch.jit.load(a["model"]).eval()
+    if a.get("prepack"):
+        model.prepack(a["batch"], a["height"], a["width"])
     output = a.get("output", "features")
     idx = a.get("index", 1 if output == "features" else 0)
+    if a.get("features_method") and output == "features":
+        model, idx = model.features, None
     outs = []
     start = time.perf_counter()
     with torch.inference_mode():
@@ -65,7 +79,7 @@ def main():
             if a.get("channels_last"):
                 batch = batch.contiguous(memory_format=torch.channels_last)
             out = model(batch)
-            outs.append(out[idx] if isinstance(out, tuple) else out)
+            outs.append(out[idx] if idx is not None and isinstance(out, tuple) else out)
     seconds = time.perf_counter() - start
     result = torch.cat(outs)
     if output == "image":

@@ -180,6 +180,9 @@ async fn one_epoch_matches_pytorch_and_saves_an_ordinary_model() {
     let saved = model.save(zoo).unwrap();
     assert_eq!(saved.manifest.num_classes, 3);
     assert_eq!(saved.classes().unwrap(), vec!["0", "1", "2"]);
+    // Its file is the trainable form: none of the base file's extra methods.
+    assert!(entry.manifest.methods.is_some());
+    assert_eq!(saved.manifest.methods, None);
     let df = ctx
         .sql(&format!(
             "SELECT image FROM read_images('{data}', 'recursiveFileLookup=true')"

@@ -786,6 +786,8 @@ impl TorchImageModel {
         );
         m.file = file.clone();
         m.sha256 = sha.clone();
+        // The file is the trainable form: `forward` only, none of the base file's methods.
+        m.methods = None;
         m.num_classes = self.num_classes;
         m.classes_file = Some(classes_file);
         if let Some(r) = self.params.resize {

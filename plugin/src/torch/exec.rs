@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::Session;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, DFSchemaRef, Result, exec_datafusion_err, internal_err};
 use datafusion::execution::context::QueryPlanner;
@@ -352,6 +353,23 @@ impl ExecutionPlan for TorchInferenceExec {
             })
             // Preprocess up to two batches ahead of the model: bounded memory, overlap.
             .buffered(2);
+        // Driven by a task of its own, so preprocessing (and the decoding upstream of it)
+        // goes on while the model runs a batch: a stream pulled only between forward passes
+        // left the model waiting for batches that could have been ready. Dropping the
+        // output stream aborts the task.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let feeder = SpawnedTask::spawn(async move {
+            let mut prepared = std::pin::pin!(prepared);
+            while let Some(item) = prepared.next().await {
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let prepared = futures::stream::unfold((rx, feeder), |(mut rx, feeder)| async move {
+            rx.recv().await.map(|item| (item, (rx, feeder)))
+        });
         let out_schema = schema.clone();
         let outputs = prepared
             .map(move |item| {

@@ -118,7 +118,7 @@ impl Runner {
     #[cfg(feature = "torch")]
     fn model(&self) -> Result<Arc<LoadedModel>> {
         super::model::init_threads(self.threads);
-        super::model::load_model(&self.entry, self.device)
+        super::model::load_model(&self.entry, self.device, self.spec.batch_size)
     }
 
     /// Decodes the image structs of `images` into model input; invalid images (nChannels < 1,
@@ -178,22 +178,25 @@ fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Result<
     let keep_origin = spec.task == TorchTask::Image;
     let mut origins = Vec::new();
     let resize: ResizePolicy = spec.resize.unwrap_or(model.entry.manifest.resize);
-    let mut valid = Vec::new();
-    let mut tensors = Vec::new();
-    for i in 0..images.len() {
-        if images.is_null(i) || channels.value(i) < 1 {
-            continue;
-        }
-        let img = ImageRef {
+    let rows: Vec<usize> = (0..images.len())
+        .filter(|&i| !images.is_null(i) && channels.value(i) >= 1)
+        .collect();
+    // One buffer for the batch, in the layout the model takes: no copy per image or batch.
+    let (tensor, results) = model.preprocess_batch(
+        rows.iter().map(|&i| ImageRef {
             height: height.value(i).max(0) as usize,
             width: width.value(i).max(0) as usize,
             channels: channels.value(i) as usize,
             data: data.value(i),
-        };
-        match model.preprocess(img, resize) {
-            Ok(t) => {
+        }),
+        resize,
+        model.input_layout(),
+    )?;
+    let mut valid = Vec::new();
+    for (&i, r) in rows.iter().zip(results) {
+        match r {
+            Ok(()) => {
                 valid.push(i);
-                tensors.push(t);
                 if keep_origin {
                     origins.push(origin.value(i).to_string());
                 }
@@ -203,11 +206,6 @@ fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Result<
             }
         }
     }
-    let tensor = if tensors.is_empty() {
-        None
-    } else {
-        Some(Tensor::f_stack(&tensors, 0).map_err(|e| exec_datafusion_err!("stack: {e}"))?)
-    };
     Ok(Prepared {
         rows: images.len(),
         valid,

@@ -99,6 +99,24 @@ pub struct ImageOutput {
     pub std: Vec<f64>,
 }
 
+/// Optional entry points of the TorchScript module besides `forward` (the manifest's
+/// `methods` section; `models/export.py` writes both for the zoo's Lite files).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Methods {
+    /// A method taking the same batch as `forward` and returning only the features
+    /// `[N, feature_dim]` (what `outputs.features` names): used when a task reads nothing
+    /// else, so a classifier it does not need is not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<String>,
+    /// A method `(batch: int, height: int, width: int)` called once after the model is
+    /// loaded on a CPU, with the batch size and input size it will see: the zoo's files
+    /// reorder their convolution weights into oneDNN's layout there instead of on every
+    /// forward pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepack: Option<String>,
+}
+
 /// A model: a TorchScript file plus what is needed to feed it and read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelManifest {
@@ -125,6 +143,9 @@ pub struct ModelManifest {
     pub std: Vec<f64>,
     /// Output indices.
     pub outputs: Outputs,
+    /// Optional entry points besides `forward`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Methods>,
     /// Length of the feature vector (0 when the model has no feature output).
     #[serde(default)]
     pub feature_dim: usize,
@@ -217,6 +238,29 @@ impl ModelManifest {
         }
         if self.input.height == 0 || self.input.width == 0 {
             return plan_err!("model {}: input size must be positive", self.name);
+        }
+        if let Some(m) = &self.methods {
+            for (key, name) in [("features", &m.features), ("prepack", &m.prepack)] {
+                let Some(name) = name else { continue };
+                let ident = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ident {
+                    return plan_err!(
+                        "model {}: methods.{key} must be the name of a TorchScript method \
+                         (letters, digits and '_'), got '{name}'",
+                        self.name
+                    );
+                }
+            }
+            if m.features.is_some() && self.outputs.features.is_none() {
+                return plan_err!(
+                    "model {}: methods.features needs outputs.features (the tensor it returns)",
+                    self.name
+                );
+            }
         }
         let o = &self.outputs;
         if o.logits.is_none() && o.features.is_none() && o.image.is_none() {
@@ -513,5 +557,49 @@ mod tests {
         std::fs::write(dir.path().join("bad.yaml"), "name: [").unwrap();
         let err = zoo.list().unwrap_err().to_string();
         assert!(err.contains("bad.yaml"), "{err}");
+    }
+
+    /// The `methods` section: read when there, optional, and refused with the key and what
+    /// was expected when it names no method or a features method without a features output.
+    #[test]
+    fn methods_are_optional_and_checked() {
+        let base = "name: m\nfile: m.pt\nsha256: x\ninput: {height: 8, width: 8}\n\
+                    resize: stretch\nchannel_order: RGB\nscale: 1.0\nmean: [0, 0, 0]\n\
+                    std: [1, 1, 1]\nfeature_dim: 4\n";
+        let parse = |extra: &str| -> ModelManifest {
+            serde_yaml::from_str(&format!("{base}{extra}")).unwrap()
+        };
+        let m = parse("outputs: {features: 0}\n");
+        assert_eq!(m.methods, None);
+        m.validate().unwrap();
+        let m = parse("outputs: {features: 0}\nmethods: {features: feats, prepack: prepack}\n");
+        m.validate().unwrap();
+        let methods = m.methods.unwrap();
+        assert_eq!(methods.features.as_deref(), Some("feats"));
+        assert_eq!(methods.prepack.as_deref(), Some("prepack"));
+        let err = parse("outputs: {features: 0}\nmethods: {prepack: \"pre pack\"}\n")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("methods.prepack") && err.contains("'pre pack'"),
+            "{err}"
+        );
+        let m: ModelManifest = serde_yaml::from_str(&format!(
+            "{}outputs: {{logits: 0}}\nmethods: {{features: f}}\nnum_classes: 3\n",
+            base.replace("feature_dim: 4\n", "")
+        ))
+        .unwrap();
+        let err = m.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("methods.features needs outputs.features"),
+            "{err}"
+        );
+        let err = serde_yaml::from_str::<ModelManifest>(&format!(
+            "{base}outputs: {{features: 0}}\nmethods: {{forward2: f}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("forward2"), "{err}");
     }
 }

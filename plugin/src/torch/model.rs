@@ -106,7 +106,9 @@ pub fn init_threads(threads: usize) {
 }
 
 /// The model on `device`, loaded (and its sha256 verified) on first use in this process.
-pub fn load_model(entry: &ModelEntry, device: Device) -> Result<Arc<LoadedModel>> {
+/// On a CPU, the manifest's `methods.prepack` is called once with `batch` (the batch size
+/// the first task that loads it runs) and the input size.
+pub fn load_model(entry: &ModelEntry, device: Device, batch: usize) -> Result<Arc<LoadedModel>> {
     let key = (entry.file_path(), entry.manifest.sha256.clone(), device);
     let mut cache = cache()
         .lock()
@@ -120,6 +122,19 @@ pub fn load_model(entry: &ModelEntry, device: Device) -> Result<Arc<LoadedModel>
         &format!("cannot load model {}", entry.manifest.name),
     ))?;
     module.set_eval();
+    let m = &entry.manifest;
+    if let (Device::Cpu, Some(prepack)) =
+        (device, m.methods.as_ref().and_then(|x| x.prepack.as_ref()))
+    {
+        let _no_grad = tch::no_grad_guard();
+        let size = |n: usize| IValue::Int(n as i64);
+        module
+            .method_is(prepack, &[size(batch.max(1)), size(m.input.height), size(m.input.width)])
+            .map_err(torch_err(&format!(
+                "model {}: its methods.prepack ('{prepack}', called with batch size, height, width)",
+                m.name
+            )))?;
+    }
     let model = Arc::new(LoadedModel {
         classes: entry.classes()?,
         entry: entry.clone(),
@@ -138,7 +153,8 @@ pub fn load_model(entry: &ModelEntry, device: Device) -> Result<Arc<LoadedModel>
     Ok(model)
 }
 
-pub use super::preprocess::ImageRef;
+use super::preprocess::Preprocessing;
+pub use super::preprocess::{ImageRef, Layout};
 
 /// Output of a forward pass: the outputs the manifest names that the task reads, on the CPU
 /// as float.
@@ -160,6 +176,51 @@ impl LoadedModel {
         preprocess(&self.entry, img, resize)
     }
 
+    /// The layout inputs are best prepared in: channels-last while the model takes
+    /// channels-last inputs on a CPU (a batch then goes to the model without a copy).
+    pub fn input_layout(&self) -> Layout {
+        match self.channels_last.load(Ordering::Relaxed) {
+            true => Layout::Hwc,
+            false => Layout::Chw,
+        }
+    }
+
+    /// Preprocesses images into one `[N, 3, H, W]` batch in `layout` (with NHWC strides for
+    /// [`Layout::Hwc`]); an image that cannot be preprocessed is left out, with its error.
+    pub fn preprocess_batch<'a>(
+        &self,
+        images: impl IntoIterator<Item = ImageRef<'a>>,
+        resize: ResizePolicy,
+        layout: Layout,
+    ) -> Result<(Option<Tensor>, Vec<Result<()>>)> {
+        let p = preprocessing(&self.entry, resize);
+        let one = 3 * p.height * p.width;
+        let mut values: Vec<f32> = Vec::new();
+        let mut results = Vec::new();
+        for img in images {
+            let at = values.len();
+            values.resize(at + one, 0.0);
+            let r = super::preprocess::preprocess_into(&p, img, layout, &mut values[at..]);
+            if r.is_err() {
+                values.truncate(at);
+            }
+            results.push(r);
+        }
+        if values.is_empty() {
+            return Ok((None, results));
+        }
+        let (n, h, w) = ((values.len() / one) as i64, p.height as i64, p.width as i64);
+        let t = Tensor::from_slice(&values);
+        let batch = match layout {
+            Layout::Chw => t.f_view([n, 3, h, w]),
+            Layout::Hwc => t
+                .f_view([n, h, w, 3])
+                .and_then(|t| t.f_permute([0, 3, 1, 2])),
+        }
+        .map_err(torch_err("preprocess"))?;
+        Ok((Some(batch), results))
+    }
+
     /// Runs a `[N, 3, H, W]` batch; returns, as CPU tensors, only the output `task` reads
     /// (the others stay on the device and are dropped).
     pub fn forward(&self, batch: &Tensor, task: TorchTask) -> Result<ModelOutput> {
@@ -173,21 +234,51 @@ impl LoadedModel {
                 .and_then(|t| t.f_contiguous())
                 .and_then(|t| t.f_permute([0, 3, 1, 2]))
         };
+        let outputs = self.entry.manifest.outputs;
+        // Features alone come from the manifest's `methods.features` where it has one (no
+        // classifier run for nothing).
+        let features_method = match task {
+            TorchTask::Features if outputs.features.is_some() => self
+                .entry
+                .manifest
+                .methods
+                .as_ref()
+                .and_then(|m| m.features.as_deref()),
+            _ => None,
+        };
+        let call = |x: Tensor| match features_method {
+            Some(method) => self.module.method_is(method, &[IValue::Tensor(x)]),
+            None => self.module.forward_is(&[IValue::Tensor(x)]),
+        };
         let out = match self.channels_last.load(Ordering::Relaxed) && input.dim() == 4 {
             // The same values in NHWC memory. A model that needs NCHW memory (a `view`
             // over its input, say) fails on it; it is then run as it is, from now on.
-            true => match nhwc().and_then(|x| self.module.forward_is(&[IValue::Tensor(x)])) {
+            true => match nhwc().and_then(call) {
                 Ok(out) => Ok(out),
                 Err(e) => {
                     self.channels_last.store(false, Ordering::Relaxed);
                     tracing::info!(model = %name, error = %e, "model refused a channels-last input; running it on NCHW inputs");
-                    self.module.forward_is(&[IValue::Tensor(input)])
+                    call(input.contiguous())
                 }
             },
-            false => self.module.forward_is(&[IValue::Tensor(input)]),
+            false => call(input.contiguous()),
         }
-        .map_err(torch_err(&format!("model {name} forward")))?;
-        let outputs = self.entry.manifest.outputs;
+        .map_err(torch_err(&format!(
+            "model {name} {}",
+            features_method.map_or("forward".to_string(), |m| format!("method '{m}' (methods.features)"))
+        )))?;
+        if features_method.is_some() {
+            let IValue::Tensor(t) = out else {
+                return exec_err!(
+                    "model {name}: methods.features must return one tensor [N, feature_dim], got {out:?}"
+                );
+            };
+            return Ok(ModelOutput {
+                logits: None,
+                features: Some(t.to_device(Device::Cpu).to_kind(Kind::Float)),
+                image: None,
+            });
+        }
         // A module returning one tensor is read as a tuple of one.
         let items = match out {
             IValue::Tuple(items) => items,
@@ -218,10 +309,10 @@ impl LoadedModel {
     }
 }
 
-/// See [`LoadedModel::preprocess`] ([`super::preprocess`] does the work).
-pub fn preprocess(entry: &ModelEntry, img: ImageRef<'_>, resize: ResizePolicy) -> Result<Tensor> {
+/// What the model's manifest asks of its input, with `resize`.
+fn preprocessing(entry: &ModelEntry, resize: ResizePolicy) -> Preprocessing<'_> {
     let m = &entry.manifest;
-    let p = super::preprocess::Preprocessing {
+    Preprocessing {
         height: m.input.height,
         width: m.input.width,
         rgb: m.channel_order == "RGB",
@@ -229,7 +320,12 @@ pub fn preprocess(entry: &ModelEntry, img: ImageRef<'_>, resize: ResizePolicy) -
         scale: m.scale,
         mean: &m.mean,
         std: &m.std,
-    };
+    }
+}
+
+/// See [`LoadedModel::preprocess`] ([`super::preprocess`] does the work).
+pub fn preprocess(entry: &ModelEntry, img: ImageRef<'_>, resize: ResizePolicy) -> Result<Tensor> {
+    let p = preprocessing(entry, resize);
     let values = super::preprocess::preprocess(&p, img)?;
     Tensor::from_slice(&values)
         .f_view([3, p.height as i64, p.width as i64])

@@ -114,8 +114,30 @@ pub struct Preprocessing<'a> {
     pub std: &'a [f64],
 }
 
+/// How preprocessed values are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `[3, height, width]`, channel-major (PyTorch's default, NCHW in a batch).
+    Chw,
+    /// `[height, width, 3]`, channels interleaved (channels-last, NHWC in a batch).
+    Hwc,
+}
+
 /// Preprocesses one image into `[3, p.height, p.width]` float values, channel-major.
 pub fn preprocess(p: &Preprocessing<'_>, img: ImageRef<'_>) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; 3 * p.height * p.width];
+    preprocess_into(p, img, Layout::Chw, &mut out)?;
+    Ok(out)
+}
+
+/// [`preprocess`] into `out` (`3 * p.height * p.width` values, every one written) laid out
+/// as `layout` says: a batch's images go straight into one buffer.
+pub fn preprocess_into(
+    p: &Preprocessing<'_>,
+    img: ImageRef<'_>,
+    layout: Layout,
+    out: &mut [f32],
+) -> Result<()> {
     let (h, w, c, data) = (img.height, img.width, img.channels, img.data);
     if data.len() != h * w * c || h == 0 || w == 0 {
         return exec_err!("image of {h}x{w}x{c} has {} bytes", data.len());
@@ -163,7 +185,13 @@ pub fn preprocess(p: &Preprocessing<'_>, img: ImageRef<'_>) -> Result<Vec<f32>> 
         [p.std[0] as f32, p.std[1] as f32, p.std[2] as f32],
     );
     let plane = th * tw;
-    let mut out = vec![0.0f32; 3 * plane];
+    if out.len() != 3 * plane {
+        return exec_err!("output of {} values for a 3x{th}x{tw} input", out.len());
+    }
+    let (channel_step, pixel_step) = match layout {
+        Layout::Chw => (plane, 1),
+        Layout::Hwc => (1, 3),
+    };
     for oy in 0..th {
         let acc = &rows[oy * row_len..(oy + 1) * row_len];
         for ox in 0..tw {
@@ -174,11 +202,12 @@ pub fn preprocess(p: &Preprocessing<'_>, img: ImageRef<'_>) -> Result<Vec<f32>> 
                 for (k, &wk) in wx.iter().enumerate() {
                     v += wk * acc[base + k * c + src_ch];
                 }
-                out[ch * plane + oy * tw + ox] = (v * scale - mean[ch]) / std[ch];
+                out[ch * channel_step + (oy * tw + ox) * pixel_step] =
+                    (v * scale - mean[ch]) / std[ch];
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -252,6 +281,17 @@ mod tests {
         // R plane first.
         assert_eq!(&out[..6], &[210.0, 211.0, 212.0, 220.0, 221.0, 222.0]);
         assert_eq!(&out[12..18], &[0.0, 1.0, 2.0, 10.0, 11.0, 12.0]);
+        // Channels last: R G B per pixel, the same values.
+        let mut hwc = vec![f32::NAN; 18];
+        preprocess_into(&p, image(2, 3, 3, &data), Layout::Hwc, &mut hwc).unwrap();
+        assert_eq!(&hwc[..6], &[210.0, 110.0, 0.0, 211.0, 111.0, 1.0]);
+        for (i, v) in out.iter().enumerate() {
+            assert_eq!(hwc[(i % 6) * 3 + i / 6], *v);
+        }
+        let err = preprocess_into(&p, image(2, 3, 3, &data), Layout::Hwc, &mut [0.0; 17])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("17 values for a 3x2x3 input"), "{err}");
     }
 
     #[test]
