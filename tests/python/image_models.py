@@ -8,7 +8,13 @@ model directory (argv[1]), for the tests of TorchImageTransformer:
   one tensor: the luma of a vertical-edge-enhanced image [N, 1, 64, 64] in [0, 1], with
   `image_output` {scale 1/255, mean [0], std [1]}.
 
-Both are traced from plain torch ops; nothing is downloaded."""
+- `flat_means`: the per-channel means through `view`s (needs NCHW memory).
+- `scaled_means`: scripted, with the manifest's `methods`: `prepack(batch, height, width)`
+  sets a scale to batch * 1000 + height, and `features` returns the per-channel means times
+  that scale (`forward` returns them unscaled), so a test reads both calls off the output.
+  `broken_methods` is the same file with a manifest naming a method it does not have.
+
+They are built from plain torch ops; nothing is downloaded."""
 import hashlib
 import os
 import sys
@@ -44,17 +50,36 @@ class FlatMeans(nn.Module):
         return x.view(n, -1).view(n, 3, -1).mean(-1)
 
 
+class ScaledMeans(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = 0.0
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+    @torch.jit.export
+    def features(self, x):
+        return x.mean(dim=(2, 3)) * self.scale
+
+    @torch.jit.export
+    def prepack(self, batch: int, height: int, width: int):
+        self.scale = float(batch * 1000 + height)
+
+
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def write(out, name, module, h, w, manifest):
-    traced = torch.jit.trace(module.eval(), torch.zeros(2, 3, h, w))
-    pt = os.path.join(out, f"{name}.pt")
-    traced.save(pt)
+def write(out, name, module, h, w, manifest, file=None):
+    pt = os.path.join(out, f"{file or name}.pt")
+    if file is None:
+        traced = torch.jit.script(module.eval()) if isinstance(module, ScaledMeans) else \
+            torch.jit.trace(module.eval(), torch.zeros(2, 3, h, w))
+        traced.save(pt)
     manifest = {"name": name, "description": f"test model {name} (tests/python/image_models.py)",
-                "file": f"{name}.pt", "sha256": sha256(pt), "input": {"height": h, "width": w},
+                "file": os.path.basename(pt), "sha256": sha256(pt), "input": {"height": h, "width": w},
                 **manifest}
     with open(os.path.join(out, f"{name}.yaml"), "w") as f:
         yaml.safe_dump(manifest, f, sort_keys=False)
@@ -75,7 +100,13 @@ def main():
     write(out, "flat_means", FlatMeans(), 96, 128, {
         "resize": "stretch", "channel_order": "RGB", "scale": 1.0 / 255.0,
         "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "outputs": {"features": 0}, "feature_dim": 3})
-    print(f"wrote half_smooth, gray_lines, flat_means -> {out}")
+    means = {"resize": "stretch", "channel_order": "RGB", "scale": 1.0 / 255.0,
+             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "outputs": {"features": 0}, "feature_dim": 3}
+    write(out, "scaled_means", ScaledMeans(), 96, 128,
+          {**means, "methods": {"features": "features", "prepack": "prepack"}})
+    write(out, "broken_methods", None, 96, 128, {**means, "methods": {"features": "nope"}},
+          file="scaled_means")
+    print(f"wrote half_smooth, gray_lines, flat_means, scaled_means, broken_methods -> {out}")
 
 
 if __name__ == "__main__":

@@ -254,6 +254,34 @@ async fn image_and_vector_outputs_match_pytorch() {
     for (g, w) in flat.iter().zip(want.chunks(3)) {
         assert!(max_abs_diff(g, w) < 1e-4, "flat_means {g:?} vs {w:?}");
     }
+
+    // The manifest's `methods`: `prepack` ran once on loading with the batch size and the
+    // input height (its scale is 4 * 1000 + 96), and the vectors came from `features`
+    // (`forward` returns the means unscaled).
+    let scaled = vectors_by_origin(&ctx, &dir, "scaled_means", 4).await;
+    assert_eq!(scaled.len(), got.len(), "every image through scaled_means");
+    for (g, w) in scaled.iter().zip(want.chunks(3)) {
+        let w: Vec<f32> = w.iter().map(|v| v * 4096.0).collect();
+        assert!(max_abs_diff(g, &w) < 0.5, "scaled_means {g:?} vs {w:?}");
+    }
+    // A manifest naming a method the file lacks: an error naming the model and the method.
+    let opts =
+        ImageReadOptions::from_pairs([("withLabel", "true"), ("dropInvalid", "true")]).unwrap();
+    let df = ctx.read_images(&dir.to_string_lossy(), opts).await.unwrap();
+    let err = TorchImageTransformer::new("broken_methods", "out", ImageOutputMode::Vector)
+        .transform(df)
+        .unwrap()
+        .select(vec![col("out")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
+    println!("a manifest naming a missing method: {err}");
+    assert!(
+        err.contains("broken_methods") && err.contains("'nope'"),
+        "{err}"
+    );
 }
 
 /// The vector output of `model` for each valid image of `dir`, in origin order.

@@ -84,8 +84,10 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// File, its sha256 (a model saved again under the same name is another model) and device.
-type CacheKey = (PathBuf, String, Device);
+/// File, its sha256 (a model saved again under the same name is another model), the
+/// manifest's name (two manifests may share a file and read it differently: their own
+/// outputs and methods) and device.
+type CacheKey = (PathBuf, String, String, Device);
 
 fn cache() -> &'static Mutex<HashMap<CacheKey, Arc<LoadedModel>>> {
     static CACHE: OnceLock<Mutex<HashMap<CacheKey, Arc<LoadedModel>>>> = OnceLock::new();
@@ -109,12 +111,16 @@ pub fn init_threads(threads: usize) {
 /// On a CPU, the manifest's `methods.prepack` is called once with `batch` (the batch size
 /// the first task that loads it runs) and the input size.
 pub fn load_model(entry: &ModelEntry, device: Device, batch: usize) -> Result<Arc<LoadedModel>> {
-    let key = (entry.file_path(), entry.manifest.sha256.clone(), device);
+    let m = &entry.manifest;
+    let key = (entry.file_path(), m.sha256.clone(), m.name.clone(), device);
     let mut cache = cache()
         .lock()
         .map_err(|_| exec_datafusion_err!("model cache lock poisoned"))?;
-    if let Some(m) = cache.get(&key) {
-        return Ok(m.clone());
+    // (A manifest edited since, with the same file, is loaded again.)
+    if let Some(loaded) = cache.get(&key)
+        && loaded.entry.manifest == *m
+    {
+        return Ok(loaded.clone());
     }
     entry.verify()?;
     let started = std::time::Instant::now();
@@ -122,7 +128,6 @@ pub fn load_model(entry: &ModelEntry, device: Device, batch: usize) -> Result<Ar
         &format!("cannot load model {}", entry.manifest.name),
     ))?;
     module.set_eval();
-    let m = &entry.manifest;
     if let (Device::Cpu, Some(prepack)) =
         (device, m.methods.as_ref().and_then(|x| x.prepack.as_ref()))
     {
@@ -195,7 +200,8 @@ impl LoadedModel {
     ) -> Result<(Option<Tensor>, Vec<Result<()>>)> {
         let p = preprocessing(&self.entry, resize);
         let one = 3 * p.height * p.width;
-        let mut values: Vec<f32> = Vec::new();
+        let images = images.into_iter();
+        let mut values: Vec<f32> = Vec::with_capacity(images.size_hint().0 * one);
         let mut results = Vec::new();
         for img in images {
             let at = values.len();
@@ -253,13 +259,14 @@ impl LoadedModel {
         let out = match self.channels_last.load(Ordering::Relaxed) && input.dim() == 4 {
             // The same values in NHWC memory. A model that needs NCHW memory (a `view`
             // over its input, say) fails on it; it is then run as it is, from now on.
+            // (A model that fails on NCHW memory too keeps channels-last: its error is
+            // reported, not taken for a layout it cannot read.)
             true => match nhwc().and_then(call) {
                 Ok(out) => Ok(out),
-                Err(e) => {
+                Err(e) => call(input.contiguous()).inspect(|_| {
                     self.channels_last.store(false, Ordering::Relaxed);
                     tracing::info!(model = %name, error = %e, "model refused a channels-last input; running it on NCHW inputs");
-                    call(input.contiguous())
-                }
+                }),
             },
             false => call(input.contiguous()),
         }
