@@ -196,8 +196,10 @@ class FusedLite(nn.Module):
     @torch.jit.export
     def prepack(self, batch: int, height: int, width: int):
         """The manifest's `methods.prepack`: called once after loading on a CPU, with the
-        batch size and input size the model will see; see `FusedConv.prepack`."""
-        x = torch.zeros(batch, 3, height, width).contiguous(memory_format=torch.channels_last)
+        batch size and input size the model will see; see `FusedConv.prepack`. On another
+        device it changes nothing (one pass on zeros)."""
+        x = torch.zeros(batch, 3, height, width, device=self.stem.weight.device)
+        x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem.prepack(x)
         for b in self.blocks:
             x = b.prepack(x)
