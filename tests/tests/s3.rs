@@ -491,6 +491,46 @@ async fn a_failed_save_leaves_no_partial_model() {
     assert!(e.contains("s3://out/small/nothing"), "{e}");
 }
 
+/// A folder cached from a bucket (a model directory): an object replaced there by one of
+/// the same size (a manifest whose new sha256 has the same length) is fetched again, into
+/// the same local copy; an unchanged one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replaced_object_of_the_same_size_is_fetched_again() {
+    let _s3 = server();
+    let url = dlp_plugin::storage::ObjectUrl::parse("s3://out/sync").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (u, d) = (url.clone(), dir.path().to_path_buf());
+    let put = |text: &'static str| {
+        let u = u.join("m.yaml");
+        dlp_plugin::storage::io_blocking(
+            async move { dlp_plugin::storage::put(&u, text.into()).await },
+        )
+        .unwrap()
+    };
+    let fetch = || {
+        let (u, d) = (u.clone(), d.clone());
+        dlp_plugin::storage::io_blocking(async move {
+            dlp_plugin::storage::download_prefix(&u, &d).await
+        })
+        .unwrap()
+    };
+    let second = || std::thread::sleep(std::time::Duration::from_millis(1100));
+    put("sha256: aaaa\n");
+    second();
+    assert_eq!(fetch(), 1);
+    second();
+    assert_eq!(fetch(), 0, "unchanged: kept");
+    put("sha256: bbbb\n");
+    second();
+    assert_eq!(
+        fetch(),
+        1,
+        "replaced by one of the same size: fetched again"
+    );
+    let text = std::fs::read_to_string(dir.path().join("m.yaml")).unwrap();
+    assert_eq!(text, "sha256: bbbb\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tables_read_image_and_the_model_directory_in_buckets() {
     let s3 = server();

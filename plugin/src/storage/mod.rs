@@ -756,21 +756,32 @@ pub async fn put(url: &ObjectUrl, bytes: Bytes) -> Result<(), DlpError> {
 /// Every object under `prefix` (the prefix as a folder: `prefix/...`), with its size,
 /// sorted by key. Listing pages through any number of objects.
 pub async fn list(prefix: &ObjectUrl) -> Result<Vec<(ObjectUrl, u64)>, DlpError> {
+    Ok(list_modified(prefix)
+        .await?
+        .into_iter()
+        .map(|(u, size, _)| (u, size))
+        .collect())
+}
+
+/// [`list`] with each object's last modification time.
+async fn list_modified(
+    prefix: &ObjectUrl,
+) -> Result<Vec<(ObjectUrl, u64, std::time::SystemTime)>, DlpError> {
     let (store, u) = (store(prefix)?, prefix.clone());
     let key = prefix.key();
-    let found: Vec<(String, u64)> = io(async move {
+    let found: Vec<(String, u64, std::time::SystemTime)> = io(async move {
         let key = (!key.as_ref().is_empty()).then_some(key);
         store
             .list(key.as_ref())
-            .map_ok(|m| (m.location.to_string(), m.size))
+            .map_ok(|m| (m.location.to_string(), m.size, m.last_modified.into()))
             .try_collect()
             .await
             .map_err(|e| DlpError::Storage(describe("LIST", &u, &e)))
     })
     .await?;
-    let mut out: Vec<(ObjectUrl, u64)> = found
+    let mut out: Vec<_> = found
         .into_iter()
-        .map(|(k, size)| (prefix.with_key(&k), size))
+        .map(|(k, size, modified)| (prefix.with_key(&k), size, modified))
         .collect();
     out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
     Ok(out)
@@ -860,7 +871,10 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), D
 }
 
 /// Downloads every object under `url` into the local directory `dir` (made if needed);
-/// files already there with the same size are kept. Returns how many were fetched.
+/// a file already there is kept when it has the object's size and was written more than a
+/// second after the object was (as `aws s3 sync` compares size and time: a manifest
+/// replaced by one of the same size, its sha256 another of the same length, is fetched
+/// again, even into a copy an earlier process left). Returns how many were fetched.
 pub async fn download_prefix(url: &ObjectUrl, dir: &Path) -> Result<usize, DlpError> {
     download(url, dir, None).await
 }
@@ -868,11 +882,11 @@ pub async fn download_prefix(url: &ObjectUrl, dir: &Path) -> Result<usize, DlpEr
 /// [`download_prefix`], or with `renew` set, only the objects whose names start with
 /// `<renew>.` (one model's files), fetched whatever is there already (none there: `Ok(0)`).
 async fn download(url: &ObjectUrl, dir: &Path, renew: Option<&str>) -> Result<usize, DlpError> {
-    let mut objects = list(url).await?;
+    let mut objects = list_modified(url).await?;
     let base = url.key_str();
     if let Some(stem) = renew {
         let stem = format!("{stem}.");
-        objects.retain(|(o, _)| {
+        objects.retain(|(o, _, _)| {
             o.key_str()
                 .strip_prefix(&base)
                 .is_some_and(|rel| rel.trim_start_matches('/').starts_with(&stem))
@@ -890,7 +904,7 @@ async fn download(url: &ObjectUrl, dir: &Path, renew: Option<&str>) -> Result<us
     // prefix filling the disk.
     let limit: u64 = 8 << 30;
     let fetched = futures::stream::iter(objects)
-        .map(|(o, size)| {
+        .map(|(o, size, modified)| {
             let key = o.key_str();
             let rel = key
                 .strip_prefix(&base)
@@ -912,11 +926,13 @@ async fn download(url: &ObjectUrl, dir: &Path, renew: Option<&str>) -> Result<us
                         "{o}: the object's name leads outside the folder it is fetched into"
                     )));
                 }
-                if renew.is_none()
-                    && std::fs::metadata(&target)
-                        .map(|m| m.len() == size)
-                        .unwrap_or(false)
-                {
+                // (A second of slack: stores may give the time in whole seconds.)
+                let fresh = |m: std::fs::Metadata| {
+                    m.len() == size
+                        && m.modified()
+                            .is_ok_and(|local| local > modified + std::time::Duration::from_secs(1))
+                };
+                if renew.is_none() && std::fs::metadata(&target).is_ok_and(fresh) {
                     return Ok(0usize);
                 }
                 let bytes = get(&o, limit).await?;
