@@ -66,6 +66,10 @@ pub struct Runner {
     #[cfg(feature = "torch")]
     device: tch::Device,
     threads: usize,
+    /// The model once a call has needed it: later batches skip the process cache's lock and
+    /// its comparison of manifests.
+    #[cfg(feature = "torch")]
+    loaded: std::sync::OnceLock<Arc<LoadedModel>>,
 }
 
 /// What a process without libtorch says when asked to run a model.
@@ -105,6 +109,7 @@ impl Runner {
                 entry,
                 device,
                 threads: process.intra_threads(),
+                loaded: std::sync::OnceLock::new(),
             })
         }
     }
@@ -117,8 +122,12 @@ impl Runner {
     /// The loaded model (cached per process and device).
     #[cfg(feature = "torch")]
     fn model(&self) -> Result<Arc<LoadedModel>> {
+        if let Some(m) = self.loaded.get() {
+            return Ok(m.clone());
+        }
         super::model::init_threads(self.threads);
-        super::model::load_model(&self.entry, self.device, self.spec.batch_size)
+        let m = super::model::load_model(&self.entry, self.device, self.spec.batch_size)?;
+        Ok(self.loaded.get_or_init(|| m).clone())
     }
 
     /// Decodes the image structs of `images` into model input; invalid images (nChannels < 1,
