@@ -222,23 +222,9 @@ impl ExecutionPlan for ImageDecodeExec {
             })
             .buffered(in_flight + 1)
             .try_filter_map(|x| async move { Ok(x) });
-        let fetched = futures::stream::once(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel(FETCH_AHEAD);
-            // On the storage I/O runtime, where the GETs run: no hop between runtimes per
-            // object.
-            let task = crate::storage::spawn_io(async move {
-                let mut stage = std::pin::pin!(fetch_stage);
-                while let Some(item) = stage.next().await {
-                    if tx.send(item).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            futures::stream::unfold((rx, task), |(mut rx, task)| async move {
-                rx.recv().await.map(|item| (item, (rx, task)))
-            })
-        })
-        .flatten();
+        // On the storage I/O runtime, where the GETs run: no hop between runtimes per object.
+        let fetched =
+            crate::batches::drive_ahead(fetch_stage, FETCH_AHEAD, crate::storage::spawn_io);
         let decoded = fetched
             .map(move |fetched| {
                 let job = job.clone();

@@ -355,21 +355,8 @@ impl ExecutionPlan for TorchInferenceExec {
             .buffered(2);
         // Driven by a task of its own, so preprocessing (and the decoding upstream of it)
         // goes on while the model runs a batch: a stream pulled only between forward passes
-        // left the model waiting for batches that could have been ready. Dropping the
-        // output stream aborts the task.
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let feeder = SpawnedTask::spawn(async move {
-            let mut prepared = std::pin::pin!(prepared);
-            while let Some(item) = prepared.next().await {
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        let prepared = futures::stream::unfold((rx, feeder), |(mut rx, feeder)| async move {
-            rx.recv().await.map(|item| (item, (rx, feeder)))
-        });
+        // left the model waiting for batches that could have been ready.
+        let prepared = crate::batches::drive_ahead(prepared, 2, SpawnedTask::spawn);
         let out_schema = schema.clone();
         let outputs = prepared
             .map(move |item| {
