@@ -253,8 +253,9 @@ async fn main() -> anyhow::Result<()> {
         config.log_dir.as_deref(),
         &config.log_file_name_prefix(),
     );
-    // After the logging, so that a bad DLP_MALLOC_ARENAS is reported; before any task runs.
-    dlp_plugin::memory::cap_malloc_arenas();
+    // After the logging, so that a bad DLP_MALLOC_ARENAS or DLP_MALLOC_KEEP_MB is reported;
+    // before any task runs.
+    dlp_plugin::memory::tune_malloc();
     let config = dlp_plugin::session::executor_config(config)
         .map_err(|e| anyhow::anyhow!("cannot install the plugin: {e}"))?;
 

@@ -179,7 +179,7 @@ impl EmbeddedCluster {
     async fn start_with_state(
         vcores: Option<usize>,
     ) -> Result<(Self, Arc<crate::ml::slots::State>)> {
-        crate::memory::cap_malloc_arenas();
+        crate::memory::tune_malloc();
         let vcores = vcores
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
