@@ -14,10 +14,11 @@
 //! - **Freed memory is kept for reuse.** A forward pass allocates and frees its activations
 //!   (megabytes each) layer by layer, batch after batch. With glibc's default thresholds
 //!   much of that memory went back to the kernel on free and came back as fresh pages, which
-//!   the kernel faults in and zeroes: 10% of a featurizing process's CPU. Blocks under
+//!   the kernel faults in and zeroes (much of the 10% of the CPU a featurizing process spent in
+//!   the kernel). Blocks under
 //!   32 MiB now come from the arenas (`M_MMAP_THRESHOLD`), and an arena gives its free top
 //!   back only beyond `DLP_MALLOC_KEEP_MB` (default 256; `M_TRIM_THRESHOLD`). The peak
-//!   footprint is the same, since the memory kept is what the work used and reuses.
+//!   footprint stays about the same, since the memory kept is what the work used and reuses.
 //!   `DLP_MALLOC_KEEP_MB=0` keeps glibc's own thresholds, and so does an operator's
 //!   `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or either in `GLIBC_TUNABLES`.
 
