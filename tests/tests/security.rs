@@ -910,6 +910,33 @@ async fn hostile_input_never_takes_an_executor_down() {
         .unwrap();
     let err = df.collect().await.unwrap_err().to_string();
     assert!(err.contains("--max-batch-size"), "{err}");
+    // The same through the session's setting and a model SQL function: refused before the
+    // model is loaded (its prepack and first pass would be sized by 512 images, about 3 GB:
+    // the peak RSS bound below fails if it ran).
+    ctx.sql("SET dlp.torch.batch_size = 512")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let err = ctx
+        .sql(&format!("SELECT featurize('efficientnet_lite0', image) FROM read_images('{root_s}/bombs', 'recursiveFileLookup=true', 'dropInvalid=true')"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--max-batch-size") && err.contains("512"),
+        "{err}"
+    );
+    ctx.sql("SET dlp.torch.batch_size = auto")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
 
     // A training label of 1e15: an error naming the column and the ceiling.
     let df = ctx

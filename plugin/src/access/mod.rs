@@ -390,6 +390,32 @@ impl DataRoots {
         self.work_refusal(path).map_err(DlpError::Access)
     }
 
+    /// A work path reached through DataFusion's readers and writers (the `file://` store:
+    /// tables, listings, `INSERT INTO`, `COPY TO`): [`DataRoots::check_work`], and inside a
+    /// run's own directory of the work directory, named by the run's random id (`lr-`,
+    /// `tune-` or `ft-` and 16 hex digits). Only a plan that was given that name reaches the
+    /// files (the plugin's own plans); the work directory itself is never listed, read or
+    /// written by a query, so a user cannot find or touch another user's runs.
+    pub fn check_work_store(&self, path: &Path) -> Result<(), DlpError> {
+        self.check_work(path)?;
+        let base = work_base();
+        let canonical = std::fs::canonicalize(&base).unwrap_or_else(|_| base.clone());
+        let run = [&base, &canonical]
+            .into_iter()
+            .find_map(|b| path.strip_prefix(b).ok())
+            .and_then(|rel| rel.components().next())
+            .and_then(|c| c.as_os_str().to_str());
+        match run {
+            Some(name) if is_run_dir_name(name) => Ok(()),
+            _ => Err(DlpError::Access(format!(
+                "'{}' is in the work directory ({}) but not inside a run's own directory: \
+                 queries cannot list, read or write the work directory",
+                path.display(),
+                base.display()
+            ))),
+        }
+    }
+
     fn work_refusal(&self, path: &Path) -> Result<(), String> {
         let roots = self;
         let refuse = || {
@@ -429,6 +455,16 @@ impl DataRoots {
             _ => Err(refuse()),
         }
     }
+}
+
+/// Whether `name` is a run directory's name: `lr-`, `tune-` or `ft-` and at least 16 hex
+/// digits (the runs' random ids).
+fn is_run_dir_name(name: &str) -> bool {
+    name.split_once('-').is_some_and(|(kind, id)| {
+        matches!(kind, "lr" | "tune" | "ft")
+            && id.len() >= 16
+            && id.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
 /// Checks an object-store URL to be read against the process's roots (nothing when

@@ -64,21 +64,23 @@ impl RootedFileSystem {
         DataRoots::get().map(|r| Arc::new(Self::new(r.clone())) as Arc<dyn ObjectStore>)
     }
 
+    /// Reads go under a data or writable root, or inside a run's own directory of the
+    /// process's work directory ([`DataRoots::check_work_store`]).
     fn read(&self, location: &StorePath) -> Result<()> {
         let path = local(location);
         self.roots
             .check(&path)
-            .or_else(|e| self.roots.check_work(&path).map_err(|_| e))
+            .or_else(|e| self.roots.check_work_store(&path).map_err(|_| e))
             .map_err(|e| denied(location, e))
     }
 
-    /// Writes go under a writable root, or the process's work directory (the tuner's
-    /// features; scratch space, random names).
+    /// Writes go under a writable root, or inside a run's own directory of the process's
+    /// work directory (the tuner's features; random names).
     fn write(&self, location: &StorePath) -> Result<()> {
         let path = local(location);
         self.roots
             .check_write(&path)
-            .or_else(|e| self.roots.check_work(&path).map_err(|_| e))
+            .or_else(|e| self.roots.check_work_store(&path).map_err(|_| e))
             .map_err(|e| denied(location, e))
     }
 
@@ -254,5 +256,70 @@ mod tests {
         assert!(data.join("a.csv").exists());
         // reading what was written is allowed
         assert!(store.get(&p(&out.join("r.csv"))).await.is_ok());
+    }
+
+    /// The work directory (outside every root) is reached only inside a run's own
+    /// directory, by its random name: never listed, and nothing outside run directories is
+    /// read or written.
+    #[tokio::test]
+    async fn the_work_directory_only_by_a_runs_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = std::fs::canonicalize(dir.path()).unwrap();
+        let roots = DataRoots::new(std::slice::from_ref(&data)).unwrap();
+        let store = RootedFileSystem::new(roots);
+        let base = crate::access::work_base();
+        std::fs::create_dir_all(&base).unwrap();
+        let base = std::fs::canonicalize(&base).unwrap();
+        let id = format!("{:016x}", rand::random::<u64>());
+        let run = base.join(format!("lr-{id}"));
+        let other = base.join(format!("victim-{id}"));
+        for d in [&run, &other] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("part-0.csv"), "x\n1\n").unwrap();
+        }
+        let p = |path: &std::path::Path| {
+            StorePath::parse(path.to_string_lossy().trim_start_matches('/')).unwrap()
+        };
+        let result = async {
+            assert!(store.get(&p(&run.join("part-0.csv"))).await.is_ok());
+            let listed: Vec<_> = store.list(Some(&p(&run))).collect().await;
+            assert_eq!(listed.len(), 1, "{listed:?}");
+            assert!(listed[0].is_ok(), "{listed:?}");
+            assert!(
+                store
+                    .put(&p(&run.join("part-1.csv")), "x\n2\n".into())
+                    .await
+                    .is_ok()
+            );
+            let e = store.get(&p(&other.join("part-0.csv"))).await.unwrap_err();
+            assert!(
+                matches!(e, object_store::Error::PermissionDenied { .. }),
+                "{e}"
+            );
+            let e = store
+                .list(Some(&p(&base)))
+                .next()
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert!(
+                matches!(e, object_store::Error::PermissionDenied { .. }),
+                "{e}"
+            );
+            assert!(store.list_with_delimiter(Some(&p(&base))).await.is_err());
+            for target in [other.join("planted.csv"), base.join("planted.csv")] {
+                let e = store.put(&p(&target), "y\n".into()).await.unwrap_err();
+                assert!(
+                    matches!(e, object_store::Error::PermissionDenied { .. }),
+                    "{e}"
+                );
+                assert!(!target.exists());
+            }
+        }
+        .await;
+        for d in [&run, &other] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        result
     }
 }

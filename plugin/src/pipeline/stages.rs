@@ -2,7 +2,7 @@
 //! a fitted pipeline: a directory with `pipeline.yaml` (format version, stages, class
 //! names) and one sub-directory of weights per fitted estimator.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use datafusion::common::{Result, exec_datafusion_err, plan_err};
 use datafusion::dataframe::DataFrame;
@@ -591,15 +591,16 @@ impl PipelineModel {
                     if let Some(rel) = model_path
                         && zoo.get(&params.model_name).is_err()
                     {
-                        install_model(&dir.join(&rel), &params.model_name, &zoo).map_err(|e| {
-                            exec_datafusion_err!("{}: {}", path.display(), e.strip_backtrace())
-                        })?;
+                        install_model(&stage_dir(dir, &rel, &path)?, &params.model_name, &zoo)
+                            .map_err(|e| {
+                                exec_datafusion_err!("{}: {}", path.display(), e.strip_backtrace())
+                            })?;
                     }
                     check_model(&params.model_name, &model_sha256)?;
                     FittedStage::TorchImageClassifier(Box::new(params))
                 }
                 SavedStage::LogisticRegressionModel { path: rel } => {
-                    let sub: PathBuf = dir.join(&rel);
+                    let sub = stage_dir(dir, &rel, &path)?;
                     FittedStage::LogisticRegressionModel(Box::new(
                         LogisticRegressionModel::load(&sub).map_err(|e| {
                             exec_datafusion_err!(
@@ -617,6 +618,34 @@ impl PipelineModel {
             class_names: manifest.class_names,
         })
     }
+}
+
+/// A stage's folder as a saved pipeline's manifest (`manifest`) names it: a relative path of
+/// plain names inside the pipeline's folder `dir`, also after symlinks, so that a manifest
+/// cannot make the loader open files anywhere else.
+fn stage_dir(dir: &Path, rel: &str, manifest: &Path) -> Result<PathBuf> {
+    let rel_path = Path::new(rel);
+    if rel.is_empty()
+        || !rel_path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return plan_err!(
+            "{}: stage path '{rel}' must be a relative path inside the pipeline's folder \
+             (plain names, no '..')",
+            manifest.display()
+        );
+    }
+    let sub = dir.join(rel_path);
+    if let (Ok(real), Ok(base)) = (std::fs::canonicalize(&sub), std::fs::canonicalize(dir))
+        && !real.starts_with(&base)
+    {
+        return plan_err!(
+            "{}: stage path '{rel}' leads (through a symlink) outside the pipeline's folder",
+            manifest.display()
+        );
+    }
+    Ok(sub)
 }
 
 /// The files of a zoo model: its TorchScript, its classes (if any), its manifest last.
@@ -797,6 +826,48 @@ mod tests {
             assert!(lr.param_names().contains(&p), "{p}");
         }
         assert!(!lr.param_names().contains(&"modelName"));
+    }
+
+    /// A saved pipeline's manifest cannot make the loader open stage files outside the
+    /// pipeline's folder: absolute paths, `..` and symlinks leading out are refused, naming
+    /// the manifest and the path; a plain missing stage is reported as missing.
+    #[test]
+    fn stage_paths_stay_inside_the_pipeline_folder() {
+        let base = tempfile::tempdir().unwrap();
+        let (pipeline, secret) = (base.path().join("pipeline"), base.path().join("secret"));
+        std::fs::create_dir_all(&pipeline).unwrap();
+        std::fs::create_dir_all(secret.join("lr")).unwrap();
+        std::fs::write(secret.join("lr").join("model.json"), "{}").unwrap();
+        std::os::unix::fs::symlink(&secret, pipeline.join("out")).unwrap();
+        let load = |stage_path: &str| {
+            std::fs::write(
+                pipeline.join(MANIFEST_FILE),
+                format!(
+                    "format: {FORMAT}\nformatVersion: {FORMAT_VERSION}\ndlpVersion: x\nstages:\n\
+                     - type: LogisticRegressionModel\n  path: '{stage_path}'\n"
+                ),
+            )
+            .unwrap();
+            PipelineModel::load(&pipeline).unwrap_err().to_string()
+        };
+        let outside = secret.join("lr").display().to_string();
+        for bad in [
+            outside.as_str(),
+            "../secret/lr",
+            "stages/../../secret/lr",
+            "",
+        ] {
+            let e = load(bad);
+            assert!(
+                e.contains("must be a relative path inside") && e.contains(MANIFEST_FILE),
+                "{bad}: {e}"
+            );
+            assert!(!e.contains("model.json"), "{bad}: {e}");
+        }
+        let e = load("out/lr");
+        assert!(e.contains("outside the pipeline's folder"), "{e}");
+        let e = load("stages/0-lr");
+        assert!(e.contains("stage weights missing"), "{e}");
     }
 
     #[test]

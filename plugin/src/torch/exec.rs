@@ -312,13 +312,10 @@ impl ExecutionPlan for TorchInferenceExec {
         // A plan made without the planner (by hand, or decoded from an older client) still
         // gets the session's settings.
         DlpOptions::of(context.session_config().options()).apply_to(&mut spec);
-        // The runner fills a batch size left to the executor by its device.
+        // The runner fills a batch size left to the executor by its device, and refuses one
+        // above the executor's ceiling before anything is loaded or formed.
         let runner = Arc::new(Runner::new(spec)?);
         let spec = runner.spec();
-        // A batch size above the executor's ceiling fails here, before any batch is formed.
-        crate::limits::Limits::get()
-            .check_batch_size(&spec.output_col, spec.batch_size)
-            .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
         let batch_size = spec.batch_size.max(1);
         let input = self.input.execute(partition, context)?;
         let m = &self.metrics;

@@ -104,6 +104,11 @@ impl Runner {
                 // a session): the default for the device the step runs on.
                 spec.batch_size = crate::config::default_batch_size(device.is_cuda());
             }
+            // A batch size above the process's ceiling fails here, before the model is
+            // loaded (its `prepack` and first pass are sized by it) or any batch is formed.
+            crate::limits::Limits::get()
+                .check_batch_size(&spec.output_col, spec.batch_size)
+                .map_err(|e| exec_datafusion_err!("{e}"))?;
             Ok(Self {
                 spec,
                 entry,
@@ -225,9 +230,6 @@ fn prepare(model: &LoadedModel, spec: &TorchSpec, images: &dyn Array) -> Result<
 
 #[cfg(feature = "torch")]
 fn run(model: &LoadedModel, spec: &TorchSpec, prepared: &Prepared) -> Result<ArrayRef> {
-    crate::limits::Limits::get()
-        .check_batch_size(&spec.output_col, spec.batch_size)
-        .map_err(|e| datafusion::common::exec_datafusion_err!("{e}"))?;
     let started = std::time::Instant::now();
     let out = run_uncounted(model, spec, prepared)?;
     let n_valid = prepared.valid.len();

@@ -89,8 +89,13 @@ impl Drop for Turn<'_> {
 /// outputs and methods) and device.
 type CacheKey = (PathBuf, String, String, Device);
 
-fn cache() -> &'static Mutex<HashMap<CacheKey, Arc<LoadedModel>>> {
-    static CACHE: OnceLock<Mutex<HashMap<CacheKey, Arc<LoadedModel>>>> = OnceLock::new();
+/// One slot per model: the map's lock is held only to find a slot; a slot's lock is held
+/// while its model loads, so tasks wanting the same model wait for that one load, and tasks
+/// wanting another model do not wait at all.
+type Slot = Arc<Mutex<Option<Arc<LoadedModel>>>>;
+
+fn cache() -> &'static Mutex<HashMap<CacheKey, Slot>> {
+    static CACHE: OnceLock<Mutex<HashMap<CacheKey, Slot>>> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
@@ -109,15 +114,20 @@ pub fn init_threads(threads: usize) {
 
 /// The model on `device`, loaded (and its sha256 verified) on first use in this process.
 /// On a CPU, the manifest's `methods.prepack` is called once with `batch` (the batch size
-/// the first task that loads it runs) and the input size.
+/// the first task that loads it runs, at most `--max-batch-size`) and the input size.
 pub fn load_model(entry: &ModelEntry, device: Device, batch: usize) -> Result<Arc<LoadedModel>> {
     let m = &entry.manifest;
     let key = (entry.file_path(), m.sha256.clone(), m.name.clone(), device);
-    let mut cache = cache()
+    let poisoned = || exec_datafusion_err!("model cache lock poisoned");
+    let slot = cache()
         .lock()
-        .map_err(|_| exec_datafusion_err!("model cache lock poisoned"))?;
+        .map_err(|_| poisoned())?
+        .entry(key)
+        .or_default()
+        .clone();
+    let mut slot = slot.lock().map_err(|_| poisoned())?;
     // (A manifest edited since, with the same file, is loaded again.)
-    if let Some(loaded) = cache.get(&key)
+    if let Some(loaded) = slot.as_ref()
         && loaded.entry.manifest == *m
     {
         return Ok(loaded.clone());
@@ -133,8 +143,11 @@ pub fn load_model(entry: &ModelEntry, device: Device, batch: usize) -> Result<Ar
     {
         let _no_grad = tch::no_grad_guard();
         let size = |n: usize| IValue::Int(n as i64);
+        // (Callers refuse a batch above the ceiling first; the clamp keeps any other caller's
+        // allocation within it too.)
+        let batch = batch.clamp(1, crate::limits::Limits::get().max_batch_size.max(1));
         module
-            .method_is(prepack, &[size(batch.max(1)), size(m.input.height), size(m.input.width)])
+            .method_is(prepack, &[size(batch), size(m.input.height), size(m.input.width)])
             .map_err(torch_err(&format!(
                 "model {}: its methods.prepack ('{prepack}', called with batch size, height, width)",
                 m.name
@@ -154,7 +167,7 @@ pub fn load_model(entry: &ModelEntry, device: Device, batch: usize) -> Result<Ar
         ms = started.elapsed().as_millis() as u64,
         "model loaded"
     );
-    cache.insert(key, model.clone());
+    *slot = Some(model.clone());
     Ok(model)
 }
 
