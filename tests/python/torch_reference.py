@@ -8,9 +8,11 @@ wheel), prepack (call the file's `prepack(batch, height, width)` first, as dlp d
 CPU), features_method (features from the file's `features` method, as dlp reads them),
 output: "features" | "logits" | "image", index (the output's index in the module's tuple;
 default 1 for features, 0 otherwise), channel_order ("RGB" default, or "BGR"),
-image_output ({scale, mean, std}; default the input's)}. Writes float32 [len(files), D] to
-`out`, or for "image" the uint8 images in Spark's layout (HWC, B G R), one after the other;
-prints timing JSON."""
+image_output ({scale, mean, std}; default the input's), forward_only (time nothing but the
+forward passes: the first batch is decoded and preprocessed once, before the clock, and run
+as many times as the files make batches; the ceiling of any featurizer that runs this file
+with these batches and threads)}. Writes float32 [len(files), D] to `out`, or for "image" the
+uint8 images in Spark's layout (HWC, B G R), one after the other; prints timing JSON."""
 import json
 import os
 import sys
@@ -71,15 +73,29 @@ def main():
     if a.get("features_method") and output == "features":
         model, idx = model.features, None
     outs = []
+    files = a["files"]
+
+    def prepare(names):
+        batch = torch.stack([preprocess(load(f), a) for f in names])
+        return batch.contiguous(memory_format=torch.channels_last) if a.get("channels_last") else batch
+
+    def forward(batch):
+        out = model(batch)
+        outs.append(out[idx] if idx is not None and isinstance(out, tuple) else out)
+
+    if a.get("forward_only"):
+        with torch.inference_mode():
+            first = prepare(files[: a["batch"]])
+            start = time.perf_counter()
+            for i in range(0, len(files), a["batch"]):
+                forward(first[: len(files[i : i + a["batch"]])])
+            seconds = time.perf_counter() - start
+        print(json.dumps({"images": len(files), "seconds": seconds, "images_per_s": len(files) / seconds}))
+        return
     start = time.perf_counter()
     with torch.inference_mode():
-        files = a["files"]
         for i in range(0, len(files), a["batch"]):
-            batch = torch.stack([preprocess(load(f), a) for f in files[i : i + a["batch"]]])
-            if a.get("channels_last"):
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            out = model(batch)
-            outs.append(out[idx] if idx is not None and isinstance(out, tuple) else out)
+            forward(prepare(files[i : i + a["batch"]]))
     seconds = time.perf_counter() - start
     result = torch.cat(outs)
     if output == "image":
