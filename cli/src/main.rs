@@ -97,7 +97,26 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The message and its causes, as anyhow prints them, without the backtrace that
+            // RUST_BACKTRACE=1 would add to every user error.
+            eprintln!("Error: {e}");
+            let causes: Vec<_> = e.chain().skip(1).collect();
+            if !causes.is_empty() {
+                eprintln!("\nCaused by:");
+                for (i, cause) in causes.iter().enumerate() {
+                    eprintln!("    {i}: {cause}");
+                }
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -252,12 +271,57 @@ async fn connect(
     }
 }
 
-async fn run_sql(ctx: &SessionContext, query: &str, format: Format) -> anyhow::Result<()> {
-    let statements: Vec<&str> = query
-        .split(';')
+/// The statements of `sql`, split at the semicolons outside string literals ('...', with ''
+/// inside), quoted identifiers ("...") and comments (-- to the line's end, /* ... */);
+/// trimmed, empty ones left out.
+fn split_statements(sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let (mut out, mut start, mut i) = (vec![], 0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'\'' | b'"') => {
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == q {
+                        // a doubled quote is one quote inside the literal
+                        if bytes.get(i + 1) == Some(&q) {
+                            i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < bytes.len() && !(bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/')) {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(&sql[start.min(sql.len())..]);
+    out.into_iter()
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .collect();
+        .collect()
+}
+
+async fn run_sql(ctx: &SessionContext, query: &str, format: Format) -> anyhow::Result<()> {
+    let statements = split_statements(query);
     let Some((last, setup)) = statements.split_last() else {
         anyhow::bail!("no SQL statement given");
     };
@@ -270,4 +334,24 @@ async fn run_sql(ctx: &SessionContext, query: &str, format: Format) -> anyhow::R
     output::write(&batches, format, &mut out)?;
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_statements;
+
+    #[test]
+    fn statements_split_at_semicolons_outside_literals_and_comments() {
+        assert_eq!(
+            split_statements("SET a = 1; SELECT 'a;b', \"c;d\" FROM t;"),
+            ["SET a = 1", "SELECT 'a;b', \"c;d\" FROM t"]
+        );
+        assert_eq!(
+            split_statements("SELECT 'it''s; fine' -- a; comment\n; /* x; y */ SELECT 2"),
+            ["SELECT 'it''s; fine' -- a; comment", "/* x; y */ SELECT 2"]
+        );
+        assert_eq!(split_statements("  ;; "), Vec::<&str>::new());
+        // an unterminated literal is left whole, for the parser to report
+        assert_eq!(split_statements("SELECT 'a;b"), ["SELECT 'a;b"]);
+    }
 }

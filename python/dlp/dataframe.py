@@ -22,21 +22,79 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class Column:
-    """A SQL expression (`col("label")`, `lit(1)`, or any SQL text via `expr`)."""
+def _operand(value: Any) -> str:
+    return value.sql if isinstance(value, Column) else lit(value).sql
 
-    def __init__(self, sql: str, name: Optional[str] = None):
+
+def _binary(op: str, reflected: bool = False):
+    def apply(self: "Column", other: Any) -> "Column":
+        a, b = (_operand(other), self.sql) if reflected else (self.sql, _operand(other))
+        return Column(f"({a} {op} {b})")
+    return apply
+
+
+class Column:
+    """A SQL expression (`col("label")`, `lit(1)`, or any SQL text via `expr`). As in PySpark,
+    operators build expressions: `(col("label") == 1) & (col("p") > 0.5)`, `~c`, `c + 1`."""
+
+    def __init__(self, sql: str, name: Optional[str] = None, select_as: Optional[str] = None):
         self.sql = sql
         self.name = name
+        # The name `select` gives it (a struct field's, as Spark names `image.origin`).
+        self._select_as = select_as
 
     def alias(self, name: str) -> "Column":
         return Column(f"{self.sql} AS {_ident(name)}", name)
+
+    __eq__ = _binary("=")  # type: ignore[assignment]
+    __ne__ = _binary("<>")  # type: ignore[assignment]
+    __lt__ = _binary("<")
+    __le__ = _binary("<=")
+    __gt__ = _binary(">")
+    __ge__ = _binary(">=")
+    __add__, __radd__ = _binary("+"), _binary("+", True)
+    __sub__, __rsub__ = _binary("-"), _binary("-", True)
+    __mul__, __rmul__ = _binary("*"), _binary("*", True)
+    __truediv__, __rtruediv__ = _binary("/"), _binary("/", True)
+    __mod__ = _binary("%")
+    __and__, __rand__ = _binary("AND"), _binary("AND", True)
+    __or__, __ror__ = _binary("OR"), _binary("OR", True)
+    __hash__ = object.__hash__
+
+    def __invert__(self) -> "Column":
+        return Column(f"(NOT {self.sql})")
+
+    def __neg__(self) -> "Column":
+        return Column(f"(- {self.sql})")
+
+    def isNull(self) -> "Column":
+        return Column(f"({self.sql} IS NULL)")
+
+    def isNotNull(self) -> "Column":
+        return Column(f"({self.sql} IS NOT NULL)")
+
+    def isin(self, *values: Any) -> "Column":
+        if len(values) == 1 and isinstance(values[0], (list, tuple, set)):
+            values = tuple(values[0])
+        return Column(f"({self.sql} IN ({', '.join(_operand(v) for v in values)}))")
+
+    def __bool__(self) -> bool:
+        raise ValueError(f"Cannot convert {self!r} into bool: use '&' for 'and', '|' for 'or', "
+                         "'~' for 'not' when building conditions (as in PySpark)")
 
     def __repr__(self) -> str:
         return f"Column<{self.sql}>"
 
 
 def col(name: str) -> Column:
+    """A column; `a.b` is field `b` of struct column `a`, as in Spark (`image.origin`);
+    a name with a dot in it is written in backticks (`` `a.b` ``)."""
+    if isinstance(name, str) and name.startswith("`") and name.endswith("`") and len(name) > 2:
+        return Column(_ident(name[1:-1]), name[1:-1])
+    if isinstance(name, str) and "." in name.strip("."):
+        head, *fields = name.split(".")
+        access = _ident(head) + "".join(f"[{_string(f)}]" for f in fields)
+        return Column(access, fields[-1], select_as=fields[-1])
     return Column(_ident(name), name)
 
 
@@ -62,7 +120,7 @@ def lit(value: Any) -> Column:
 
 def _select_item(c: Union[str, Column]) -> str:
     if isinstance(c, Column):
-        return c.sql
+        return f"{c.sql} AS {_ident(c._select_as)}" if c._select_as else c.sql
     if isinstance(c, str):
         return _ident(c)
     raise TypeError(f"expected column names or Columns, got {c!r}")
@@ -116,13 +174,17 @@ class DataFrame:
         items = []
         for c in cols:
             if isinstance(c, str) and c != "*":
-                if c not in self.columns:
+                if c in self.columns:
+                    items.append(_ident(c))
+                    continue
+                head = c.split(".")[0]
+                if "." not in c or head not in self.columns:
                     raise ValueError(f"select: no column '{c}' (columns: {', '.join(self.columns)})")
-                items.append(_ident(c))
-            elif c == "*":
+                items.append(_select_item(col(c)))
+            elif isinstance(c, str):
                 items.append("*")
             elif isinstance(c, Column):
-                items.append(c.sql)
+                items.append(_select_item(c))
             else:
                 raise TypeError(f"select: expected column names or Columns, got {c!r}")
         return self._derive(f"SELECT {', '.join(items)} FROM {self._from()}")
@@ -172,7 +234,7 @@ class DataFrame:
 
     def orderBy(self, *cols: str, ascending: bool = True) -> "DataFrame":
         order = "ASC" if ascending else "DESC"
-        items = ", ".join(f"{_select_item(c)} {order}" for c in cols)
+        items = ", ".join(f"{c.sql if isinstance(c, Column) else _select_item(c)} {order}" for c in cols)
         return self._derive(f"SELECT * FROM {self._from()} ORDER BY {items}")
 
     sort = orderBy

@@ -279,8 +279,14 @@ class Pipeline(Estimator):
             raise ValueError("Pipeline: no stages")
         session = df._session
         where = f"{session.models_dir}/{session.user or 'anonymous'}/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        data: Dict[str, Any] = {"sql": df._sql}
+        label_cols = [s.getOrDefault("labelCol") for s in stages
+                      if isinstance(s, Estimator) and "labelCol" in s._spec]
+        names = _class_names(df, label_cols[-1] if label_cols else "label")
+        if names:
+            data["classes"] = names
         return {
-            "data": {"sql": df._sql},
+            "data": data,
             "stages": [s._stage_spec() for s in stages],
             "output": {"model": where},
         }
@@ -289,6 +295,25 @@ class Pipeline(Estimator):
         spec = self._job(df, params)
         status = df._session.submit(spec, what="fit")
         return PipelineModel._from_result(df._session, status["result"])
+
+
+def _class_names(df: DataFrame, label_col: str) -> Optional[List[str]]:
+    """The class names a DataFrame carries, as `read_images(..., withLabel=True)` gives them:
+    its `label_name` column, in label order, when every label 0..k-1 has exactly one name
+    (else None: the model's classes stay unnamed)."""
+    if label_col not in df.columns or "label_name" not in df.columns:
+        return None
+    rows = df._session._query(
+        f"SELECT DISTINCT CAST({_ident(label_col)} AS BIGINT) AS l, label_name AS n "
+        f"FROM {df._from()}").to_pylist()
+    names: Dict[int, set] = {}
+    for r in rows:
+        if r["l"] is None or r["n"] is None:
+            return None
+        names.setdefault(r["l"], set()).add(r["n"])
+    if sorted(names) != list(range(len(names))) or any(len(v) != 1 for v in names.values()):
+        return None
+    return [next(iter(names[i])) for i in range(len(names))]
 
 
 class PipelineModel:
@@ -375,7 +400,7 @@ class _Writer:
 _METRICS = ("f1", "accuracy", "weightedPrecision", "weightedRecall", "weightedTruePositiveRate",
             "weightedFalsePositiveRate", "weightedFMeasure", "truePositiveRateByLabel",
             "falsePositiveRateByLabel", "precisionByLabel", "recallByLabel", "fMeasureByLabel",
-            "hammingLoss")
+            "hammingLoss", "logLoss")
 
 
 class MulticlassClassificationEvaluator(Params):
@@ -387,6 +412,8 @@ class MulticlassClassificationEvaluator(Params):
         "predictionCol": (_S, "prediction", ""),
         "metricLabel": (_F, 0.0, "the class of the ...ByLabel metrics"),
         "beta": (_F, 1.0, "F-measure beta"),
+        "probabilityCol": (_S, "probability", "the class probabilities logLoss reads"),
+        "eps": (_F, 1e-15, "logLoss: probabilities are clipped to at least eps"),
     }
 
     def __init__(self, **kwargs):
@@ -407,12 +434,35 @@ class MulticlassClassificationEvaluator(Params):
         return {(r["l"], r["p"]): int(r["n"]) for r in rows}
 
     def evaluate(self, df: DataFrame) -> float:
+        if self.getOrDefault("metricName") == "logLoss":
+            return self._log_loss(df)
         return metric_of(self.confusion(df), self.getOrDefault("metricName"),
                          self.getOrDefault("metricLabel"), self.getOrDefault("beta"))
 
+    def _log_loss(self, df: DataFrame) -> float:
+        """MLlib's logLoss: the mean of -log(max(probability[label], eps)), counted on the
+        cluster."""
+        label_col, prob_col = self.getOrDefault("labelCol"), self.getOrDefault("probabilityCol")
+        for name in (label_col, prob_col):
+            if name not in df.columns:
+                raise ValueError(f"evaluate: no column '{name}' (columns: {', '.join(df.columns)})")
+        p = f"array_element({_ident(prob_col)}, CAST({_ident(label_col)} AS BIGINT) + 1)"
+        eps = format(self.getOrDefault("eps"), ".20f")
+        r = df._session._query(
+            f"SELECT avg(-ln(greatest(CAST({p} AS DOUBLE), {eps}))) AS v, count(*) AS n, "
+            f"count({p}) AS found FROM {df._from()}").to_pylist()[0]
+        if not r["n"]:
+            raise DlpError("evaluate: no rows")
+        if r["found"] != r["n"]:
+            raise ValueError(f"evaluate: logLoss: {r['n'] - r['found']} of {r['n']} rows have no "
+                             f"probability for their label ({label_col} is not an index into "
+                             f"{prob_col}, or {prob_col} is null)")
+        return float(r["v"])
+
     def isLargerBetter(self) -> bool:
         return self.getOrDefault("metricName") not in ("weightedFalsePositiveRate",
-                                                      "falsePositiveRateByLabel", "hammingLoss")
+                                                      "falsePositiveRateByLabel", "hammingLoss",
+                                                      "logLoss")
 
 
 def metric_of(cm: Dict[Tuple[float, float], int], name: str, label: float = 0.0,

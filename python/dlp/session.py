@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 import pyarrow as pa
@@ -80,7 +81,14 @@ class Session:
             db_kwargs["password"] = password or ""
         if certs:
             db_kwargs["adbc.flight.sql.client_option.tls_root_certs"] = certs.decode()
-        self._connect_sql = lambda: flight_sql.connect(self.uri, db_kwargs=db_kwargs)
+        def connect_sql():
+            # Flight SQL has no transactions: the driver's DB-API warning about autocommit
+            # says nothing a user can act on.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Cannot disable autocommit")
+                return flight_sql.connect(self.uri, db_kwargs=db_kwargs)
+
+        self._connect_sql = connect_sql
         try:
             self._conn = self._connect_sql()
         except Exception as e:  # noqa: BLE001 - the driver's errors carry the server's message
@@ -98,6 +106,14 @@ class Session:
             raise DlpError(f"login as '{self.user}' at {self.uri} failed: {_message(e)}") from e
         except flight.FlightUnavailableError as e:
             raise DlpError(f"cannot reach the scheduler at {self.uri}: {_message(e)}") from e
+        except flight.FlightError as e:
+            # (A wrong port or a TLS mismatch reaches here as "Could not finish writing before
+            # closing", which names neither.)
+            tls = "grpc+tls://" in self.uri
+            hint = ("the scheduler's certificate must be signed by tls_root_certs" if tls else
+                    "a scheduler with TLS needs grpc+tls:// and tls_root_certs")
+            raise DlpError(f"cannot log in as '{self.user}' at {self.uri}: {_message(e)} "
+                           f"(is a scheduler listening there? {hint})") from e
         self._headers = [header]
 
     def _options(self, timeout: Optional[float] = None) -> flight.FlightCallOptions:
@@ -173,12 +189,12 @@ class Session:
         given = dict(withLabel=withLabel, dropInvalid=dropInvalid,
                      recursiveFileLookup=recursiveFileLookup, pathGlobFilter=pathGlobFilter,
                      sampleRatio=sampleRatio, seed=seed, numPartitions=numPartitions)
-        given.update(options)
         allowed = {"batchSize", "maxPixels", "decodeWebp"}
         for name in options:
             if name not in allowed:
                 raise TypeError(f"read_images() got an unexpected option '{name}' "
-                                f"(options: {', '.join(sorted(list(given)))})")
+                                f"(options: {', '.join(sorted([*given, *allowed]))})")
+        given.update(options)
         args = [_string(path)]
         for name, value in given.items():
             if value is None or (value is False and name in ("withLabel", "dropInvalid")):

@@ -1,4 +1,5 @@
 """The client's API against a live cluster: DataFrames, bad input, cancellation."""
+import math
 import os
 import signal
 import subprocess
@@ -8,7 +9,7 @@ import time
 import pytest
 
 import dlp
-from dlp import DeepImageFeaturizer, LogisticRegression, Pipeline, lit
+from dlp import DeepImageFeaturizer, LogisticRegression, Pipeline, col, lit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,6 +42,12 @@ def test_wrong_password_names_the_user(cluster):
         dlp.connect(cluster["uri"], user="alice", password="not the password")
 
 
+def test_nothing_listening_names_the_address():
+    # A closed port answers with a gRPC error that names nothing; the client names the address.
+    with pytest.raises(dlp.DlpError, match=r"grpc://127\.0\.0\.1:1\b"):
+        dlp.connect("grpc://127.0.0.1:1", user="alice", password="x")
+
+
 def test_misspelt_and_mistyped_parameters_fail_before_sending():
     with pytest.raises(TypeError, match=r"unknown parameter 'regparam'.*did you mean 'regParam'"):
         LogisticRegression(regparam=0.1)
@@ -52,6 +59,25 @@ def test_misspelt_and_mistyped_parameters_fail_before_sending():
         dlp.VectorAssembler(inputCols="a,b")
     with pytest.raises(ValueError, match="metricName 'acuracy'"):
         dlp.MulticlassClassificationEvaluator(metricName="acuracy")
+
+
+def test_misspelt_read_option_lists_the_real_ones(session):
+    with pytest.raises(TypeError, match=r"unexpected option 'withLabels'") as e:
+        session.read_images("flowers", withLabels=True)
+    listed = str(e.value).split("(options: ")[1]
+    assert "withLabels" not in listed and "withLabel" in listed and "batchSize" in listed, e.value
+
+
+def test_columns_build_conditions_and_read_struct_fields(session):
+    df = session.read_images("flowers", withLabel=True, dropInvalid=True, sampleRatio=0.02, seed=5)
+    assert df.filter(col("label") == 1).count() == df.filter("label = 1").count() > 0
+    both = df.filter((col("label") >= 1) & ~col("label").isin(3, 4))
+    assert {r["label"] for r in both.select("label").collect()} <= {1, 2}
+    with pytest.raises(ValueError, match="use '&' for 'and'"):
+        if col("label") == 1:
+            pass
+    rows = df.select("image.origin", col("image.width")).limit(2).collect()
+    assert set(rows[0]) == {"origin", "width"} and rows[0]["origin"].endswith(".jpg"), rows
 
 
 def test_unknown_model_and_column_are_named(session):
@@ -118,8 +144,16 @@ def test_cross_validator_tunes_on_the_cluster(session):
     assert len(model.avgMetrics) == 2 and all(0.0 <= m <= 1.0 for m in model.avgMetrics)
     assert model.bestParams["regParam"] in (0.01, 0.3)
     assert model.bestModel.stageTypes == ["DeepImageFeaturizer", "LogisticRegressionModel"]
+    # read_images(withLabel=True)'s label_name names the classes, as `dlp fit` names them.
+    assert model.bestModel.classNames == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     out = model.transform(df).select("label", "prediction").collect()
     assert len(out) == n and {r["prediction"] for r in out} <= {0.0, 1.0, 2.0, 3.0, 4.0}
+    # MLlib's logLoss, counted on the cluster, against the same sum over the collected rows.
+    scored = model.transform(df)
+    rows = scored.select("label", "probability").collect()
+    expected = sum(-math.log(max(r["probability"][int(r["label"])], 1e-15)) for r in rows) / len(rows)
+    log_loss = dlp.MulticlassClassificationEvaluator(metricName="logLoss")
+    assert abs(log_loss.evaluate(scored) - expected) < 1e-9 and not log_loss.isLargerBetter()
     # A grid over a parameter of another stage is refused before anything is sent.
     bad = dlp.ParamGridBuilder().addGrid(pipeline.getStages()[0].modelName, ["a", "b"]).build()
     with pytest.raises(ValueError, match="only its parameters can be tuned"):

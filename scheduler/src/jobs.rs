@@ -675,30 +675,9 @@ fn resolve_output(path: &Path) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// A path a client names for reading, resolved like `read_images` paths (relative ones
-/// from the first data root) and checked against the data roots.
+/// A path a client names for reading ([`dlp_plugin::access::resolve_input`]).
 fn resolve_input(path: &str) -> Result<PathBuf, String> {
-    if dlp_plugin::storage::is_url(path) {
-        let url = dlp_plugin::storage::ObjectUrl::parse(path).map_err(|e| e.to_string())?;
-        dlp_plugin::access::check_url(&url).map_err(|e| e.to_string())?;
-        return Ok(PathBuf::from(url.to_string()));
-    }
-    let path = Path::new(path);
-    if path.components().any(|c| c == Component::ParentDir) {
-        return Err(format!("'{}': '..' is not allowed", path.display()));
-    }
-    // A relative path is taken from the first writable root when it names something
-    // there (a model this scheduler saved for a client), else from the first data root.
-    let path = match dlp_plugin::access::DataRoots::get() {
-        Some(r) if path.is_relative() => match r.write_base() {
-            Some(w) if w.join(path).exists() => w.join(path),
-            _ => r.base().join(path),
-        },
-        _ => path.to_path_buf(),
-    };
-    let path = std::path::absolute(&path).map_err(|e| format!("'{}': {e}", path.display()))?;
-    dlp_plugin::access::check_path(&path).map_err(|e| e.to_string())?;
-    Ok(path)
+    dlp_plugin::access::resolve_input(path).map_err(|e| e.to_string())
 }
 
 /// `dlp.model.describe`: the saved PipelineModel at `path` (checked as a load checks it:

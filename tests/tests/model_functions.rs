@@ -184,6 +184,36 @@ output: {{model: {}}}
             .unwrap_or_else(|e| panic!("{e}\n{}", cluster.scheduler.output())),
     );
 
+    // A relative directory is taken from the first data root, as read_images paths are.
+    let rel = model_dir
+        .strip_prefix(&root)
+        .expect("the model is under the data root");
+    let ddl = format!(
+        "CREATE FUNCTION tulip_or_daisy_rel() AS 'pipeline:{}'",
+        rel.display()
+    );
+    adbc(cluster.port, &ddl).unwrap_or_else(|e| panic!("{ddl}: {e}"));
+    let from_rel = from_json(
+        &adbc(cluster.port, &query("tulip_or_daisy_rel"))
+            .unwrap_or_else(|e| panic!("{e}\n{}", cluster.scheduler.output())),
+    );
+    assert_eq!(
+        from_rel
+            .iter()
+            .map(|(o, (p, _))| (o, p))
+            .collect::<Vec<_>>(),
+        from_sql
+            .iter()
+            .map(|(o, (p, _))| (o, p))
+            .collect::<Vec<_>>()
+    );
+    let err = adbc(
+        cluster.port,
+        &format!("CREATE FUNCTION up() AS 'pipeline:{}/../x'", rel.display()),
+    )
+    .unwrap_err();
+    assert!(err.contains("'..' is not allowed"), "{err}");
+
     for (name, got) in [("config", &from_config), ("CREATE FUNCTION", &from_sql)] {
         assert_eq!(
             got.keys().collect::<Vec<_>>(),

@@ -467,6 +467,37 @@ fn is_run_dir_name(name: &str) -> bool {
     })
 }
 
+/// A saved model's location as a client names it (`dlp.model.describe`, `dlp.model.save`,
+/// `CREATE FUNCTION ... AS 'pipeline:...'`), resolved and checked for reading: a URL against
+/// the roots; a local path without `..`, a relative one from the first writable root when it
+/// names something there (a model this cluster saved for a client), else from the first
+/// data root, as `read_images` takes relative paths.
+pub fn resolve_input(path: &str) -> Result<PathBuf, DlpError> {
+    if crate::storage::is_url(path) {
+        let url = ObjectUrl::parse(path).map_err(|e| DlpError::Access(e.to_string()))?;
+        check_url(&url)?;
+        return Ok(PathBuf::from(url.to_string()));
+    }
+    let path = Path::new(path);
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(DlpError::Access(format!(
+            "'{}': '..' is not allowed",
+            path.display()
+        )));
+    }
+    let path = match DataRoots::get() {
+        Some(r) if path.is_relative() => match r.write_base() {
+            Some(w) if w.join(path).exists() => w.join(path),
+            _ => r.base().join(path),
+        },
+        _ => path.to_path_buf(),
+    };
+    let path = std::path::absolute(&path)
+        .map_err(|e| DlpError::Access(format!("'{}': {e}", path.display())))?;
+    check_path(&path)?;
+    Ok(path)
+}
+
 /// Checks an object-store URL to be read against the process's roots (nothing when
 /// unrestricted).
 pub fn check_url(url: &ObjectUrl) -> Result<(), DlpError> {

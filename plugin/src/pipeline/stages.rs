@@ -744,8 +744,9 @@ pub fn may_save(dir: &Path, owner: &str, overwrite: bool) -> Result<()> {
     match saved_by.as_deref().map(str::trim) {
         Some(o) if o == owner && overwrite => Ok(()),
         Some(o) if o == owner => plan_err!(
-            "output.model {}: a model is already saved there; set output.overwrite: true \
-             to replace it",
+            "output.model {}: a model is already saved there; to replace it, set overwrite \
+             (output.overwrite: true in a job spec, save(path, overwrite=True) in Python, \
+             \"overwrite\": true in dlp.model.save)",
             dir.display()
         ),
         _ => plan_err!(

@@ -214,28 +214,35 @@ impl ModelUdf {
             return plan_err!("function name '{name}': use letters, digits and '_'");
         }
         let zoo = ProcessTorchConfig::get().zoo();
+        let mut resolved = None;
         let (pipeline, output) = match &source {
             FunctionSource::Model { model, top_k } => {
                 let spec = TorchSpec::try_new(&zoo, model, "image", name, TorchTask::TopK(*top_k))?;
                 (None, spec.output_field().data_type().clone())
             }
             FunctionSource::Pipeline { dir } => {
-                let path = PathBuf::from(dir);
-                if let Err(e) = crate::access::check_path(&path) {
-                    return plan_err!("function {name}: {e}");
-                }
+                // Relative paths as the other clients' model paths: from the first writable
+                // root when the model is there, else from the first data root.
+                let path = match crate::access::resolve_input(dir) {
+                    Ok(path) => path,
+                    Err(e) => return plan_err!("function {name}: {e}"),
+                };
                 let model = PipelineModel::load(&path)
                     .map_err(|e| plan_datafusion_err!("function {name}: {e}"))?;
                 let parts = PipelineParts::of(&model).map_err(|e| {
                     plan_datafusion_err!("function {name}: the pipeline in {dir} {e}")
                 })?;
                 let out = output_of_pipeline(parts.classifier.num_classes);
+                // The function (and the plans that carry it) names the resolved directory.
+                resolved = Some(FunctionSource::Pipeline {
+                    dir: path.to_string_lossy().into_owned(),
+                });
                 (Some(parts), out)
             }
         };
         Ok(Self {
             name: name.to_string(),
-            source,
+            source: resolved.unwrap_or(source),
             signature: Signature::any(1, Volatility::Immutable),
             pipeline,
             output,
