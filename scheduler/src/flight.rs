@@ -59,7 +59,10 @@ type SqlService = BallistaFlightSqlService<DlpBackend>;
 /// `count(Int64(1))[count]`), and ADBC then rejects the result ("endpoint returned
 /// inconsistent schema"). When the names disagree with the query's, the schema comes from
 /// the physical plan instead (the plan the final stage was cut from).
-pub struct DlpBackend(Arc<Scheduler>);
+///
+/// With users (no `--allow-anonymous`), a session that turned on Ballista's fault injection
+/// is refused ([`crate::gate::refuse_fault_injection`]).
+pub struct DlpBackend(Arc<Scheduler>, bool);
 
 #[async_trait::async_trait]
 impl QueryBackend for DlpBackend {
@@ -77,6 +80,13 @@ impl QueryBackend for DlpBackend {
         ctx: Arc<SessionContext>,
         plan: LogicalPlan,
     ) -> ballista_core::error::Result<QueryResult> {
+        if self.1 {
+            let entries = ctx.state().config().options().entries();
+            crate::gate::refuse_fault_injection(
+                entries.iter().map(|e| (e.key.as_str(), e.value.as_deref())),
+            )
+            .map_err(|s| ballista_core::error::BallistaError::General(s.message().to_string()))?;
+        }
         let mut result =
             QueryBackend::execute(self.0.as_ref(), job_name, ctx.clone(), plan.clone()).await?;
         let wanted = plan.schema().fields();
@@ -408,10 +418,13 @@ pub async fn serve(
         BallistaFlightProxyService::new(max_decoding, max_encoding, config.use_tls, endpoint);
     let scheduler = Arc::new(scheduler);
     if config.flight_sql_enabled() {
-        let sql = BallistaFlightSqlService::new(Arc::new(DlpBackend(scheduler.clone())), proxy)
-            .with_authenticator(Arc::new(GateAuthenticator {
-                anonymous: auth.anonymous(),
-            }));
+        let sql = BallistaFlightSqlService::new(
+            Arc::new(DlpBackend(scheduler.clone(), !auth.anonymous())),
+            proxy,
+        )
+        .with_authenticator(Arc::new(GateAuthenticator {
+            anonymous: auth.anonymous(),
+        }));
         if auth.anonymous() {
             tracing::warn!(
                 "Flight SQL and pipeline jobs are served without authentication \

@@ -25,9 +25,10 @@ use ballista_core::serde::protobuf::{
     CancelJobParams, CancelJobResult, CleanJobDataParams, CleanJobDataResult,
     CreateUpdateSessionParams, CreateUpdateSessionResult, ExecuteQueryParams, ExecuteQueryResult,
     ExecutorStoppedParams, ExecutorStoppedResult, GetJobMetricsParams, GetJobMetricsResult,
-    GetJobStatusParams, GetJobStatusResult, HeartBeatParams, HeartBeatResult, PollWorkParams,
-    PollWorkResult, RegisterExecutorParams, RegisterExecutorResult, RemoveSessionParams,
-    RemoveSessionResult, UpdateTaskStatusParams, UpdateTaskStatusResult, execute_query_result,
+    GetJobStatusParams, GetJobStatusResult, HeartBeatParams, HeartBeatResult, KeyValuePair,
+    PollWorkParams, PollWorkResult, RegisterExecutorParams, RegisterExecutorResult,
+    RemoveSessionParams, RemoveSessionResult, UpdateTaskStatusParams, UpdateTaskStatusResult,
+    execute_query_result,
 };
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
@@ -346,6 +347,37 @@ fn logical_plans_only(caller: &Caller, params: &ExecuteQueryParams) -> Result<()
     }
 }
 
+/// Ballista's fault injection (`ballista.testing.chaos_execution.enabled`) is for the
+/// project's own tests: a user could make executors panic or hold task slots with it.
+/// Refused from users; an anonymous scheduler (a trusted network) takes it.
+fn no_fault_injection(caller: &Caller, settings: &[KeyValuePair]) -> Result<(), Status> {
+    if matches!(caller, Caller::Anonymous) {
+        return Ok(());
+    }
+    refuse_fault_injection(
+        settings
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_deref())),
+    )
+}
+
+/// The check of [`no_fault_injection`] over `(key, value)` settings, for every way a session
+/// or job carries them (Ballista's client RPCs, a Flight SQL session).
+pub fn refuse_fault_injection<'a>(
+    settings: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> Result<(), Status> {
+    for (key, value) in settings {
+        if key.eq_ignore_ascii_case(ballista_core::config::BALLISTA_CHAOS_EXECUTION_ENABLED)
+            && value.is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        {
+            return Err(Status::permission_denied(format!(
+                "{key}: Ballista's fault injection is for tests and is refused for users"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn user_only<T>(request: &GrpcRequest<T>) -> Result<Caller, Status> {
     match caller(request)? {
         Caller::Cluster => Err(Status::permission_denied(
@@ -401,7 +433,8 @@ impl SchedulerGrpc for GuardedScheduler {
         &self,
         request: GrpcRequest<CreateUpdateSessionParams>,
     ) -> Result<GrpcResponse<CreateUpdateSessionResult>, Status> {
-        user_only(&request)?;
+        let caller = user_only(&request)?;
+        no_fault_injection(&caller, &request.get_ref().settings)?;
         SchedulerGrpc::create_update_session(&self.inner, request).await
     }
 
@@ -421,6 +454,7 @@ impl SchedulerGrpc for GuardedScheduler {
     ) -> Result<GrpcResponse<Self::ExecuteQueryPushStream>, Status> {
         let caller = user_only(&request)?;
         logical_plans_only(&caller, request.get_ref())?;
+        no_fault_injection(&caller, &request.get_ref().settings)?;
         let owners = self.owners.clone();
         let response = SchedulerGrpc::execute_query_push(&self.inner, request).await?;
         Ok(response.map(move |stream| {
@@ -443,6 +477,7 @@ impl SchedulerGrpc for GuardedScheduler {
     ) -> Result<GrpcResponse<ExecuteQueryResult>, Status> {
         let caller = user_only(&request)?;
         logical_plans_only(&caller, request.get_ref())?;
+        no_fault_injection(&caller, &request.get_ref().settings)?;
         let response = SchedulerGrpc::execute_query(&self.inner, request).await?;
         if let Some(execute_query_result::Result::Success(s)) = &response.get_ref().result {
             self.owners.record(&s.job_id, caller.owner());

@@ -612,6 +612,14 @@ async fn files_outside_the_roots_are_neither_read_nor_written() {
         "mixed/".into(),
         "s3://bucket/key.csv".into(),
     ];
+    // Ballista's fault injection is refused from Flight SQL users as from Ballista clients.
+    let err = adbc(
+        port,
+        "alice",
+        "SET ballista.testing.chaos_execution.enabled = true; SELECT 1",
+    )
+    .unwrap_err();
+    assert!(err.contains("fault injection"), "{err}");
     for location in &spellings {
         let sql = format!(
             "CREATE EXTERNAL TABLE s STORED AS CSV LOCATION '{location}' OPTIONS ('format.has_header' 'true'); SELECT * FROM s"
@@ -937,6 +945,16 @@ async fn hostile_input_never_takes_an_executor_down() {
         .collect()
         .await
         .unwrap();
+
+    // Ballista's fault injection (panics, delays in tasks) is for tests: refused from users.
+    let set = |on: bool| format!("SET ballista.testing.chaos_execution.enabled = {on}");
+    ctx.sql(&set(true)).await.unwrap().collect().await.unwrap();
+    let err = match ctx.sql("SELECT 1").await {
+        Ok(df) => df.collect().await.unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("fault injection"), "{err}");
+    ctx.sql(&set(false)).await.unwrap().collect().await.unwrap();
 
     // A training label of 1e15: an error naming the column and the ceiling.
     let df = ctx
