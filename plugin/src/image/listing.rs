@@ -307,7 +307,20 @@ fn assemble(
     };
     if !recursive && partition_columns.is_empty() {
         // Spark: an unpartitioned directory read without recursion yields only its own files.
+        let listed = leaves.len();
         leaves.retain(|(p, _)| p.parent() == Some(base) || p == root_path);
+        let skipped = listed - leaves.len();
+        if skipped > 0 {
+            // As in Spark, but said: a folder of class folders read without options gives
+            // no rows at all.
+            tracing::warn!(
+                path = %root,
+                skipped,
+                kept = leaves.len(),
+                "read_images: files in sub-folders are not read without \
+                 recursiveFileLookup=true (or withLabel=true for class folders), as in Spark"
+            );
+        }
     }
 
     let labels: Vec<Option<String>> = leaves
