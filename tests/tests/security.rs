@@ -921,12 +921,7 @@ async fn hostile_input_never_takes_an_executor_down() {
     // The same through the session's setting and a model SQL function: refused before the
     // model is loaded (its prepack and first pass would be sized by 512 images, about 3 GB:
     // the peak RSS bound below fails if it ran).
-    ctx.sql("SET dlp.torch.batch_size = 512")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    set(&ctx, "dlp.torch.batch_size = 512").await;
     let err = ctx
         .sql(&format!("SELECT featurize('efficientnet_lite0', image) FROM read_images('{root_s}/bombs', 'recursiveFileLookup=true', 'dropInvalid=true')"))
         .await
@@ -939,22 +934,16 @@ async fn hostile_input_never_takes_an_executor_down() {
         err.contains("--max-batch-size") && err.contains("512"),
         "{err}"
     );
-    ctx.sql("SET dlp.torch.batch_size = auto")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    set(&ctx, "dlp.torch.batch_size = auto").await;
 
     // Ballista's fault injection (panics, delays in tasks) is for tests: refused from users.
-    let set = |on: bool| format!("SET ballista.testing.chaos_execution.enabled = {on}");
-    ctx.sql(&set(true)).await.unwrap().collect().await.unwrap();
+    set(&ctx, "ballista.testing.chaos_execution.enabled = true").await;
     let err = match ctx.sql("SELECT 1").await {
         Ok(df) => df.collect().await.unwrap_err().to_string(),
         Err(e) => e.to_string(),
     };
     assert!(err.contains("fault injection"), "{err}");
-    ctx.sql(&set(false)).await.unwrap().collect().await.unwrap();
+    set(&ctx, "ballista.testing.chaos_execution.enabled = false").await;
 
     // A training label of 1e15: an error naming the column and the ceiling.
     let df = ctx
@@ -984,6 +973,13 @@ async fn hostile_input_never_takes_an_executor_down() {
         peak >> 20
     );
     assert!(peak < 1536 << 20, "peak RSS {} MiB", peak >> 20);
+}
+
+/// `SET <setting>` in `ctx`, which must succeed.
+async fn set(ctx: &datafusion::prelude::SessionContext, setting: &str) {
+    let sql = format!("SET {setting}");
+    let df = ctx.sql(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    df.collect().await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// A CA and a server certificate for 127.0.0.1 / localhost, made with openssl:
