@@ -266,6 +266,20 @@ async fn vector_assembler_in_a_saved_pipeline_and_in_sql() {
         err.contains("column 'b' is null") && err.contains("handleInvalid"),
         "{err}"
     );
+    // A transformer's missing input column is named with its stage, as an estimator's is.
+    let err = Pipeline::new(vec![
+        serde_json::from_value(json!({"type": "VectorAssembler", "inputCols": ["a", "nope"]}))
+            .unwrap(),
+        serde_json::from_value(json!({"type": "LogisticRegression"})).unwrap(),
+    ])
+    .fit(read(ctx.clone()).await)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("stage 0 (VectorAssembler)") && err.contains("nope"),
+        "{err}"
+    );
     // `skip`: the row is dropped, and counted out of the training rows.
     let model = pipeline("skip").fit(read(ctx.clone()).await).await.unwrap();
     assert_eq!(model.classifier().unwrap().summary.rows, 299);

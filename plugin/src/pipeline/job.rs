@@ -196,10 +196,11 @@ impl JobSpec {
             }
             (None, false) => {}
         }
-        if spec.split.weights.len() != 2 {
+        let w = &spec.split.weights;
+        if w.len() != 2 || w.iter().any(|x| !x.is_finite() || *x < 0.0) || w[0] + w[1] <= 0.0 {
             return plan_err!(
-                "{origin}: split.weights must be [train, test], found {:?}",
-                spec.split.weights
+                "{origin}: split.weights must be [train, test], two non-negative numbers with a \
+                 positive sum, found {w:?}"
             );
         }
         Pipeline::new(spec.stages.clone())
@@ -613,6 +614,16 @@ tuning:
             ))
             .contains("read_images options")
         );
+        // Bad split weights name the spec file and the key.
+        for weights in ["[0.8, -0.2]", "[0, 0]", "[0.8]", "[.nan, 1]"] {
+            let e = err(&format!(
+                "data: {{path: x}}\nsplit: {{weights: {weights}}}\n{stages}"
+            ));
+            assert!(
+                e.contains("spec.yaml") && e.contains("split.weights"),
+                "{weights}: {e}"
+            );
+        }
     }
 
     #[test]

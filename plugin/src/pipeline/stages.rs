@@ -241,7 +241,15 @@ impl Pipeline {
                     .expect("every stage but the estimators is a transformer"),
             };
             if last_estimator.is_some_and(|l| i < l) {
-                df = f.transform(df)?;
+                // (A transformer's missing input column is named with its stage, as an
+                // estimator's is.)
+                df = f.transform(df).map_err(|e| {
+                    exec_datafusion_err!(
+                        "stage {i} ({}): {}",
+                        stage.type_name(),
+                        e.strip_backtrace()
+                    )
+                })?;
             }
             fitted.push(f);
         }
