@@ -343,6 +343,11 @@ pub async fn login_with(
 ) -> Result<String, String> {
     use arrow_flight::HandshakeRequest;
     use base64::Engine;
+    if user.is_empty() {
+        return Err(format!(
+            "login to {url}: no user name (--user or DLP_USER); this scheduler needs one"
+        ));
+    }
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let mut request = tonic::Request::new(futures::stream::iter([HandshakeRequest::default()]));
     request.metadata_mut().insert(
@@ -351,22 +356,16 @@ pub async fn login_with(
             .parse()
             .map_err(|_| "the user name or password is not valid in a header".to_string())?,
     );
-    if user.is_empty() {
-        return Err(format!(
-            "login to {url}: no user name (--user or DLP_USER); this scheduler needs one"
-        ));
-    }
     let response = client.handshake(request).await.map_err(|s| {
         // A plain connection to a TLS port (or the reverse) ends in a cancelled or unknown
         // status that names neither: say what to check.
         let hint = match s.code() {
-            tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Internal
-                if url.starts_with("df://") =>
-            {
-                " (if the scheduler uses TLS: df+tls:// with --tls-ca)"
-            }
             tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Internal => {
-                " (check that the scheduler uses TLS and --tls-ca signs its certificate)"
+                if url.starts_with("df://") {
+                    " (if the scheduler uses TLS: df+tls:// with --tls-ca)"
+                } else {
+                    " (check that the scheduler uses TLS and --tls-ca signs its certificate)"
+                }
             }
             _ => "",
         };

@@ -32,6 +32,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 use ballista_core::extension::BallistaConfigGrpcEndpoint;
+use ballista_core::extension::SessionConfigExt;
 use ballista_core::flight_proxy_service::BallistaFlightProxyService;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_flight_sql::{BallistaFlightSqlService, QueryBackend, QueryResult};
@@ -61,7 +62,7 @@ type SqlService = BallistaFlightSqlService<DlpBackend>;
 /// the physical plan instead (the plan the final stage was cut from).
 ///
 /// With users (no `--allow-anonymous`), a session that turned on Ballista's fault injection
-/// is refused ([`crate::gate::refuse_fault_injection`]).
+/// is refused ([`crate::gate::fault_injection_refused`]).
 pub struct DlpBackend(Arc<Scheduler>, bool);
 
 #[async_trait::async_trait]
@@ -80,12 +81,17 @@ impl QueryBackend for DlpBackend {
         ctx: Arc<SessionContext>,
         plan: LogicalPlan,
     ) -> ballista_core::error::Result<QueryResult> {
-        if self.1 {
-            let entries = ctx.state().config().options().entries();
-            crate::gate::refuse_fault_injection(
-                entries.iter().map(|e| (e.key.as_str(), e.value.as_deref())),
-            )
-            .map_err(|s| ballista_core::error::BallistaError::General(s.message().to_string()))?;
+        if self.1
+            && ctx
+                .state()
+                .config()
+                .ballista_config()
+                .chaos_execution_enabled()
+        {
+            let refused = crate::gate::fault_injection_refused();
+            return Err(ballista_core::error::BallistaError::General(
+                refused.message().to_string(),
+            ));
         }
         let mut result =
             QueryBackend::execute(self.0.as_ref(), job_name, ctx.clone(), plan.clone()).await?;

@@ -361,21 +361,27 @@ fn no_fault_injection(caller: &Caller, settings: &[KeyValuePair]) -> Result<(), 
     )
 }
 
-/// The check of [`no_fault_injection`] over `(key, value)` settings, for every way a session
-/// or job carries them (Ballista's client RPCs, a Flight SQL session).
-pub fn refuse_fault_injection<'a>(
+/// The check of [`no_fault_injection`] over `(key, value)` settings, as Ballista's client
+/// RPCs carry them.
+fn refuse_fault_injection<'a>(
     settings: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
 ) -> Result<(), Status> {
     for (key, value) in settings {
         if key.eq_ignore_ascii_case(ballista_core::config::BALLISTA_CHAOS_EXECUTION_ENABLED)
             && value.is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
         {
-            return Err(Status::permission_denied(format!(
-                "{key}: Ballista's fault injection is for tests and is refused for users"
-            )));
+            return Err(fault_injection_refused());
         }
     }
     Ok(())
+}
+
+/// The refusal of [`refuse_fault_injection`].
+pub fn fault_injection_refused() -> Status {
+    Status::permission_denied(format!(
+        "{}: Ballista's fault injection is for tests and is refused for users",
+        ballista_core::config::BALLISTA_CHAOS_EXECUTION_ENABLED
+    ))
 }
 
 fn user_only<T>(request: &GrpcRequest<T>) -> Result<Caller, Status> {

@@ -387,7 +387,9 @@ pub fn check_work_path(path: &Path) -> Result<(), DlpError> {
 impl DataRoots {
     /// [`check_work_path`] against these roots.
     pub fn check_work(&self, path: &Path) -> Result<(), DlpError> {
-        self.work_refusal(path).map_err(DlpError::Access)
+        self.work_refusal(path)
+            .map(|_| ())
+            .map_err(DlpError::Access)
     }
 
     /// A work path reached through DataFusion's readers and writers (the `file://` store:
@@ -397,12 +399,10 @@ impl DataRoots {
     /// files (the plugin's own plans); the work directory itself is never listed, read or
     /// written by a query, so a user cannot find or touch another user's runs.
     pub fn check_work_store(&self, path: &Path) -> Result<(), DlpError> {
-        self.check_work(path)?;
-        let base = work_base();
-        let canonical = std::fs::canonicalize(&base).unwrap_or_else(|_| base.clone());
-        let run = [&base, &canonical]
-            .into_iter()
-            .find_map(|b| path.strip_prefix(b).ok())
+        let base = self.work_refusal(path).map_err(DlpError::Access)?;
+        let run = path
+            .strip_prefix(&base)
+            .ok()
             .and_then(|rel| rel.components().next())
             .and_then(|c| c.as_os_str().to_str());
         match run {
@@ -416,7 +416,9 @@ impl DataRoots {
         }
     }
 
-    fn work_refusal(&self, path: &Path) -> Result<(), String> {
+    /// [`DataRoots::check_work`]'s check; `Ok`: the work directory, after symlinks (the
+    /// prefix a path under it was checked against).
+    fn work_refusal(&self, path: &Path) -> Result<PathBuf, String> {
         let roots = self;
         let refuse = || {
             format!(
@@ -451,7 +453,7 @@ impl DataRoots {
             existing = existing.parent().ok_or_else(refuse)?;
         }
         match std::fs::canonicalize(existing) {
-            Ok(real) if under(&real) => Ok(()),
+            Ok(real) if under(&real) => Ok(base),
             _ => Err(refuse()),
         }
     }

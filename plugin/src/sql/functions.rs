@@ -214,16 +214,16 @@ impl ModelUdf {
             return plan_err!("function name '{name}': use letters, digits and '_'");
         }
         let zoo = ProcessTorchConfig::get().zoo();
-        let mut resolved = None;
-        let (pipeline, output) = match &source {
+        let (pipeline, output, source) = match source {
             FunctionSource::Model { model, top_k } => {
-                let spec = TorchSpec::try_new(&zoo, model, "image", name, TorchTask::TopK(*top_k))?;
-                (None, spec.output_field().data_type().clone())
+                let spec = TorchSpec::try_new(&zoo, &model, "image", name, TorchTask::TopK(top_k))?;
+                let out = spec.output_field().data_type().clone();
+                (None, out, FunctionSource::Model { model, top_k })
             }
             FunctionSource::Pipeline { dir } => {
                 // Relative paths as the other clients' model paths: from the first writable
                 // root when the model is there, else from the first data root.
-                let path = match crate::access::resolve_input(dir) {
+                let path = match crate::access::resolve_input(&dir) {
                     Ok(path) => path,
                     Err(e) => return plan_err!("function {name}: {e}"),
                 };
@@ -234,15 +234,13 @@ impl ModelUdf {
                 })?;
                 let out = output_of_pipeline(parts.classifier.num_classes);
                 // The function (and the plans that carry it) names the resolved directory.
-                resolved = Some(FunctionSource::Pipeline {
-                    dir: path.to_string_lossy().into_owned(),
-                });
-                (Some(parts), out)
+                let dir = path.to_string_lossy().into_owned();
+                (Some(parts), out, FunctionSource::Pipeline { dir })
             }
         };
         Ok(Self {
             name: name.to_string(),
-            source: resolved.unwrap_or(source),
+            source,
             signature: Signature::any(1, Volatility::Immutable),
             pipeline,
             output,

@@ -49,19 +49,8 @@ impl TorchInferenceNode {
     /// Appends the step to `input`, checking the image column.
     pub fn try_new(input: LogicalPlan, spec: TorchSpec) -> Result<Self> {
         let in_schema = input.schema();
-        let Ok(field) = in_schema.field_with_unqualified_name(&spec.input_col) else {
-            let columns: Vec<_> = in_schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect();
-            return datafusion::common::plan_err!(
-                "inputCol: no column '{}' in the input (columns: {})",
-                spec.input_col,
-                columns.join(", ")
-            );
-        };
-        check_image_column(&spec.input_col, field.data_type())?;
+        let image_type = crate::ml::node::input_type(in_schema, "inputCol", &spec.input_col)?;
+        check_image_column(&spec.input_col, image_type)?;
         if in_schema
             .field_with_unqualified_name(&spec.output_col)
             .is_ok()
